@@ -1,0 +1,56 @@
+"""Small, cached IPv4 helpers over netaddr (ACL lists repeat the same CIDRs many times)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from netaddr import IPAddress, IPNetwork
+
+
+@lru_cache(maxsize=65536)
+def net(cidr: str) -> IPNetwork:
+    return IPNetwork(cidr)
+
+
+@lru_cache(maxsize=65536)
+def ip(address: str) -> IPAddress:
+    return IPAddress(address)
+
+
+def is_canonical(cidr: str) -> bool:
+    n = net(cidr)
+    return n.network == n.ip
+
+
+def overlaps(a: str, b: str) -> bool:
+    x, y = net(a), net(b)
+    return x.first <= y.last and y.first <= x.last
+
+
+def contains(outer: str, inner: str) -> bool:
+    o, i = net(outer), net(inner)
+    return o.first <= i.first and i.last <= o.last
+
+
+def in_net(address: str, cidr: str) -> bool:
+    n, a = net(cidr), int(ip(address))
+    return n.first <= a <= n.last
+
+
+def usable(cidr: str) -> tuple[int, int]:
+    """First and last usable host address (as ints) of a network of /30 or larger."""
+    n = net(cidr)
+    return n.first + 1, n.last - 1
+
+
+def ip_range(text: str) -> tuple[int, int]:
+    first, last = text.split("-")
+    return int(ip(first)), int(ip(last))
+
+
+def to_ip(value: int) -> str:
+    return str(IPAddress(value))
+
+
+def with_prefix(address: str, cidr: str) -> str:
+    return f"{address}/{net(cidr).prefixlen}"

@@ -1,0 +1,117 @@
+"""The pipeline: load -> schema -> intent -> verify -> allocate -> per-router model -> render.
+
+Pure apart from reading the site (load) and, in ``write_build``, writing the results. The CLI
+passes small option objects in and prints what comes back; nothing here prints or exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import render, verify
+from .allocate import Allocation, allocate, dump_lock
+from .errors import Diagnostic, DiagnosticsError
+from .intent import Site, build_intent
+from .loader import LOCK_FILE, SiteFiles, load_site
+from .schema import validate_document
+from .secrets import resolve
+from .topology import router_views, site_json
+from .write import promote_tree, write_file_atomic
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    output: Path = Path("output")
+    locked: bool = False
+    placeholder_secrets: bool = False
+    environ: dict = field(default_factory=lambda: dict(os.environ), compare=False)
+
+
+@dataclass
+class Validated:
+    files: SiteFiles
+    site: Site
+    alloc: Allocation
+
+
+@dataclass
+class BuildResult:
+    site: str
+    tree: dict  # relative path -> (bytes, mode)
+    lock_text: str
+    lock_changed: bool
+    routers: list[str]
+    output_dir: Path | None = None
+
+
+def _raise_if(problems: list[Diagnostic]) -> None:
+    if problems:
+        raise DiagnosticsError(problems)
+
+
+def validate_site(site_dir) -> Validated:
+    """Every schema and semantic check, all problems at once (raises DiagnosticsError)."""
+    files, problems = load_site(site_dir)
+    for doc in files.documents():
+        problems += validate_document(doc)
+    _raise_if(problems)
+    _raise_if(verify.check_files(files))
+    site = build_intent(files)
+    _raise_if(verify.check_intent(site))
+    alloc = allocate(site, files.lock.data if files.lock else None)
+    _raise_if(alloc.diagnostics)
+    _raise_if(verify.check_placement(site, alloc.tier_cidrs))
+    return Validated(files, site, alloc)
+
+
+def unsupported(site: Site) -> list[Diagnostic]:
+    """Intent that validates but that this version cannot render yet: an error, never dropped."""
+    out = []
+    for vpc in site.vpcs.values():
+        fields = {"load_balancers": vpc.load_balancers, "vpn": vpc.site_to_site or vpc.remote_access,
+                  "private_gateways": vpc.private_gateways}
+        for name, value in fields.items():
+            if value:
+                out.append(Diagnostic(vpc.src.loc(name, key=True),
+                                      f"{name} cannot be rendered by this version of vpcgen yet", "unsupported"))
+        if vpc.routed:
+            out.append(Diagnostic(vpc.src.loc("netmask", key=True),
+                                  "routed (OSPF) VPCs cannot be rendered by this version of vpcgen yet",
+                                  "unsupported"))
+    return out
+
+
+def build_site(site_dir, options: BuildOptions) -> BuildResult:
+    v = validate_site(site_dir)
+    site, alloc = v.site, v.alloc
+    secrets, missing = resolve(site, v.files.root, options.environ, options.placeholder_secrets)
+    _raise_if(missing + unsupported(site))
+    lock_text = dump_lock(alloc.lock_data(site))
+    old_lock = (v.files.root / LOCK_FILE).read_text(encoding="utf-8") if v.files.lock else None
+    lock_changed = lock_text != old_lock
+    if options.locked and lock_changed:
+        where = v.files.lock.file if v.files.lock else os.path.join(str(site_dir), LOCK_FILE)
+        raise DiagnosticsError([Diagnostic(None, f"{where} would change (--locked): run `vpcgen build` "
+                                           "without --locked and commit the lock file", "lock-changed")])
+    views = router_views(site, alloc)
+    site_bytes = render.to_json(site_json(site, alloc, views))
+    digest = hashlib.sha256(site_bytes).hexdigest()
+    env = render.environment()
+    tree: dict[str, tuple[bytes, int]] = {"site.json": (site_bytes, render.TEXT_MODE)}
+    for view in views:
+        for path, entry in render.render_router(env, view, not options.placeholder_secrets, digest).items():
+            tree[f"{view.name}/{path}"] = entry
+    return BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views])
+
+
+def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:
+    """Promote the tree into OUTPUT/<site>/ and record the lock; the old tree stays until then."""
+    target = Path(options.output) / result.site
+    promote_tree(result.tree, target)
+    if result.lock_changed:
+        write_file_atomic(Path(site_dir) / LOCK_FILE, result.lock_text.encode("utf-8"), 0o644)
+    result.output_dir = target
+    return result

@@ -1,0 +1,124 @@
+"""The command line: the only module that prints or exits.
+
+Exit codes: 0 success, 1 the input, a check or a target failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import CheckError, DiagnosticsError, VpcgenError
+
+app = typer.Typer(
+    name="vpcgen",
+    help="Compile a YAML repository of VPCs into checked, deployable router configuration trees.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(line, err=True)
+    raise typer.Exit(1)
+
+
+def _run(fn):
+    """Run a command body, mapping the library's errors to stderr lines and exit 1."""
+    try:
+        return fn()
+    except DiagnosticsError as exc:
+        count = len(exc.diagnostics)
+        _fail([str(d) for d in exc.diagnostics] + [f"{count} error{'s' if count != 1 else ''}"])
+    except VpcgenError as exc:
+        _fail([f"error: {exc}"])
+    except KeyboardInterrupt:
+        _fail(["error: interrupted"])
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail([f"{where}error: {exc.strerror or exc}"])
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a bug in vpcgen: still one clear line, never a traceback
+        _fail([f"error: internal error: {type(exc).__name__}: {exc} (please report this as a vpcgen bug)"])
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        typer.echo(f"vpcgen {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def validate(site_dir: Path = typer.Argument(..., help="The site folder, e.g. sites/example.")) -> None:
+    """Check a site against the schemas and every semantic rule; print every error."""
+    from .api import validate_site
+
+    def body():
+        v = validate_site(site_dir)
+        typer.echo(f"{site_dir}: valid ({len(v.site.vpcs)} VPCs, "
+                   f"{sum(len(x.routers) for x in v.site.vpcs.values())} routers)")
+
+    _run(body)
+
+
+@app.command()
+def build(
+    site_dir: Path = typer.Argument(..., help="The site folder, e.g. sites/example."),
+    output: Path = typer.Option(Path("output"), "--output", "-o", help="Write DIR/<site>/."),
+    locked: bool = typer.Option(False, "--locked", help="Fail instead of changing allocations.lock.yaml."),
+    placeholder_secrets: bool = typer.Option(
+        False, "--placeholder-secrets", help="Render fake secrets; the tree is marked not deployable."),
+) -> None:
+    """Validate, allocate and render one configuration tree per router."""
+    from .api import BuildOptions, build_site, write_build
+
+    def body():
+        options = BuildOptions(output=output, locked=locked, placeholder_secrets=placeholder_secrets)
+        result = write_build(site_dir, build_site(site_dir, options), options)
+        typer.echo(f"built {result.output_dir} ({len(result.routers)} routers: {', '.join(result.routers)})")
+        if result.lock_changed:
+            typer.echo(f"updated {Path(site_dir) / 'allocations.lock.yaml'}: commit it with the change")
+        if placeholder_secrets:
+            typer.echo("note: placeholder secrets: this tree is not deployable")
+
+    _run(body)
+
+
+@app.command()
+def check(
+    tree_dir: Path = typer.Argument(..., help="A built site, e.g. output/example."),
+    router: Optional[list[str]] = typer.Option(None, "--router", help="Check only this router (repeatable)."),
+) -> None:
+    """Run the daemons' own checkers on built router trees (needs root for network namespaces)."""
+    from .check import check_tree
+
+    def body():
+        results = check_tree(tree_dir, router or None)
+        failed = 0
+        for r in results:
+            typer.echo(f"{r.router:<24} {r.checker:<12} {'ok' if r.ok else 'FAILED'}  ({r.seconds * 1000:.0f} ms)")
+            if not r.ok:
+                failed += 1
+                for line in r.output.strip().splitlines()[-20:]:
+                    typer.echo(f"{r.file}: error: {r.checker}: {line}", err=True)
+        typer.echo(f"{len(results) - failed} passed, {failed} failed")
+        if failed:
+            raise CheckError(f"{failed} check(s) failed")
+
+    _run(body)
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m vpcgen`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

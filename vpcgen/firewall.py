@@ -1,0 +1,182 @@
+"""iptables-restore tables for one router: hardened filter, tier ACLs, NAT, HA guard.
+
+Every chain is built whole, rules in ACL number order (CloudStack's ACL bugs came from inserting
+rules one at a time). Chain names derive from interface names, which are bounded
+(``ACL_INBOUND_eth2.4094`` is 21 characters), never from user names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .intent import Acl, Rule
+from .topology import CONNTRACKD_PORT, RouterView
+
+HA_GUARD_CHAIN = "VPCGEN_HA_GUARD"
+HA_GUARD_TAG = "vpcgen-ha-guard"  # comment on guard rules, so notify.sh can strip them on a master
+BUILTIN_CHAINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+}
+PROTOCOL_NAMES = {"tcp": "tcp", "udp": "udp", "icmp": "icmp"}
+
+
+@dataclass
+class Table:
+    name: str
+    policies: dict  # builtin chain -> policy
+    chains: list = field(default_factory=list)  # user chains, in order of creation
+    by_chain: dict = field(default_factory=dict)  # chain -> its rules, in order
+
+    def chain(self, name: str) -> str:
+        assert len(name) <= 28, name  # iptables' limit; names are built from bounded parts
+        if name not in self.chains:
+            self.chains.append(name)
+        return name
+
+    def add(self, chain: str, rule: str, comment: str | None = None) -> None:
+        if comment:
+            rule += f' -m comment --comment "{comment}"'
+        self.by_chain.setdefault(chain, []).append(f"-A {chain} {rule}")
+
+    @property
+    def rules(self) -> list[str]:
+        """Builtin chains first, then user chains in creation order, each chain's rules together."""
+        order = list(self.policies) + self.chains
+        return [rule for chain in order for rule in self.by_chain.get(chain, [])]
+
+
+def _table(name: str, policy: dict | None = None) -> Table:
+    policy = policy or {}
+    return Table(name, {c: policy.get(c, "ACCEPT") for c in BUILTIN_CHAINS[name]})
+
+
+def acl_chains(iface: str) -> tuple[str, str]:
+    return f"ACL_INBOUND_{iface}", f"ACL_OUTBOUND_{iface}"
+
+
+def rule_matches(rule: Rule) -> list[str]:
+    """One match string per CIDR of an ACL rule (source for ingress, destination for egress)."""
+    parts = []
+    proto = rule.protocol
+    if proto in PROTOCOL_NAMES:
+        parts.append(f"-p {proto}")
+        if rule.ports is not None:
+            low, high = rule.ports
+            parts.append(f"-m {proto} --dport {low}" + (f":{high}" if high != low else ""))
+        if proto == "icmp" and rule.icmp_type is not None:
+            code = f"/{rule.icmp_code}" if rule.icmp_code is not None else ""
+            parts.append(f"-m icmp --icmp-type {rule.icmp_type}{code}")
+    elif isinstance(proto, int) and proto != 0:  # protocol 0 matches everything in iptables, like "all"
+        parts.append(f"-p {proto}")
+    flag = "-s" if rule.traffic == "ingress" else "-d"
+    out = []
+    for cidr in rule.cidrs:
+        where = [] if cidr == "0.0.0.0/0" else [f"{flag} {cidr}"]
+        out.append(" ".join(where + parts))
+    return out
+
+
+def _acl_rules(table: Table, chain: str, acl: Acl, traffic: str, on_allow: str, label: str) -> None:
+    for rule in acl.rules:
+        if rule.traffic != traffic:
+            continue
+        target = on_allow if rule.action == "allow" else "DROP"
+        for match in rule_matches(rule):
+            table.add(chain, f"{match} -j {target}".strip(), f"{label} acl {acl.name} rule {rule.number}")
+    table.add(chain, "-j DROP", f"{label} acl {acl.name} default deny")
+
+
+def build_tables(view: RouterView) -> list[Table]:
+    site = view.site
+    acls = site.acls
+    filt = _table("filter", {"INPUT": "DROP", "FORWARD": "DROP"})
+    nat = _table("nat")
+    mangle = _table("mangle")
+    raw = _table("raw")
+    pub = view.public.iface if view.public else None
+
+    # INPUT: the router itself
+    filt.add("INPUT", "-i lo -j ACCEPT")
+    filt.add("INPUT", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    filt.add("INPUT", "-m conntrack --ctstate INVALID -j DROP")
+    filt.add("INPUT", f"-i eth0 -p tcp -m tcp --dport {site.ssh.port} -j ACCEPT", "ssh on management only")
+    filt.add("INPUT", "-i eth0 -p icmp -m icmp --icmp-type 8 -j ACCEPT", "ping on management")
+    if view.redundant:
+        filt.add("INPUT", f"-i {view.sync_iface} -s {view.sync_peer}/32 -d {view.sync_own}/32 -p vrrp -j ACCEPT",
+                 "vrrp from the peer on the sync link")
+        filt.add("INPUT", f"-i {view.sync_iface} -s {view.sync_peer}/32 -d {view.sync_own}/32 -p udp -m udp "
+                 f"--dport {CONNTRACKD_PORT} -j ACCEPT", "conntrackd from the peer on the sync link")
+    for t in view.tiers:
+        filt.add("INPUT", f"-i {t.iface} -d {t.gateway}/32 -p icmp -m icmp --icmp-type 8 -j ACCEPT",
+                 f"ping the gateway of tier {t.name}")
+
+    # FORWARD: source tier's egress list, then destination tier's ingress list (CloudStack semantics)
+    filt.add("FORWARD", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    filt.add("FORWARD", "-m conntrack --ctstate INVALID -j DROP")
+    if pub:
+        # from the uplink only what NAT sent to a tier may enter: nobody routes to private addresses directly
+        filt.add("FORWARD", f"-i {pub} -m conntrack ! --ctstate DNAT -j DROP", "uplink: only NATed traffic")
+    for t in view.tiers:
+        inbound, outbound = acl_chains(t.iface)
+        filt.chain(outbound)
+        filt.add("FORWARD", f"-i {t.iface} -s {t.cidr} -j {outbound}", f"egress of tier {t.name}")
+        _acl_rules(filt, outbound, acls[t.acl], "egress", "RETURN", f"tier {t.name} egress")
+    for t in view.tiers:
+        inbound, _ = acl_chains(t.iface)
+        filt.chain(inbound)
+        filt.add("FORWARD", f"-o {t.iface} -d {t.cidr} -j {inbound}", f"ingress of tier {t.name}")
+        _acl_rules(filt, inbound, acls[t.acl], "ingress", "ACCEPT", f"tier {t.name} ingress")
+    if pub:
+        for t in view.tiers:
+            filt.add("FORWARD", f"-i {t.iface} -s {t.cidr} -o {pub} -j ACCEPT", f"tier {t.name} to the internet")
+
+    # NAT: static NAT both ways, port forwarding, hairpin, source NAT last
+    if view.public:
+        vpc = view.vpc
+        ips = view.public_ips
+        for s in sorted(vpc.static_nat, key=lambda s: s.public_ip):
+            nat.add("PREROUTING", f"-d {ips[s.public_ip]}/32 -j DNAT --to-destination {s.private_ip}",
+                    f"static nat {s.public_ip}")
+        for pf in sorted(vpc.port_forwarding, key=lambda p: (p.public_ip, p.protocol, p.public_port)):
+            nat.add("PREROUTING", _port_forward(ips[pf.public_ip], pf), f"port forwarding {pf.public_ip}")
+        for t in view.tiers:
+            # a host reaching a NATed address of its own tier must see replies come back through us
+            nat.add("POSTROUTING", f"-s {t.cidr} -d {t.cidr} -o {t.iface} -m conntrack --ctstate DNAT "
+                    f"-j SNAT --to-source {t.gateway}", f"hairpin nat in tier {t.name}")
+        for s in sorted(vpc.static_nat, key=lambda s: s.public_ip):
+            nat.add("POSTROUTING", f"-s {s.private_ip}/32 -o {pub} -j SNAT --to-source {ips[s.public_ip]}",
+                    f"static nat {s.public_ip}")
+        if vpc.source_nat:
+            nat.add("POSTROUTING", f"-s {view.vpc_cidr} -o {pub} -j SNAT --to-source {ips['source-nat']}",
+                    "source nat")
+        mangle.add("FORWARD", f"-o {pub} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
+                   "clamp mss on the uplink")
+
+    # HA guard: until the synced connection state is committed, a router answers no data traffic
+    # (keepalived #2254). Loaded on; notify.sh lifts it on master after `conntrackd -c`.
+    if view.redundant:
+        raw.chain(HA_GUARD_CHAIN)
+        raw.add("PREROUTING", f"-j {HA_GUARD_CHAIN}")
+        for iface in guarded_interfaces(view):
+            raw.add(HA_GUARD_CHAIN, f"-i {iface} -j DROP", HA_GUARD_TAG)
+    return [raw, mangle, nat, filt]
+
+
+def guarded_interfaces(view: RouterView) -> list[str]:
+    out = [view.public.iface] if view.public else []
+    return out + [t.iface for t in view.tiers]
+
+
+def _port_forward(public: str, pf) -> str:
+    (plow, phigh), (qlow, qhigh) = pf.public_port, pf.private_port
+    dport = f"{plow}" if plow == phigh else f"{plow}:{phigh}"
+    if (plow, phigh) == (qlow, qhigh):
+        to = pf.private_ip if plow != phigh else f"{pf.private_ip}:{qlow}"
+    elif plow == phigh:
+        to = f"{pf.private_ip}:{qlow}"
+    else:  # shifted range: public port p goes to private port p - plow + qlow
+        to = f"{pf.private_ip}:{qlow}-{qhigh}/{plow}"
+    return f"-d {public}/32 -p {pf.protocol} -m {pf.protocol} --dport {dport} -j DNAT --to-destination {to}"

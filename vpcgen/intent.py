@@ -1,0 +1,381 @@
+"""The intent: what the operator asked for, as frozen dataclasses built from schema-valid documents.
+
+Each object keeps ``src`` (its document and JSON path, excluded from equality) so that later
+stages can report errors at the exact line of the YAML that caused them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import Location
+from .loader import Document, SiteFiles
+
+BUILTIN_ACLS = ("default_allow", "default_deny")
+SOURCE_NAT_IP = "source-nat"  # the reserved name of the VPC's source NAT public IP
+
+
+class Src:
+    """Where an intent object was written: a document and a JSON path into it."""
+
+    __slots__ = ("doc", "path")
+
+    def __init__(self, doc: Document | None, path: tuple = ()):
+        self.doc, self.path = doc, tuple(path)
+
+    def loc(self, *sub, key: bool = False) -> Location | None:
+        if self.doc is None:
+            return None
+        return self.doc.loc(self.path + sub, key=key)
+
+    def at(self, *sub) -> "Src":
+        return Src(self.doc, self.path + sub)
+
+    @property
+    def file(self) -> str:
+        return self.doc.file if self.doc else ""
+
+
+def _src():
+    return field(default=None, compare=False, hash=False, repr=False)
+
+
+def port_range(value) -> tuple[int, int] | None:
+    """80 -> (80, 80); "5000-5009" -> (5000, 5009); None -> None."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    low, high = value.split("-")
+    return (int(low), int(high))
+
+
+@dataclass(frozen=True)
+class Rule:
+    number: int
+    action: str  # allow | deny
+    traffic: str  # ingress | egress
+    protocol: str | int  # tcp | udp | icmp | all | number
+    ports: tuple[int, int] | None
+    icmp_type: int | None
+    icmp_code: int | None
+    cidrs: tuple[str, ...]
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class Acl:
+    name: str
+    rules: tuple[Rule, ...]  # sorted by number
+    builtin: bool = False
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class PublicNet:
+    cidr: str
+    gateway: str
+    ranges: tuple[str, ...]
+    vlan: int | None
+
+
+@dataclass(frozen=True)
+class Ospf:
+    transit_cidr: str
+    transit_vlan: int | None
+    hello_interval_s: int
+    dead_interval_s: int
+    auth_key: str | None  # secret name
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str
+    guest_vlans: tuple[int, int]
+    public: PublicNet | None
+    super_cidr: str | None
+    ospf: Ospf | None
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class Router:
+    name: str
+    mgmt: str
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    cidr: str | None
+    netmask: int | None
+    gateway: str | None
+    vlan: int | None
+    acl: str
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class PublicIp:
+    name: str
+    address: str | None
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class StaticNat:
+    public_ip: str
+    private_ip: str
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class PortForward:
+    public_ip: str
+    protocol: str
+    public_port: tuple[int, int]
+    private_ip: str
+    private_port: tuple[int, int]
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    interval_ms: int
+    rise: int
+    fall: int
+    http_path: str | None
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    name: str
+    public_ip: str
+    public_port: int
+    private_port: int
+    protocol: str  # tcp | http
+    algorithm: str
+    stickiness: str
+    health_check: HealthCheck
+    members: tuple[str, ...]
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class SiteToSite:
+    name: str
+    peer: str
+    peer_cidrs: tuple[str, ...]
+    local_cidrs: tuple[str, ...] | None
+    psk: str
+    ike_version: int
+    ike_proposals: tuple[str, ...]
+    esp_proposals: tuple[str, ...]
+    ike_lifetime_s: int
+    esp_lifetime_s: int
+    dpd_delay_s: int
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class VpnUser:
+    name: str
+    password: str  # secret name
+
+
+@dataclass(frozen=True)
+class RemoteAccess:
+    pool: str
+    server_cert: str
+    server_key: str
+    users: tuple[VpnUser, ...]
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class PrivateGateway:
+    name: str
+    vlan: int
+    address: str  # with prefix length
+    gateway: str
+    routes: tuple[str, ...]
+    acl: str
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class Vrrp:
+    advert_interval_ms: int
+    preempt: bool
+
+
+@dataclass(frozen=True)
+class Vpc:
+    name: str
+    zone: str
+    cidr: str | None
+    netmask: int | None
+    redundant: bool
+    routers: tuple[Router, ...]
+    vrrp: Vrrp
+    tiers: tuple[Tier, ...]
+    public_ips: tuple[PublicIp, ...]  # includes the source NAT IP when enabled
+    source_nat: bool
+    static_nat: tuple[StaticNat, ...]
+    port_forwarding: tuple[PortForward, ...]
+    load_balancers: tuple[LoadBalancer, ...]
+    site_to_site: tuple[SiteToSite, ...]
+    remote_access: RemoteAccess | None
+    private_gateways: tuple[PrivateGateway, ...]
+    src: Src = _src()
+
+    @property
+    def routed(self) -> bool:
+        return self.netmask is not None and self.cidr is None
+
+
+@dataclass(frozen=True)
+class Ssh:
+    user: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Deploy:
+    root: str
+    keep_releases: int
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    ssh: Ssh
+    deploy: Deploy
+    zones: dict  # name -> Zone, sorted by name
+    vpcs: dict  # name -> Vpc
+    acls: dict  # name -> Acl, built-ins included
+    src: Src = _src()
+
+
+def _secret(ref) -> str | None:
+    return ref["secret"] if ref else None
+
+
+def _rule(doc: Document, path: tuple, r: dict) -> Rule:
+    return Rule(number=r["number"], action=r["action"], traffic=r["traffic"], protocol=r["protocol"],
+                ports=port_range(r.get("ports")), icmp_type=r.get("icmp_type"), icmp_code=r.get("icmp_code"),
+                cidrs=tuple(r.get("cidrs", ["0.0.0.0/0"])), src=Src(doc, path))
+
+
+def _acl(doc: Document) -> Acl:
+    rules = [_rule(doc, ("rules", i), r) for i, r in enumerate(doc.data["rules"])]
+    return Acl(name=doc.data["name"], rules=tuple(sorted(rules, key=lambda r: r.number)), src=Src(doc))
+
+
+def _zone(doc: Document) -> Zone:
+    d = doc.data
+    low, high = (int(x) for x in d["guest_vlans"].split("-"))
+    public = None
+    if "public" in d:
+        p = d["public"]
+        public = PublicNet(cidr=p["cidr"], gateway=p["gateway"], ranges=tuple(p["ranges"]), vlan=p.get("vlan"))
+    ospf = None
+    if "ospf" in d:
+        o = d["ospf"]
+        ospf = Ospf(transit_cidr=o["transit"]["cidr"], transit_vlan=o["transit"].get("vlan"),
+                    hello_interval_s=o.get("hello_interval_s", 10), dead_interval_s=o.get("dead_interval_s", 40),
+                    auth_key=_secret(o.get("auth_key")))
+    return Zone(name=d["name"], guest_vlans=(low, high), public=public, super_cidr=d.get("super_cidr"),
+                ospf=ospf, src=Src(doc))
+
+
+def _vpc(doc: Document, vrrp_defaults: Vrrp) -> Vpc:
+    d = doc.data
+    at = lambda *p: Src(doc, p)  # noqa: E731
+    routed = "netmask" in d and "cidr" not in d
+    vrrp = d.get("vrrp", {})
+    public_ips = [PublicIp(name=p["name"], address=p.get("address"), src=at("public_ips", i))
+                  for i, p in enumerate(d.get("public_ips", []))]
+    source_nat = d.get("source_nat", not routed)
+    if source_nat and not routed:
+        public_ips.append(PublicIp(name=SOURCE_NAT_IP, address=None, src=at("source_nat")))
+    lbs = []
+    for i, lb in enumerate(d.get("load_balancers", [])):
+        hc = lb.get("health_check", {})
+        lbs.append(LoadBalancer(
+            name=lb["name"], public_ip=lb["public_ip"], public_port=lb["public_port"],
+            private_port=lb.get("private_port", lb["public_port"]), protocol=lb["protocol"],
+            algorithm=lb.get("algorithm", "roundrobin"), stickiness=lb.get("stickiness", "none"),
+            health_check=HealthCheck(interval_ms=hc.get("interval_ms", 2000), rise=hc.get("rise", 2),
+                                     fall=hc.get("fall", 3), http_path=hc.get("http_path")),
+            members=tuple(lb["members"]), src=at("load_balancers", i)))
+    vpn = d.get("vpn", {})
+    s2s = [SiteToSite(
+        name=v["name"], peer=v["peer"], peer_cidrs=tuple(v["peer_cidrs"]),
+        local_cidrs=tuple(v["local_cidrs"]) if "local_cidrs" in v else None, psk=v["psk"]["secret"],
+        ike_version=v.get("ike_version", 2),
+        ike_proposals=tuple(v.get("ike_proposals", ["aes256-sha256-modp2048"])),
+        esp_proposals=tuple(v.get("esp_proposals", ["aes256gcm16-modp2048"])),
+        ike_lifetime_s=v.get("ike_lifetime_s", 28800), esp_lifetime_s=v.get("esp_lifetime_s", 3600),
+        dpd_delay_s=v.get("dpd_delay_s", 30), src=at("vpn", "site_to_site", i))
+        for i, v in enumerate(vpn.get("site_to_site", []))]
+    ra = None
+    if "remote_access" in vpn:
+        r = vpn["remote_access"]
+        ra = RemoteAccess(pool=r["pool"], server_cert=r["server_cert"]["secret"],
+                          server_key=r["server_key"]["secret"],
+                          users=tuple(VpnUser(u["name"], u["password"]["secret"]) for u in r["users"]),
+                          src=at("vpn", "remote_access"))
+    return Vpc(
+        name=d["name"], zone=d["zone"], cidr=d.get("cidr"), netmask=d.get("netmask"),
+        redundant=d.get("redundant", True),
+        routers=tuple(Router(r["name"], r["mgmt"], src=at("routers", i)) for i, r in enumerate(d["routers"])),
+        vrrp=Vrrp(advert_interval_ms=vrrp.get("advert_interval_ms", vrrp_defaults.advert_interval_ms),
+                  preempt=vrrp.get("preempt", vrrp_defaults.preempt)),
+        tiers=tuple(Tier(name=t["name"], cidr=t.get("cidr"), netmask=t.get("netmask"), gateway=t.get("gateway"),
+                         vlan=t.get("vlan"), acl=t.get("acl", "default_deny"), src=at("tiers", i))
+                    for i, t in enumerate(d["tiers"])),
+        public_ips=tuple(public_ips), source_nat=source_nat and not routed,
+        static_nat=tuple(StaticNat(s["public_ip"], s["private_ip"], src=at("static_nat", i))
+                         for i, s in enumerate(d.get("static_nat", []))),
+        port_forwarding=tuple(PortForward(
+            public_ip=p["public_ip"], protocol=p["protocol"], public_port=port_range(p["public_port"]),
+            private_ip=p["private_ip"], private_port=port_range(p.get("private_port", p["public_port"])),
+            src=at("port_forwarding", i)) for i, p in enumerate(d.get("port_forwarding", []))),
+        load_balancers=tuple(lbs), site_to_site=tuple(s2s), remote_access=ra,
+        private_gateways=tuple(PrivateGateway(
+            name=g["name"], vlan=g["vlan"], address=g["address"], gateway=g["gateway"],
+            routes=tuple(g.get("routes", [])), acl=g.get("acl", "default_deny"), src=at("private_gateways", i))
+            for i, g in enumerate(d.get("private_gateways", []))),
+        src=Src(doc))
+
+
+def builtin_acls() -> dict[str, Acl]:
+    everything = ("0.0.0.0/0",)
+    return {
+        "default_allow": Acl("default_allow", (
+            Rule(1, "allow", "ingress", "all", None, None, None, everything),
+            Rule(2, "allow", "egress", "all", None, None, None, everything)), builtin=True),
+        "default_deny": Acl("default_deny", (), builtin=True),
+    }
+
+
+def build_intent(files: SiteFiles) -> Site:
+    """Schema-valid documents -> intent. Cross-references are checked later (verify)."""
+    d = files.site.data
+    defaults = d.get("defaults", {})
+    vrrp = defaults.get("vrrp", {})
+    vrrp_defaults = Vrrp(advert_interval_ms=vrrp.get("advert_interval_ms", 1000), preempt=vrrp.get("preempt", False))
+    ssh = defaults.get("ssh", {})
+    deploy = defaults.get("deploy", {})
+    acls = builtin_acls()
+    for doc in files.acls:
+        if doc.data["name"] not in acls:
+            acls[doc.data["name"]] = _acl(doc)
+    return Site(
+        name=d["name"], ssh=Ssh(user=ssh.get("user", "root"), port=ssh.get("port", 3922)),
+        deploy=Deploy(root=deploy.get("root", "/"), keep_releases=deploy.get("keep_releases", 5)),
+        zones={doc.data["name"]: _zone(doc) for doc in sorted(files.zones, key=lambda x: x.data["name"])},
+        vpcs={doc.data["name"]: _vpc(doc, vrrp_defaults) for doc in sorted(files.vpcs, key=lambda x: x.data["name"])},
+        acls=dict(sorted(acls.items())), src=Src(files.site))

@@ -1,0 +1,154 @@
+"""Rendering: the table of daemons, the Jinja environment and one router's in-memory tree.
+
+Adding a daemon = one template folder, one row in DAEMONS, one test folder. Templates only lay
+text out; every decision (order, addresses, names) is made in the feature modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import jinja2
+
+from . import firewall, ha
+from .topology import RouterView
+
+TEXT_MODE, SECRET_MODE, SCRIPT_MODE = 0o644, 0o600, 0o755
+
+# services in dependency order: deploy reloads what changed in this order
+SERVICE_ORDER = ("networking", "sysctl", "iptables", "conntrackd", "keepalived", "haproxy", "strongswan", "frr")
+
+SYSCTL = (
+    ("net.ipv4.ip_forward", 1),
+    ("net.ipv4.conf.all.rp_filter", 1),
+    ("net.ipv4.conf.default.rp_filter", 1),
+    ("net.ipv4.conf.all.accept_redirects", 0),
+    ("net.ipv4.conf.default.accept_redirects", 0),
+    ("net.ipv4.conf.all.send_redirects", 0),
+    ("net.ipv4.conf.default.send_redirects", 0),
+    ("net.ipv4.conf.all.accept_source_route", 0),
+    ("net.ipv4.conf.default.accept_source_route", 0),
+    ("net.ipv4.conf.all.log_martians", 1),
+    # answer ARP only for addresses of the interface asked, announce with the best local address
+    ("net.ipv4.conf.all.arp_ignore", 1),
+    ("net.ipv4.conf.all.arp_announce", 2),
+    # services bind virtual addresses that only the master holds
+    ("net.ipv4.ip_nonlocal_bind", 1),
+    ("net.ipv4.tcp_syncookies", 1),
+    # the router filters IPv4 only: IPv6 stays off on every data interface
+    ("net.ipv6.conf.all.disable_ipv6", 1),
+    ("net.ipv6.conf.default.disable_ipv6", 1),
+    ("net.ipv6.conf.lo.disable_ipv6", 0),
+)
+
+
+@dataclass(frozen=True)
+class Daemon:
+    name: str
+    template: str
+    path: str  # inside the router's tree
+    mode: int
+    needed: Callable[[RouterView], bool]
+    context: Callable[[RouterView], dict]
+    service: str  # reloaded (deploy) when the file changes
+    check: str | None  # key of the checker in vpcgen.check
+
+
+def _always(view: RouterView) -> bool:
+    return True
+
+
+def _redundant(view: RouterView) -> bool:
+    return view.redundant
+
+
+def _interfaces_ctx(view: RouterView) -> dict:
+    names = {i.name for i in view.interfaces}
+    default = view.public.iface if (view.public and not view.redundant) else None
+    return {"parents": [p for p in ("eth1", "eth2") if p not in names], "default_route_iface": default}
+
+
+DAEMONS = (
+    Daemon("interfaces", "network/interfaces.j2", "etc/network/interfaces.d/vpcgen", TEXT_MODE, _always,
+           _interfaces_ctx, "networking", None),
+    Daemon("sysctl", "sysctl/90-vpcgen.conf.j2", "etc/sysctl.d/90-vpcgen.conf", TEXT_MODE, _always,
+           lambda v: {"sysctl": SYSCTL}, "sysctl", None),
+    Daemon("iptables", "iptables/rules.v4.j2", "etc/iptables/rules.v4", TEXT_MODE, _always,
+           lambda v: {"tables": firewall.build_tables(v)}, "iptables", "iptables"),
+    Daemon("conntrackd", "conntrackd/conntrackd.conf.j2", "etc/conntrackd/conntrackd.conf", TEXT_MODE, _redundant,
+           lambda v: {"ct": ha.conntrackd_context(v)}, "conntrackd", "conntrackd"),
+    Daemon("keepalived", "keepalived/keepalived.conf.j2", "etc/keepalived/keepalived.conf", TEXT_MODE, _redundant,
+           lambda v: {"ka": ha.keepalived(v)}, "keepalived", "keepalived"),
+    Daemon("keepalived-notify", "keepalived/notify.sh.j2", "etc/keepalived/notify.sh", SCRIPT_MODE, _redundant,
+           ha.notify_context, "keepalived", None),
+)
+
+
+def reload_commands(view: RouterView) -> dict[str, str]:
+    """How each service picks up a new file on the router (deploy runs these in SERVICE_ORDER)."""
+    p = router_paths(view)
+    return {
+        "networking": "ifup -a",
+        "sysctl": f"sysctl -q -p {p['sysctl']}",
+        "iptables": f"{p['notify']} apply-firewall" if view.redundant else f"iptables-restore -w {p['rules']}",
+        "conntrackd": "systemctl restart conntrackd",
+        "keepalived": "systemctl reload keepalived",
+    }
+
+
+def router_paths(view: RouterView) -> dict[str, str]:
+    """Absolute paths on the router of files other files refer to (under the deploy root)."""
+    root = view.site.deploy.root.rstrip("/")
+    return {
+        "notify": f"{root}/etc/keepalived/notify.sh",
+        "rules": f"{root}/etc/iptables/rules.v4",
+        "conntrackd": f"{root}/etc/conntrackd/conntrackd.conf",
+        "sysctl": f"{root}/etc/sysctl.d/90-vpcgen.conf",
+    }
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("vpcgen", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_router(env: jinja2.Environment, view: RouterView, deployable: bool, site_digest: str) -> dict:
+    """path -> (bytes, mode) for one router, manifest included."""
+    files: dict[str, tuple[bytes, int]] = {}
+    services = set()
+    for daemon in DAEMONS:
+        if not daemon.needed(view):
+            continue
+        context = {"view": view, "paths": router_paths(view), **daemon.context(view)}
+        text = env.get_template(daemon.template).render(context)
+        files[daemon.path] = (text.encode("utf-8"), daemon.mode)
+        services.add(daemon.service)
+    commands = reload_commands(view)
+    manifest = {
+        "_generated": "by vpcgen; do not edit",
+        "site": view.site.name,
+        "vpc": view.vpc.name,
+        "router": view.name,
+        "mgmt": view.mgmt,
+        "deployable": deployable,
+        "site_digest": site_digest,
+        "files": [{"path": path, "sha256": hashlib.sha256(data).hexdigest(), "mode": f"{mode:04o}",
+                   "service": next(d.service for d in DAEMONS if d.path == path)}
+                  for path, (data, mode) in sorted(files.items())],
+        "services": [{"name": s, "reload": commands[s]} for s in SERVICE_ORDER if s in services],
+    }
+    files["etc/vpcgen/manifest.json"] = (to_json(manifest), TEXT_MODE)
+    return files
+
+
+def to_json(data) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -1,0 +1,113 @@
+"""JSON Schema (Draft 2020-12) validation of the site's documents.
+
+The schema files under ``vpcgen/schemas`` are the single source of truth for the input's shape;
+this module only turns jsonschema's errors into located, readable diagnostics.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from .errors import Diagnostic
+from .loader import Document
+
+KINDS = ("site", "zone", "vpc", "acl")
+
+
+def schema_text(kind: str) -> str:
+    return resources.files("vpcgen").joinpath("schemas", f"{kind}.schema.json").read_text(encoding="utf-8")
+
+
+@cache
+def _validators() -> dict[str, Draft202012Validator]:
+    schemas = {kind: json.loads(schema_text(kind)) for kind in KINDS + ("defs",)}
+    registry = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values()
+    )
+    return {kind: Draft202012Validator(schemas[kind], registry=registry) for kind in KINDS}
+
+
+def validate_document(doc: Document) -> list[Diagnostic]:
+    validator = _validators()[doc.kind]
+    return [_diagnostic(doc, error) for error in validator.iter_errors(doc.data)]
+
+
+def _describe(path) -> str:
+    parts = []
+    for p in path:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "document"
+
+
+def _diagnostic(doc: Document, error) -> Diagnostic:
+    path = tuple(error.absolute_path)
+    what = _describe(path)
+    validator = error.validator
+    key_loc = False
+    if validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        path = path + (extra[0],)
+        key_loc = True
+        message = f"unknown key '{extra[0]}' in {what} (allowed: {allowed})"
+        if len(extra) > 1:
+            message = f"unknown keys {', '.join(repr(e) for e in extra)} in {what} (allowed: {allowed})"
+    elif validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        message = f"{what} is missing the required key '{missing[0]}'"
+    elif validator == "type":
+        expected = error.validator_value
+        if isinstance(expected, list):
+            expected = " or ".join(expected)
+        if path == ():
+            message = f"the document must be a mapping (got {_kind_of(error.instance)})"
+        else:
+            message = f"{what} must be {_article(expected)} (got {_kind_of(error.instance)} {_short(error.instance)})"
+    elif validator == "enum":
+        choices = ", ".join(str(c) for c in error.validator_value)
+        message = f"{what} must be one of {choices} (got {_short(error.instance)})"
+    elif validator == "pattern":
+        message = f"{what}: {_short(error.instance)} is not valid ({_pattern_hint(error.schema)})"
+    elif validator in ("minimum", "maximum"):
+        low, high = error.schema.get("minimum"), error.schema.get("maximum")
+        message = f"{what} must be between {low} and {high} (got {error.instance})"
+    elif validator == "multipleOf":
+        message = f"{what} must be a multiple of {error.validator_value} (got {error.instance})"
+    elif validator == "maxLength":
+        message = f"{what} is longer than {error.validator_value} characters"
+    elif validator in ("minItems", "maxItems"):
+        n = error.validator_value
+        bound = "at least" if validator == "minItems" else "at most"
+        message = f"{what} must have {bound} {n} item{'s' if n != 1 else ''}"
+    elif validator == "anyOf":
+        descr = error.schema.get("description", "one of the allowed forms")
+        message = f"{what} must be {descr} (got {_short(error.instance)})"
+    else:  # pragma: no cover - any keyword not mapped above still gets a located message
+        message = f"{what}: {error.message}"
+    return Diagnostic(doc.loc(path, key=key_loc), message, f"schema-{validator}")
+
+
+def _pattern_hint(schema: dict) -> str:
+    return schema.get("description") or f"expected to match {schema['pattern']}"
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
+
+
+def _kind_of(value) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

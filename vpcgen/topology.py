@@ -1,0 +1,156 @@
+"""The per-router view of a VPC: roles, interfaces and addresses (SPEC §2.1, §2.2).
+
+Everything a template or another feature needs about where things are is computed here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import addr
+from .allocate import Allocation
+from .intent import Site, Vpc
+
+SYNC_ADDRESSES = ("169.254.255.1", "169.254.255.2")
+SYNC_PREFIX = 30
+CONNTRACKD_PORT = 3780
+PRIORITIES = (200, 100)  # far apart, so elections never hinge on timer skew
+
+
+@dataclass(frozen=True)
+class Iface:
+    name: str  # eth1, eth2.1200, ...
+    vlan: int | None
+    raw_device: str | None
+    addresses: tuple[str, ...]  # this router's own addresses, with prefix length
+    role: str  # public | tier | sync | private-gateway
+    label: str  # what it carries, for comments
+
+
+@dataclass(frozen=True)
+class TierView:
+    name: str
+    iface: str
+    vlan: int
+    cidr: str
+    gateway: str  # the gateway (VIP on a redundant VPC)
+    own: str  # this router's own address in the tier (the gateway on a single router)
+    acl: str
+
+
+@dataclass(frozen=True)
+class PublicView:
+    iface: str
+    vlan: int | None
+    cidr: str
+    gateway: str
+    addresses: tuple[tuple[str, str], ...]  # (name, address), sorted by name
+
+
+@dataclass(frozen=True)
+class RouterView:
+    site: Site
+    vpc: Vpc
+    name: str
+    index: int  # 0: first router, 1: second
+    mgmt: str
+    redundant: bool
+    priority: int
+    vpc_cidr: str
+    tiers: tuple[TierView, ...]
+    public: PublicView | None
+    sync_iface: str | None
+    sync_vlan: int | None
+    sync_own: str | None
+    sync_peer: str | None
+    vrid: int | None
+    interfaces: tuple[Iface, ...]
+    public_ips: dict  # name -> address
+
+
+def public_iface(site: Site, vpc: Vpc) -> str:
+    zone = site.zones[vpc.zone]
+    vlan = zone.public.vlan if (zone.public and not vpc.routed) else (zone.ospf.transit_vlan if zone.ospf else None)
+    return f"eth1.{vlan}" if vlan else "eth1"
+
+
+def router_views(site: Site, alloc: Allocation) -> list[RouterView]:
+    views = []
+    for vpc in site.vpcs.values():
+        for index, router in enumerate(vpc.routers):
+            views.append(_view(site, alloc, vpc, index))
+    return views
+
+
+def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
+    router = vpc.routers[index]
+    zone = site.zones[vpc.zone]
+    tiers = []
+    interfaces = []
+    for t in sorted(vpc.tiers, key=lambda t: alloc.tier_vlans[(vpc.name, t.name)]):
+        cidr = alloc.tier_cidrs[(vpc.name, t.name)]
+        vlan = alloc.tier_vlans[(vpc.name, t.name)]
+        first, last = addr.usable(cidr)
+        gateway = t.gateway or addr.to_ip(first)
+        own = addr.to_ip(last - index) if vpc.redundant else gateway
+        iface = f"eth2.{vlan}"
+        tiers.append(TierView(t.name, iface, vlan, cidr, gateway, own, t.acl))
+        interfaces.append(Iface(iface, vlan, "eth2", (addr.with_prefix(own, cidr),), "tier", f"tier {t.name}"))
+    public = None
+    public_ips = {}
+    if not vpc.routed and zone.public is not None:
+        public_ips = {p.name: alloc.public_ips[(vpc.name, p.name)] for p in sorted(vpc.public_ips, key=lambda p: p.name)}
+        name = public_iface(site, vpc)
+        public = PublicView(name, zone.public.vlan, zone.public.cidr, zone.public.gateway, tuple(public_ips.items()))
+        # a single router holds the public addresses itself; a pair carries them as VRRP addresses
+        own = () if vpc.redundant else tuple(addr.with_prefix(a, zone.public.cidr) for _, a in public.addresses)
+        interfaces.insert(0, Iface(name, zone.public.vlan, "eth1" if zone.public.vlan else None, own, "public",
+                                   "public uplink"))
+    sync_iface = sync_vlan = sync_own = sync_peer = None
+    if vpc.redundant:
+        sync_vlan = alloc.sync_vlans[vpc.name]
+        sync_iface = f"eth2.{sync_vlan}"
+        sync_own, sync_peer = SYNC_ADDRESSES[index], SYNC_ADDRESSES[1 - index]
+        interfaces.append(Iface(sync_iface, sync_vlan, "eth2", (f"{sync_own}/{SYNC_PREFIX}",), "sync",
+                                "sync link (VRRP, conntrackd)"))
+    return RouterView(
+        site=site, vpc=vpc, name=router.name, index=index, mgmt=router.mgmt, redundant=vpc.redundant,
+        priority=PRIORITIES[index], vpc_cidr=alloc.vpc_cidrs[vpc.name], tiers=tuple(tiers), public=public,
+        sync_iface=sync_iface, sync_vlan=sync_vlan, sync_own=sync_own, sync_peer=sync_peer,
+        vrid=alloc.vrids.get(vpc.name), interfaces=tuple(interfaces), public_ips=public_ips)
+
+
+def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
+    """The resolved site (SPEC §2.3): no secret values, only names and addresses."""
+    by_vpc: dict[str, list[RouterView]] = {}
+    for v in views:
+        by_vpc.setdefault(v.vpc.name, []).append(v)
+    vpcs = {}
+    for vpc in site.vpcs.values():
+        rv = by_vpc.get(vpc.name, [])
+        vpcs[vpc.name] = {
+            "zone": vpc.zone,
+            "kind": "routed" if vpc.routed else "nat",
+            "cidr": alloc.vpc_cidrs.get(vpc.name),
+            "redundant": vpc.redundant,
+            "vrrp": {"vrid": alloc.vrids.get(vpc.name), "sync_vlan": alloc.sync_vlans.get(vpc.name),
+                     "advert_interval_ms": vpc.vrrp.advert_interval_ms, "preempt": vpc.vrrp.preempt}
+            if vpc.redundant else None,
+            "tiers": {t.name: {"cidr": t.cidr, "gateway": t.gateway, "vlan": t.vlan, "acl": t.acl}
+                      for t in sorted(rv[0].tiers, key=lambda t: t.name)} if rv else {},
+            "public_ips": dict(sorted(rv[0].public_ips.items())) if rv else {},
+            "routers": {
+                v.name: {"mgmt": v.mgmt, "role": ("first" if v.index == 0 else "second") if v.redundant else "single",
+                         "priority": v.priority if v.redundant else None,
+                         "interfaces": {i.name: list(i.addresses) for i in v.interfaces}}
+                for v in rv},
+        }
+    zones = {}
+    for zone in site.zones.values():
+        zones[zone.name] = {
+            "guest_vlans": f"{zone.guest_vlans[0]}-{zone.guest_vlans[1]}",
+            "public": {"cidr": zone.public.cidr, "gateway": zone.public.gateway, "vlan": zone.public.vlan}
+            if zone.public else None,
+            "super_cidr": zone.super_cidr,
+        }
+    return {"_generated": "by vpcgen; do not edit", "site": site.name, "zones": zones, "vpcs": vpcs}

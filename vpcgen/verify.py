@@ -1,0 +1,465 @@
+"""Semantic checks of the intent (SPEC §1.3): references, ranges, overlaps, collisions.
+
+``check_intent`` needs only the intent; ``check_placement`` runs after allocation, when every
+tier has its CIDR. Both return every problem found.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from . import addr
+from .errors import Diagnostic
+from .intent import BUILTIN_ACLS, SOURCE_NAT_IP, Site, Src, Vpc
+from .loader import SiteFiles
+
+NAT_ONLY_FIELDS = ("public_ips", "source_nat", "static_nat", "port_forwarding", "load_balancers", "vpn")
+
+# strongSwan proposal keywords accepted in ike_proposals / esp_proposals (swanctl proposal syntax).
+ENCRYPTION = {"aes128", "aes192", "aes256", "aes128gcm16", "aes192gcm16", "aes256gcm16", "aes128gcm12",
+              "aes256gcm12", "aes128ccm16", "aes256ccm16", "chacha20poly1305", "3des", "aes128ctr", "aes256ctr",
+              "camellia128", "camellia256"}
+INTEGRITY = {"sha1", "sha256", "sha384", "sha512", "md5", "aesxcbc", "sha256_96"}
+PRF = {"prfsha1", "prfsha256", "prfsha384", "prfsha512", "prfmd5", "prfaesxcbc"}
+DH_GROUPS = {"modp1024", "modp1536", "modp2048", "modp3072", "modp4096", "modp6144", "modp8192", "ecp256",
+             "ecp384", "ecp521", "curve25519", "curve448", "noesn", "esn"}
+
+
+class Checker:
+    def __init__(self):
+        self.diagnostics: list[Diagnostic] = []
+
+    def err(self, src: Src, sub: tuple, message: str, code: str, key: bool = False) -> None:
+        self.diagnostics.append(Diagnostic(src.loc(*sub, key=key), message, code))
+
+
+def check_files(files: SiteFiles) -> list[Diagnostic]:
+    """Rules about the files themselves: names equal stems, built-ins are not redefined."""
+    c = Checker()
+    for doc in files.zones + files.vpcs + files.acls:
+        name = doc.data.get("name") if isinstance(doc.data, dict) else None
+        if name is not None and name != doc.stem:
+            c.err(Src(doc), ("name",), f"{doc.kind} name '{name}' must equal the file's name '{doc.stem}'",
+                  "name-mismatch")
+        if doc.kind == "acl" and doc.stem in BUILTIN_ACLS:
+            c.err(Src(doc), (), f"'{doc.stem}' is a built-in ACL list and cannot be redefined", "builtin-acl")
+    return c.diagnostics
+
+
+def check_intent(site: Site) -> list[Diagnostic]:
+    c = Checker()
+    for zone in site.zones.values():
+        _check_zone(c, zone)
+    for acl in site.acls.values():
+        _check_acl(c, acl)
+    routers: dict[str, Src] = {}
+    mgmts: dict[str, Src] = {}
+    for vpc in site.vpcs.values():
+        for r in vpc.routers:
+            if r.name in routers:
+                c.err(r.src, ("name",), f"router name '{r.name}' is already used in {routers[r.name].file}",
+                      "duplicate-router")
+            routers.setdefault(r.name, r.src)
+            if r.mgmt in mgmts:
+                c.err(r.src, ("mgmt",), f"management address {r.mgmt} is already used in {mgmts[r.mgmt].file}",
+                      "duplicate-mgmt")
+            mgmts.setdefault(r.mgmt, r.src)
+        _check_vpc(c, site, vpc)
+    _check_zone_wide(c, site)
+    return c.diagnostics
+
+
+def _canonical(c: Checker, src: Src, sub: tuple, cidr: str, what: str) -> bool:
+    if not addr.is_canonical(cidr):
+        c.err(src, sub, f"{what} {cidr} is not in canonical form (did you mean {addr.net(cidr).cidr}?)",
+              "cidr-not-canonical")
+        return False
+    return True
+
+
+def _ports_ok(c: Checker, src: Src, sub: tuple, ports) -> bool:
+    if ports and ports[0] > ports[1]:
+        c.err(src, sub, f"port range {ports[0]}-{ports[1]} is reversed", "bad-port-range")
+        return False
+    if ports and ports[1] > 65535:
+        c.err(src, sub, f"port {ports[1]} is out of range 1-65535", "bad-port-range")
+        return False
+    return True
+
+
+def _check_zone(c: Checker, zone) -> None:
+    low, high = zone.guest_vlans
+    if not (1 <= low <= high <= 4094):
+        c.err(zone.src, ("guest_vlans",), f"guest_vlans {low}-{high} must be a range within 1-4094",
+              "bad-vlan-range")
+    p = zone.public
+    if p is not None and _canonical(c, zone.src, ("public", "cidr"), p.cidr, "public cidr"):
+        first, last = addr.usable(p.cidr)
+        gw = int(addr.ip(p.gateway))
+        if not first <= gw <= last:
+            c.err(zone.src, ("public", "gateway"), f"public gateway {p.gateway} is not a usable address of {p.cidr}",
+                  "gateway-outside")
+        seen: list[tuple[int, int, int]] = []
+        for i, text in enumerate(p.ranges):
+            try:
+                a, b = addr.ip_range(text)
+            except Exception:
+                c.err(zone.src, ("public", "ranges", i), f"'{text}' is not a range FIRST-LAST of IPv4 addresses",
+                      "bad-ip-range")
+                continue
+            if a > b or a < first or b > last:
+                c.err(zone.src, ("public", "ranges", i),
+                      f"public range {text} must be ascending and within the usable addresses of {p.cidr}",
+                      "bad-ip-range")
+            elif a <= gw <= b:
+                c.err(zone.src, ("public", "ranges", i), f"public range {text} includes the gateway {p.gateway}",
+                      "bad-ip-range")
+            for j, x, y in seen:
+                if a <= y and x <= b:
+                    c.err(zone.src, ("public", "ranges", i), f"public range {text} overlaps {p.ranges[j]}",
+                          "bad-ip-range")
+            seen.append((i, a, b))
+    if zone.super_cidr is not None:
+        _canonical(c, zone.src, ("super_cidr",), zone.super_cidr, "super_cidr")
+    if zone.ospf is not None:
+        _canonical(c, zone.src, ("ospf", "transit", "cidr"), zone.ospf.transit_cidr, "transit cidr")
+        if zone.ospf.dead_interval_s <= zone.ospf.hello_interval_s:
+            c.err(zone.src, ("ospf", "dead_interval_s"), "dead_interval_s must be larger than hello_interval_s",
+                  "bad-ospf-timers")
+
+
+def _check_acl(c: Checker, acl) -> None:
+    numbers: dict[int, int] = {}
+    for rule in acl.rules:
+        if rule.number in numbers:
+            c.err(rule.src, ("number",), f"rule number {rule.number} is used twice in ACL '{acl.name}'",
+                  "duplicate-rule-number")
+        numbers[rule.number] = 1
+        if rule.ports is not None:
+            if rule.protocol not in ("tcp", "udp"):
+                c.err(rule.src, ("ports",), f"ports apply only to tcp or udp rules (protocol is {rule.protocol})",
+                      "ports-without-tcp-udp")
+            _ports_ok(c, rule.src, ("ports",), rule.ports)
+        for field in ("icmp_type", "icmp_code"):
+            if getattr(rule, field) is not None and rule.protocol != "icmp":
+                c.err(rule.src, (field,), f"{field} applies only to icmp rules (protocol is {rule.protocol})",
+                      "icmp-without-icmp")
+        if rule.icmp_code is not None and rule.icmp_type is None:
+            c.err(rule.src, ("icmp_code",), "icmp_code needs icmp_type", "icmp-code-without-type")
+        for i, cidr in enumerate(rule.cidrs):
+            _canonical(c, rule.src, ("cidrs", i), cidr, "cidr")
+
+
+def _check_vpc(c: Checker, site: Site, vpc: Vpc) -> None:
+    s = vpc.src
+    zone = site.zones.get(vpc.zone)
+    if zone is None:
+        c.err(s, ("zone",), f"zone '{vpc.zone}' does not exist (zones: {', '.join(site.zones) or 'none'})",
+              "unknown-zone")
+    raw = s.doc.data
+    if ("cidr" in raw) == ("netmask" in raw):
+        c.err(s, (), "a VPC takes either cidr (NAT VPC) or netmask (routed VPC), not both or neither",
+              "vpc-cidr-or-netmask")
+        return
+    if vpc.routed:
+        for f in NAT_ONLY_FIELDS:
+            if f in raw:
+                c.err(s, (f,), f"{f} is only available in NAT VPCs (this VPC is routed: it has netmask)",
+                      "nat-field-in-routed-vpc", key=True)
+        if zone is not None and (zone.super_cidr is None or zone.ospf is None):
+            c.err(s, ("netmask",), f"routed VPCs need super_cidr and ospf in zone '{zone.name}'",
+                  "zone-not-routed")
+        for t in vpc.tiers:
+            if t.cidr is not None:
+                c.err(t.src, ("cidr",), "tiers of a routed VPC take netmask: the VPC's CIDR is allocated",
+                      "routed-tier-cidr")
+    else:
+        _canonical(c, s, ("cidr",), vpc.cidr, "VPC cidr")
+        if zone is not None and zone.public is None:
+            c.err(s, ("cidr",), f"NAT VPCs need a public network in zone '{zone.name}'", "zone-without-public")
+    want = 2 if vpc.redundant else 1
+    if len(vpc.routers) != want:
+        kind = "a redundant VPC has exactly 2 routers" if vpc.redundant else "a non-redundant VPC has exactly 1 router"
+        c.err(s, ("routers",), f"{kind} (found {len(vpc.routers)})", "router-count")
+    _check_tiers(c, site, vpc)
+    _check_public(c, site, vpc)
+    _check_vpn(c, vpc)
+    _check_private_gateways(c, site, vpc)
+
+
+def _tier_prefix_limit(vpc: Vpc) -> int:
+    # a redundant tier needs the gateway plus one address per router: /29 at the smallest
+    return 29 if vpc.redundant else 30
+
+
+def _check_tiers(c: Checker, site: Site, vpc: Vpc) -> None:
+    names: set[str] = set()
+    fixed = []
+    vpc_prefix = addr.net(vpc.cidr).prefixlen if vpc.cidr and addr.is_canonical(vpc.cidr) else vpc.netmask
+    for t in vpc.tiers:
+        if t.name in names:
+            c.err(t.src, ("name",), f"tier '{t.name}' is defined twice", "duplicate-tier")
+        names.add(t.name)
+        if t.acl not in site.acls:
+            c.err(t.src, ("acl",), f"ACL list '{t.acl}' does not exist", "unknown-acl")
+        if (t.cidr is None) == (t.netmask is None):
+            c.err(t.src, (), "a tier takes either cidr or netmask, not both or neither", "tier-cidr-or-netmask")
+            continue
+        prefix = t.netmask if t.cidr is None else addr.net(t.cidr).prefixlen
+        if prefix > _tier_prefix_limit(vpc):
+            c.err(t.src, ("netmask" if t.cidr is None else "cidr",),
+                  f"tier '{t.name}' is too small: a {'redundant' if vpc.redundant else 'single-router'} VPC needs "
+                  f"/{_tier_prefix_limit(vpc)} or larger", "tier-too-small")
+        elif vpc_prefix is not None and prefix < vpc_prefix:
+            c.err(t.src, ("netmask" if t.cidr is None else "cidr",),
+                  f"tier '{t.name}' (/{prefix}) is larger than its VPC (/{vpc_prefix})", "tier-outside-vpc")
+        if t.cidr is not None and _canonical(c, t.src, ("cidr",), t.cidr, "tier cidr"):
+            if vpc.cidr and addr.is_canonical(vpc.cidr) and not addr.contains(vpc.cidr, t.cidr):
+                c.err(t.src, ("cidr",), f"tier '{t.name}' {t.cidr} lies outside the VPC cidr {vpc.cidr}",
+                      "tier-outside-vpc")
+            fixed.append(t)
+        if t.gateway is not None and t.netmask is not None and t.cidr is None:
+            c.err(t.src, ("gateway",), "gateway needs a fixed tier cidr (the tier's CIDR is allocated)",
+                  "gateway-without-cidr")
+    for i, a in enumerate(fixed):
+        for b in fixed[:i]:
+            if addr.overlaps(a.cidr, b.cidr):
+                c.err(a.src, ("cidr",), f"tier '{a.name}' {a.cidr} overlaps tier '{b.name}' {b.cidr}",
+                      "cidr-overlap")
+
+
+def _check_public(c: Checker, site: Site, vpc: Vpc) -> None:
+    zone = site.zones.get(vpc.zone)
+    ips = {}
+    for p in vpc.public_ips:
+        if p.name == SOURCE_NAT_IP and p.src.path[-1:] != ("source_nat",):
+            c.err(p.src, ("name",), f"'{SOURCE_NAT_IP}' is reserved for the VPC's source NAT address",
+                  "reserved-name")
+            continue
+        if p.name in ips:
+            c.err(p.src, ("name",), f"public IP '{p.name}' is defined twice", "duplicate-public-ip")
+        ips[p.name] = p
+        if p.address is not None and zone is not None and zone.public is not None \
+                and addr.is_canonical(zone.public.cidr):
+            first, last = addr.usable(zone.public.cidr)
+            a = int(addr.ip(p.address))
+            if not first <= a <= last or p.address == zone.public.gateway:
+                c.err(p.src, ("address",), f"public IP {p.address} is not a usable address of zone "
+                      f"'{zone.name}' public network {zone.public.cidr}", "public-ip-outside")
+    # what each public IP is used for: one static NAT, or port forwarding / LB rules
+    use: dict[str, str] = {}
+
+    def claim(name: str, kind: str, src: Src) -> bool:
+        if name not in ips:
+            c.err(src, ("public_ip",), f"public IP '{name}' does not exist in VPC '{vpc.name}'",
+                  "unknown-public-ip")
+            return False
+        if name == SOURCE_NAT_IP:
+            c.err(src, ("public_ip",), f"the source NAT IP cannot also be used for {kind}", "public-ip-in-use")
+            return False
+        prior = use.get(name)
+        if prior is not None and (prior == "static NAT" or kind == "static NAT"):
+            c.err(src, ("public_ip",), f"public IP '{name}' is already used for {prior}", "public-ip-in-use")
+            return False
+        use.setdefault(name, kind)
+        return True
+
+    for s in vpc.static_nat:
+        claim(s.public_ip, "static NAT", s.src)
+    listeners: dict[tuple[str, str], list[tuple[int, int, str]]] = defaultdict(list)
+
+    def listen(name: str, proto: str, ports: tuple[int, int], what: str, src: Src, sub: tuple) -> None:
+        for low, high, other in listeners[(name, proto)]:
+            if ports[0] <= high and low <= ports[1]:
+                c.err(src, sub, f"{proto} port {_ports(ports)} on public IP '{name}' collides with {other}",
+                      "port-collision")
+                return
+        listeners[(name, proto)].append((ports[0], ports[1], what))
+
+    for pf in vpc.port_forwarding:
+        ok = _ports_ok(c, pf.src, ("public_port",), pf.public_port) and \
+            _ports_ok(c, pf.src, ("private_port",), pf.private_port)
+        if ok and pf.public_port[1] - pf.public_port[0] != pf.private_port[1] - pf.private_port[0]:
+            c.err(pf.src, ("private_port",), f"port ranges differ in size: public {_ports(pf.public_port)}, "
+                  f"private {_ports(pf.private_port)}", "port-range-size")
+        if claim(pf.public_ip, "port forwarding", pf.src) and ok:
+            listen(pf.public_ip, pf.protocol, pf.public_port,
+                   f"port forwarding {pf.protocol}/{_ports(pf.public_port)}", pf.src, ("public_port",))
+    lb_names: set[str] = set()
+    for lb in vpc.load_balancers:
+        if lb.name in lb_names:
+            c.err(lb.src, ("name",), f"load balancer '{lb.name}' is defined twice", "duplicate-load-balancer")
+        lb_names.add(lb.name)
+        if lb.stickiness == "cookie" and lb.protocol != "http":
+            c.err(lb.src, ("stickiness",), "cookie stickiness needs protocol http", "cookie-needs-http")
+        if lb.health_check.http_path is not None and lb.protocol != "http":
+            c.err(lb.src, ("health_check", "http_path"), "http_path needs protocol http", "http-path-needs-http")
+        if claim(lb.public_ip, "load balancing", lb.src):
+            listen(lb.public_ip, "tcp", (lb.public_port, lb.public_port), f"load balancer '{lb.name}'",
+                   lb.src, ("public_port",))
+
+
+def _ports(p: tuple[int, int]) -> str:
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}-{p[1]}"
+
+
+def _check_proposals(c: Checker, src: Src, field: str, proposals, esp: bool) -> None:
+    for i, proposal in enumerate(proposals):
+        parts = proposal.split("-")
+        enc = [p for p in parts if p in ENCRYPTION]
+        unknown = [p for p in parts if p not in ENCRYPTION | INTEGRITY | PRF | DH_GROUPS]
+        aead = any("gcm" in p or "ccm" in p or "poly1305" in p for p in enc)
+        if unknown:
+            c.err(src, (field, i), f"unknown algorithm '{unknown[0]}' in proposal '{proposal}'", "unknown-proposal")
+        elif not enc:
+            c.err(src, (field, i), f"proposal '{proposal}' names no encryption algorithm", "unknown-proposal")
+        elif not aead and not any(p in INTEGRITY for p in parts):
+            c.err(src, (field, i), f"proposal '{proposal}' needs an integrity algorithm", "unknown-proposal")
+        elif not esp and not any(p in DH_GROUPS - {"esn", "noesn"} for p in parts):
+            c.err(src, (field, i), f"IKE proposal '{proposal}' needs a DH group", "unknown-proposal")
+
+
+def _check_vpn(c: Checker, vpc: Vpc) -> None:
+    names: set[str] = set()
+    vpc_ok = vpc.cidr is not None and addr.is_canonical(vpc.cidr)
+    for v in vpc.site_to_site:
+        if v.name in names:
+            c.err(v.src, ("name",), f"site-to-site VPN '{v.name}' is defined twice", "duplicate-vpn")
+        names.add(v.name)
+        for i, cidr in enumerate(v.peer_cidrs):
+            if _canonical(c, v.src, ("peer_cidrs", i), cidr, "peer cidr") and vpc_ok and addr.overlaps(cidr, vpc.cidr):
+                c.err(v.src, ("peer_cidrs", i), f"peer cidr {cidr} overlaps the VPC cidr {vpc.cidr}", "cidr-overlap")
+        for i, cidr in enumerate(v.local_cidrs or ()):
+            if _canonical(c, v.src, ("local_cidrs", i), cidr, "local cidr") and vpc_ok \
+                    and not addr.contains(vpc.cidr, cidr):
+                c.err(v.src, ("local_cidrs", i), f"local cidr {cidr} lies outside the VPC cidr {vpc.cidr}",
+                      "cidr-outside-vpc")
+        _check_proposals(c, v.src, "ike_proposals", v.ike_proposals, esp=False)
+        _check_proposals(c, v.src, "esp_proposals", v.esp_proposals, esp=True)
+        if v.ike_version == 1 and any("gcm" in p or "ccm" in p for p in v.ike_proposals):
+            c.err(v.src, ("ike_proposals",), "IKEv1 does not support AEAD (gcm/ccm) IKE proposals",
+                  "unknown-proposal")
+    ra = vpc.remote_access
+    if ra is not None:
+        _canonical(c, ra.src, ("pool",), ra.pool, "VPN pool")  # overlaps are found in check_placement
+        users: set[str] = set()
+        for i, u in enumerate(ra.users):
+            if u.name in users:
+                c.err(ra.src, ("users", i, "name"), f"VPN user '{u.name}' is defined twice", "duplicate-vpn-user")
+            users.add(u.name)
+
+
+def _check_private_gateways(c: Checker, site: Site, vpc: Vpc) -> None:
+    names: set[str] = set()
+    for g in vpc.private_gateways:
+        if g.name in names:
+            c.err(g.src, ("name",), f"private gateway '{g.name}' is defined twice", "duplicate-private-gateway")
+        names.add(g.name)
+        if g.acl not in site.acls:
+            c.err(g.src, ("acl",), f"ACL list '{g.acl}' does not exist", "unknown-acl")
+        network = str(addr.net(g.address).cidr)
+        if not addr.in_net(g.gateway, network) or g.gateway == g.address.split("/")[0]:
+            c.err(g.src, ("gateway",), f"gateway {g.gateway} must be another address in {network}",
+                  "gateway-outside")
+        if vpc.cidr and addr.is_canonical(vpc.cidr) and addr.overlaps(network, vpc.cidr):
+            c.err(g.src, ("address",), f"private gateway network {network} overlaps the VPC cidr {vpc.cidr}",
+                  "cidr-overlap")
+        for i, route in enumerate(g.routes):
+            _canonical(c, g.src, ("routes", i), route, "route")
+
+
+def _check_zone_wide(c: Checker, site: Site) -> None:
+    """VLAN pins unique per zone; NAT VPC CIDRs of one zone do not overlap; pinned public IPs unique."""
+    by_zone = defaultdict(list)
+    for vpc in site.vpcs.values():
+        by_zone[vpc.zone].append(vpc)
+    for zone_name, vpcs in sorted(by_zone.items()):
+        zone = site.zones.get(zone_name)
+        vlans: dict[int, str] = {}
+
+        def pin(vlan, what: str, src: Src, sub: tuple) -> None:
+            if vlan is None:
+                return
+            if vlan in vlans:
+                c.err(src, sub, f"VLAN {vlan} of {what} is already used by {vlans[vlan]} in zone '{zone_name}'",
+                      "duplicate-vlan")
+            else:
+                vlans[vlan] = what
+
+        if zone is not None:
+            pin(zone.public.vlan if zone.public else None, "the public network", zone.src, ("public", "vlan"))
+            pin(zone.ospf.transit_vlan if zone.ospf else None, "the OSPF transit link", zone.src,
+                ("ospf", "transit", "vlan"))
+        addresses: dict[str, str] = {}
+        cidrs: list[tuple[str, Vpc]] = []
+        for vpc in vpcs:
+            for t in vpc.tiers:
+                pin(t.vlan, f"tier '{vpc.name}/{t.name}'", t.src, ("vlan",))
+            for g in vpc.private_gateways:
+                pin(g.vlan, f"private gateway '{vpc.name}/{g.name}'", g.src, ("vlan",))
+            for p in vpc.public_ips:
+                if p.address is None:
+                    continue
+                if p.address in addresses:
+                    c.err(p.src, ("address",), f"public IP {p.address} is already used by {addresses[p.address]}",
+                          "duplicate-public-ip")
+                addresses.setdefault(p.address, f"'{vpc.name}/{p.name}'")
+            if vpc.cidr and addr.is_canonical(vpc.cidr):
+                for other_cidr, other in cidrs:
+                    if addr.overlaps(vpc.cidr, other_cidr):
+                        c.err(vpc.src, ("cidr",), f"VPC cidr {vpc.cidr} overlaps VPC '{other.name}' "
+                              f"{other_cidr} in zone '{zone_name}'", "cidr-overlap")
+                cidrs.append((vpc.cidr, vpc))
+
+
+def check_placement(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[Diagnostic]:
+    """Checks that need every tier's CIDR (after allocation): private addresses lie in tiers, and
+    tiers do not overlap VPN pools or private gateway networks."""
+    c = Checker()
+    for vpc in site.vpcs.values():
+        tiers = [(t, tier_cidrs[(vpc.name, t.name)]) for t in vpc.tiers if (vpc.name, t.name) in tier_cidrs]
+
+        def inside(address: str, src: Src, sub: tuple, what: str) -> None:
+            for t, cidr in tiers:
+                if addr.in_net(address, cidr):
+                    reserved = reserved_addresses(vpc, t, cidr)
+                    if address in reserved:
+                        c.err(src, sub, f"{what} {address} is the {reserved[address]} of tier '{t.name}'",
+                              "private-ip-reserved")
+                    return
+            c.err(src, sub, f"{what} {address} lies in no tier of VPC '{vpc.name}'", "private-ip-outside")
+
+        for s in vpc.static_nat:
+            inside(s.private_ip, s.src, ("private_ip",), "private IP")
+        for pf in vpc.port_forwarding:
+            inside(pf.private_ip, pf.src, ("private_ip",), "private IP")
+        for lb in vpc.load_balancers:
+            for i, m in enumerate(lb.members):
+                inside(m, lb.src, ("members", i), "load balancer member")
+        others = []
+        if vpc.remote_access is not None and addr.is_canonical(vpc.remote_access.pool):
+            others.append((vpc.remote_access.pool, "the remote-access VPN pool"))
+        for g in vpc.private_gateways:
+            others.append((str(addr.net(g.address).cidr), f"private gateway '{g.name}'"))
+        for t, cidr in tiers:
+            if t.gateway is not None:
+                first, last = addr.usable(cidr)
+                routers = len(vpc.routers) if vpc.redundant else 0
+                if not first <= int(addr.ip(t.gateway)) <= last - routers:
+                    c.err(t.src, ("gateway",), f"gateway {t.gateway} must be a usable address of {cidr} "
+                          "that no router takes", "gateway-outside")
+            for other, what in others:
+                if addr.overlaps(cidr, other):
+                    c.err(t.src, ("cidr",) if t.cidr else ("netmask",),
+                          f"tier '{t.name}' {cidr} overlaps {what} {other}", "cidr-overlap")
+    return c.diagnostics
+
+
+def reserved_addresses(vpc: Vpc, tier, cidr: str) -> dict[str, str]:
+    """The addresses of a tier that belong to the routers: gateway and each router's own."""
+    first, last = addr.usable(cidr)
+    out = {tier.gateway or addr.to_ip(first): "gateway"}
+    if vpc.redundant:
+        for i, r in enumerate(vpc.routers):
+            out[addr.to_ip(last - i)] = f"address of router '{r.name}'"
+    return out
