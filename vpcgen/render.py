@@ -93,7 +93,7 @@ def reload_commands(view: RouterView) -> dict[str, str]:
     return {
         "networking": "ifup -a",
         "sysctl": f"sysctl -q -p {p['sysctl']}",
-        "iptables": f"{p['notify']} apply-firewall" if view.redundant else f"iptables-restore -w {p['rules']}",
+        "iptables": f"{p['notify']} apply-firewall" if view.redundant else f"iptables-restore --wait=10 {p['rules']}",
         "conntrackd": "systemctl restart conntrackd",
         "keepalived": "systemctl reload keepalived",
     }
