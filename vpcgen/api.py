@@ -57,8 +57,7 @@ def validate_site(site_dir) -> Validated:
     files, problems = load_site(site_dir)
     for doc in files.documents():
         problems += validate_document(doc)
-    _raise_if(problems)
-    _raise_if(verify.check_files(files))
+    _raise_if(problems + verify.check_files(files))
     site = build_intent(files)
     _raise_if(verify.check_intent(site))
     alloc = allocate(site, files.lock.data if files.lock else None)

@@ -134,7 +134,9 @@ def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Di
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or str(exc)
         if exc.context:
-            message = f"{exc.context}: {message}"
+            cm = exc.context_mark
+            started = f" (from line {cm.line + 1}, column {cm.column + 1})" if cm and cm is not mark else ""
+            message = f"{exc.context}{started}: {message}"
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
         return doc, [Diagnostic(loc, f"invalid YAML: {message}", "yaml-syntax")]
     except yaml.YAMLError as exc:

@@ -1,0 +1,31 @@
+"""Shared helpers: copying sites to temporary folders and running the CLI in-process."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vpcgen.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "sites" / "example"
+FIXTURE_SITES = ROOT / "tests" / "fixtures" / "sites"
+
+
+def copy_site(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def run_cli(*args: str):
+    """(exit code, stdout, stderr) of `vpcgen ARGS` run in-process."""
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    return copy_site(EXAMPLE, tmp_path / "example")

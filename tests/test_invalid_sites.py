@@ -1,0 +1,134 @@
+"""Every kind of bad input: exit 1, located diagnostics (snapshotted), no traceback, output untouched."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+# (case, [(file, old text, new text)]): old=None replaces the whole file (new=None deletes it)
+CASES = [
+    ("yaml-syntax", [("vpcs/shop.yaml", "zone: zone1", "zone: [zone1")]),
+    ("duplicate-key", [("vpcs/shop.yaml", "redundant: true", "redundant: true\nredundant: false")]),
+    ("wrong-type", [("vpcs/shop.yaml", "redundant: true", "redundant: 3")]),
+    ("unknown-key", [("acls/web.yaml", "{number: 15,", "{number: 15, prot: tcp,")]),
+    ("empty-file", [("acls/db.yaml", None, "")]),
+    ("comment-only-file", [("acls/db.yaml", None, "# nothing here\n")]),
+    ("not-utf8", [("acls/db.yaml", "Database tier", "Datab\xe4se tier".encode("latin-1").decode("latin-1"))]),
+    ("multiple-documents", [("acls/db.yaml", "rules:", "rules: []\n---\nrules:")]),
+    ("not-a-mapping", [("zones/zone1.yaml", None, "- zone1\n")]),
+    ("missing-required", [("vpcs/blog.yaml", "zone: zone1\n", "")]),
+    ("name-mismatch", [("acls/db.yaml", "name: db", "name: dbx")]),
+    ("bad-name", [("vpcs/blog.yaml", "- {name: web, netmask: 24, acl: web}", "- {name: Web_1, netmask: 24, acl: web}")]),
+    ("dangling-acl", [("vpcs/shop.yaml", "{name: db, netmask: 24, acl: db}", "{name: db,  netmask: 24, acl: dbz}")]),
+    ("dangling-zone", [("vpcs/blog.yaml", "zone: zone1", "zone: zone9")]),
+    ("dangling-public-ip", [("vpcs/shop.yaml", "{public_ip: bastion, private_ip", "{public_ip: bastio, private_ip")]),
+    ("cidr-not-canonical", [("vpcs/shop.yaml", "cidr: 10.10.0.0/16", "cidr: 10.10.1.0/16")]),
+    ("tier-overlap", [("vpcs/shop.yaml", "{name: app, netmask: 24, acl: app}",
+                       "{name: app, cidr: 10.10.1.128/25, acl: app}")]),
+    ("tier-outside-vpc", [("vpcs/shop.yaml", "cidr: 10.10.1.0/24", "cidr: 10.11.1.0/24")]),
+    ("vpc-overlap", [("vpcs/blog.yaml", "cidr: 10.20.0.0/16", "cidr: 10.10.128.0/17")]),
+    ("private-ip-outside", [("vpcs/shop.yaml", "private_ip: 10.10.1.10}", "private_ip: 10.10.9.10}")]),
+    ("private-ip-reserved", [("vpcs/shop.yaml", "private_ip: 10.10.1.10}", "private_ip: 10.10.1.254}")]),
+    ("port-collision", [("vpcs/shop.yaml", "public_port: 2222,", "public_port: 80,")]),
+    ("port-range-size", [("vpcs/shop.yaml", "private_ip: 10.10.0.21}", "private_ip: 10.10.0.21, private_port: \"6000-6019\"}")]),
+    ("public-ip-double-use", [("vpcs/shop.yaml", "{public_ip: www, protocol: tcp, public_port: 2222",
+                               "{public_ip: bastion, protocol: tcp, public_port: 2222")]),
+    ("duplicate-vlan", [("vpcs/blog.yaml", "{name: web, netmask: 24, acl: web}",
+                         "{name: web, netmask: 24, acl: web, vlan: 1200}")]),
+    ("router-count", [("vpcs/blog.yaml", "redundant: false", "redundant: true")]),
+    ("duplicate-router", [("vpcs/blog.yaml", "name: blog-r1", "name: shop-r1")]),
+    ("public-pool-exhausted", [("zones/zone1.yaml", "203.0.113.10-203.0.113.200", "203.0.113.10-203.0.113.12")]),
+    ("vlan-pool-exhausted", [("zones/zone1.yaml", '"1000-1999"', '"1000-1002"')]),
+    ("vpc-pool-exhausted", [("vpcs/blog.yaml", "cidr: 10.20.0.0/16", "cidr: 10.20.0.0/23"),
+                            ("vpcs/blog.yaml", "- {name: web, netmask: 24, acl: web}",
+                             "- {name: web, netmask: 24, acl: web}\n  - {name: b, netmask: 24}\n"
+                             "  - {name: c, netmask: 24}")]),
+    ("acl-rule-fields", [("acls/web.yaml", "protocol: icmp, icmp_type: 8", "protocol: udp, icmp_type: 8"),
+                         ("acls/db.yaml", "protocol: all}", "protocol: all, ports: 80}"),
+                         ("acls/app.yaml", "{number: 20,", "{number: 10,")]),
+    ("builtin-acl", [("acls/default_allow.yaml", None, "name: default_allow\nrules: []\n")]),
+    ("description-control-chars", [("site.yaml", "description: Demo site shipped with vpcgen",
+                                    'description: "Demo\\nsite"')]),
+    ("routed-vpc-nat-fields", [("vpcs/blog.yaml", "cidr: 10.20.0.0/16", "netmask: 22")]),
+    ("missing-secret", [("vpcs/shop.yaml", "source_nat: true", "source_nat: true\nvpn:\n  site_to_site:\n"
+                         "    - {name: hq, peer: 192.0.2.200, peer_cidrs: [172.16.0.0/16], psk: {secret: hq-psk}}")]),
+    ("unknown-proposal", [("vpcs/shop.yaml", "source_nat: true", "source_nat: true\nvpn:\n  site_to_site:\n"
+                           "    - {name: hq, peer: 192.0.2.200, peer_cidrs: [172.16.0.0/16], psk: {secret: p},\n"
+                           "       ike_proposals: [aes256-sha257-modp2048]}")]),
+    ("cookie-needs-http", [("vpcs/shop.yaml", "source_nat: true", "source_nat: true\nload_balancers:\n"
+                            "  - {name: lb, public_ip: www, public_port: 8443, protocol: tcp, stickiness: cookie,\n"
+                            "     members: [10.10.1.11]}")]),
+]
+
+
+def apply(site: Path, edits) -> None:
+    for rel, old, new in edits:
+        path = site / rel
+        if old is None:
+            if new is None:
+                path.unlink()
+            else:
+                path.write_text(new, encoding="utf-8")
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert old in text, f"fixture edit does not apply: {old!r} not in {rel}"
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("case,edits", CASES, ids=[c[0] for c in CASES])
+def test_invalid_site(case, edits, example, tmp_path, monkeypatch, snapshot):
+    out = tmp_path / "out"
+    code, _, _ = run_cli("build", example, "--output", out)
+    assert code == 0
+    before = tree_digest(out)
+    lock_before = (example / "allocations.lock.yaml").read_bytes()
+    apply(example, edits)
+    if case == "not-utf8":
+        path = example / "acls/db.yaml"
+        path.write_bytes(path.read_bytes().replace("Datab\xe4se".encode("utf-8"), b"Datab\xe4se"))
+    monkeypatch.chdir(tmp_path)  # FILE as the user would open it: relative to where vpcgen runs
+    code, stdout, stderr = run_cli("build", "example", "--output", "out")
+    assert code == 1, stdout + stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr
+    lines = stderr.strip().splitlines()
+    assert lines and all(line.startswith("example/") or line.startswith("error:") or
+                         line.endswith("error") or line.endswith("errors") for line in lines), stderr
+    assert tree_digest(out) == before, "a failed build must leave the earlier output untouched"
+    assert (example / "allocations.lock.yaml").read_bytes() == lock_before
+    assert stderr == snapshot
+
+
+def test_validate_reports_every_error_at_once(example, monkeypatch, tmp_path):
+    apply(example, [("vpcs/shop.yaml", "acl: db}", "acl: nope}"),
+                    ("vpcs/blog.yaml", "zone: zone1", "zone: nowhere"),
+                    ("acls/web.yaml", "action: deny,", "action: reject,")])
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli("validate", "example")
+    assert code == 1
+    # the schema error stops the semantic stage, so fix it and see both semantic errors together
+    assert "example/acls/web.yaml:" in stderr and "[schema-enum]" in stderr
+    apply(example, [("acls/web.yaml", "action: reject,", "action: deny,")])
+    code, _, stderr = run_cli("validate", "example")
+    assert code == 1
+    assert "example/vpcs/shop.yaml:" in stderr and "[unknown-acl]" in stderr
+    assert "example/vpcs/blog.yaml:" in stderr and "[unknown-zone]" in stderr
+    assert stderr.strip().endswith("2 errors")
+
+
+def test_usage_error_exit_2():
+    code, _, _ = run_cli("build")
+    assert code == 2
+    code, _, _ = run_cli("frobnicate")
+    assert code == 2
