@@ -67,6 +67,9 @@ def _conntrackd(tree: Path) -> tuple[bool, str]:
             "while [ $i -lt 50 ]; do "
             "  if conntrackd -C $conf -s >/run/ct.stats 2>&1; then ok=0; break; fi; "
             "  kill -0 $pid 2>/dev/null || break; sleep 0.1; i=$((i+1)); done; "
+            # the control socket opens before the sync channel: a daemon that answered may still die
+            "if [ $ok -eq 0 ]; then sleep 0.3; kill -0 $pid 2>/dev/null && conntrackd -C $conf -s >/dev/null 2>&1 "
+            "  || ok=1; fi; "
             "kill $pid 2>/dev/null; wait $pid 2>/dev/null; "
             "if [ $ok -ne 0 ]; then cat /run/ct.log; fi; exit $ok"
         )
