@@ -158,8 +158,10 @@ def allocate(site: Site, lock_data) -> Allocation:
                 _tier_cidrs(vpc, alloc.vpc_cidrs[vpc.name], locked.get(vpc.name, {}), alloc)
         _vlans(site, zone_name, vpcs, locked, alloc)
         _public_ips(site, zone_name, vpcs, locked, alloc)
-        _small_ids(vpcs, locked, alloc, "vrid", VRID_POOL, alloc.vrids, lambda v: v.redundant,
-                   f"VRRP router ids of zone '{zone_name}' ({VRID_POOL[0]}-{VRID_POOL[1]})")
+        # VRRP adverts travel only on each VPC's own sync link: a VRID is unique per link, not per zone
+        for vpc in vpcs:
+            _small_ids([vpc], locked, alloc, "vrid", VRID_POOL, alloc.vrids, lambda v: v.redundant,
+                       f"VRRP router ids of the sync link of VPC '{vpc.name}' ({VRID_POOL[0]}-{VRID_POOL[1]})")
         _small_ids(vpcs, locked, alloc, "ospf_area", AREA_POOL, alloc.areas, lambda v: v.routed,
                    f"OSPF area ids of zone '{zone_name}' ({AREA_POOL[0]}-{AREA_POOL[1]})")
         _transit(site, zone_name, vpcs, locked, alloc)

@@ -6,12 +6,13 @@ this module only turns jsonschema's errors into located, readable diagnostics.
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import cache
 from importlib import resources
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 
 from .errors import Diagnostic
 from .loader import Document
@@ -23,18 +24,45 @@ def schema_text(kind: str) -> str:
     return resources.files("vpcgen").joinpath("schemas", f"{kind}.schema.json").read_text(encoding="utf-8")
 
 
+def _inline(node, defs: dict):
+    """The schema with every reference to defs.schema.json replaced by the definition itself."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if ref is not None:
+            name = ref.split("#/$defs/", 1)[1]
+            target = _inline(copy.deepcopy(defs[name]), defs)
+            rest = {k: _inline(v, defs) for k, v in node.items() if k != "$ref"}
+            return {**target, **rest}
+        return {k: _inline(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
 @cache
-def _validators() -> dict[str, Draft202012Validator]:
-    schemas = {kind: json.loads(schema_text(kind)) for kind in KINDS + ("defs",)}
-    registry = Registry().with_resources(
-        (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values()
-    )
-    return {kind: Draft202012Validator(schemas[kind], registry=registry) for kind in KINDS}
+def _validators() -> dict[str, tuple]:
+    """Per kind: a compiled yes/no validator (fast) and jsonschema's (exact, located errors).
+
+    Both read the same schema files. Only documents the fast one rejects go through jsonschema,
+    whose errors are the ones reported, so the messages never depend on the fast path.
+    """
+    defs = json.loads(schema_text("defs"))["$defs"]
+    out = {}
+    for kind in KINDS:
+        schema = _inline(json.loads(schema_text(kind)), defs)
+        fast_schema = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
+        out[kind] = (fastjsonschema.compile(fast_schema), Draft202012Validator(schema))
+    return out
 
 
 def validate_document(doc: Document) -> list[Diagnostic]:
-    validator = _validators()[doc.kind]
-    return [_diagnostic(doc, error) for error in validator.iter_errors(doc.data)]
+    fast, exact = _validators()[doc.kind]
+    try:
+        fast(doc.data)
+        return []
+    except fastjsonschema.JsonSchemaException:
+        pass
+    return [_diagnostic(doc, error) for error in exact.iter_errors(doc.data)]
 
 
 def _describe(path) -> str:
