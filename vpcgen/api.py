@@ -6,8 +6,10 @@ passes small option objects in and prints what comes back; nothing here prints o
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,19 @@ class BuildResult:
     output_dir: Path | None = None
 
 
+@contextmanager
+def _no_cyclic_gc():
+    """A build allocates millions of long-lived objects and no garbage cycles worth collecting:
+    the cyclic collector would only rescan them again and again (measured: a third of build time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _raise_if(problems: list[Diagnostic]) -> None:
     if problems:
         raise DiagnosticsError(problems)
@@ -54,6 +69,11 @@ def _raise_if(problems: list[Diagnostic]) -> None:
 
 def validate_site(site_dir) -> Validated:
     """Every schema and semantic check, all problems at once (raises DiagnosticsError)."""
+    with _no_cyclic_gc():
+        return _validate_site(site_dir)
+
+
+def _validate_site(site_dir) -> Validated:
     files, problems = load_site(site_dir)
     for doc in files.documents():
         problems += validate_document(doc)
@@ -84,10 +104,17 @@ def unsupported(site: Site) -> list[Diagnostic]:
 
 
 def build_site(site_dir, options: BuildOptions) -> BuildResult:
-    v = validate_site(site_dir)
+    with _no_cyclic_gc():
+        return _build_site(site_dir, options)
+
+
+def _build_site(site_dir, options: BuildOptions) -> BuildResult:
+    v = _validate_site(site_dir)
     site, alloc = v.site, v.alloc
     secrets, missing = resolve(site, v.files.root, options.environ, options.placeholder_secrets)
     _raise_if(missing + unsupported(site))
+    for doc in v.files.documents():
+        doc.node = None  # every located check has passed: positions are no longer needed
     lock_text = dump_lock(alloc.lock_data(site))
     old_lock = (v.files.root / LOCK_FILE).read_text(encoding="utf-8") if v.files.lock else None
     lock_changed = lock_text != old_lock

@@ -8,7 +8,7 @@ while every value's and key's position is recorded under its JSON path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -31,26 +31,32 @@ class Document:
     kind: str
     file: str  # as the user would open it
     data: object
-    value_marks: dict = field(default_factory=dict)  # path -> (line, col), 1-based
-    key_marks: dict = field(default_factory=dict)  # path -> (line, col) of the key
+    node: object = None  # the composed YAML node tree: positions are looked up in it when needed
 
     @property
     def stem(self) -> str:
         return Path(self.file).stem
 
     def loc(self, path: Path_ = (), key: bool = False) -> Location:
-        """The best known location of ``path``: the value (or its key), else its nearest parent."""
-        path = tuple(path)
-        while True:
-            marks = self.key_marks if key else self.value_marks
-            if path in marks:
-                return Location(self.file, *marks[path])
-            if key and path in self.value_marks:
-                return Location(self.file, *self.value_marks[path])
-            if not path:
-                return Location(self.file, 1, 1)
-            path = path[:-1]
-            key = False
+        """The location of ``path``'s value (or of its key): else of its nearest existing parent."""
+        node, key_node = self.node, None
+        for step in tuple(path):
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    if isinstance(k, yaml.ScalarNode) and k.value == step:
+                        key_node, child = k, v
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+                key_node, child = None, node.value[step]
+            if child is None:
+                key_node = None
+                break
+            node = child
+        target = key_node if (key and key_node is not None) else node
+        if target is None:
+            return Location(self.file, 1, 1)
+        return Location(self.file, target.start_mark.line + 1, target.start_mark.column + 1)
 
 
 @dataclass
@@ -71,39 +77,39 @@ class SiteFiles:
 _constructor = yaml.constructor.SafeConstructor()
 
 
+_STR = "tag:yaml.org,2002:str"
+
+
 class _Converter:
     def __init__(self, doc: Document):
         self.doc = doc
         self.problems: list[Diagnostic] = []
 
-    def convert(self, node, path: Path_):
-        self.doc.value_marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node, yaml.MappingNode):
-            result = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    self._problem(key_node, "mapping keys must be plain strings", "yaml-key")
-                    continue
-                key = _scalar(key_node)
-                if not isinstance(key, str):
-                    key = key_node.value  # keys are names: `80:` is the string "80"
-                if key in result:
-                    self._problem(key_node, f"duplicate key '{key}'", "yaml-duplicate-key")
-                    continue
-                sub = path + (key,)
-                self.doc.key_marks[sub] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-                result[key] = self.convert(value_node, sub)
-            return result
+    def convert(self, node):
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == _STR:  # the common case, without the constructor's overhead
+                return node.value
+            if node.tag.startswith("tag:yaml.org,2002:") and node.tag != "tag:yaml.org,2002:merge":
+                try:
+                    return _scalar(node)
+                except yaml.YAMLError as exc:
+                    self._problem(node, f"invalid value: {exc}", "yaml-value")
+                    return None
+            self._problem(node, f"unsupported YAML tag {node.tag}", "yaml-tag")
+            return None
         if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
-        if node.tag.startswith("tag:yaml.org,2002:") and node.tag != "tag:yaml.org,2002:merge":
-            try:
-                return _scalar(node)
-            except yaml.YAMLError as exc:
-                self._problem(node, f"invalid value: {exc}", "yaml-value")
-                return None
-        self._problem(node, f"unsupported YAML tag {node.tag}", "yaml-tag")
-        return None
+            return [self.convert(item) for item in node.value]
+        result = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._problem(key_node, "mapping keys must be plain strings", "yaml-key")
+                continue
+            key = key_node.value  # keys are names: `80:` is the string "80"
+            if key in result:
+                self._problem(key_node, f"duplicate key '{key}'", "yaml-duplicate-key")
+                continue
+            result[key] = self.convert(value_node)
+        return result
 
     def _problem(self, node, message: str, code: str) -> None:
         mark = node.start_mark
@@ -149,7 +155,8 @@ def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Di
         return doc, [Diagnostic(Location(file, mark.line + 1, mark.column + 1),
                                 "file holds more than one YAML document", "multiple-documents")]
     converter = _Converter(doc)
-    doc.data = converter.convert(nodes[0], ())
+    doc.node = nodes[0]
+    doc.data = converter.convert(nodes[0])
     return doc, converter.problems
 
 
