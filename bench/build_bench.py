@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -58,5 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import os
     main()
