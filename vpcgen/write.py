@@ -46,8 +46,8 @@ def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.write(fd, data)
-        os.close(fd)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
