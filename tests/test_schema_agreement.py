@@ -1,0 +1,52 @@
+"""The fast schema gate must never accept what jsonschema rejects (it would hide errors)."""
+
+from __future__ import annotations
+
+import copy
+
+import fastjsonschema
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import EXAMPLE
+from vpcgen.loader import parse_document
+from vpcgen.schema import _validators
+
+DOCS = {kind: parse_document(path.read_bytes(), str(path), kind)[0].data
+        for kind, path in [("site", EXAMPLE / "site.yaml"), ("zone", EXAMPLE / "zones/zone1.yaml"),
+                           ("vpc", EXAMPLE / "vpcs/shop.yaml"), ("acl", EXAMPLE / "acls/web.yaml")]}
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.sampled_from(
+    ["", "x", "Web", "10.0.0.0/8", "10.0.0.1/8", "1-2", "80-", "a" * 40, "de\nsc", "tcp", "http", "$"]),
+    st.lists(st.integers(0, 3), max_size=2), st.just({}))
+
+
+def paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from paths(v, prefix + (i,))
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(sorted(DOCS)), pick=st.integers(0, 10_000), value=VALUES, add_key=st.booleans())
+def test_fast_gate_agrees_with_jsonschema(kind, pick, value, add_key):
+    doc = copy.deepcopy(DOCS[kind])
+    candidates = [p for p in paths(doc) if p]
+    target = candidates[pick % len(candidates)]
+    parent = doc
+    for step in target[:-1]:
+        parent = parent[step]
+    if add_key and isinstance(parent, dict):
+        parent["extra_key"] = value
+    else:
+        parent[target[-1]] = value
+    fast, exact = _validators()[kind]
+    try:
+        fast(doc)
+        fast_ok = True
+    except fastjsonschema.JsonSchemaException:
+        fast_ok = False
+    assert fast_ok == exact.is_valid(doc), (kind, target, value)
