@@ -54,3 +54,8 @@ def to_ip(value: int) -> str:
 
 def with_prefix(address: str, cidr: str) -> str:
     return f"{address}/{net(cidr).prefixlen}"
+
+
+def router_address(cidr: str, index: int) -> str:
+    """The own address of a pair's router ``index`` in a tier: last usable, then the one before."""
+    return to_ip(usable(cidr)[1] - index)

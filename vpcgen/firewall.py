@@ -20,7 +20,7 @@ BUILTIN_CHAINS = {
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
     "raw": ("PREROUTING", "OUTPUT"),
 }
-PROTOCOL_NAMES = {"tcp": "tcp", "udp": "udp", "icmp": "icmp"}
+NAMED_PROTOCOLS = frozenset({"tcp", "udp", "icmp"})
 
 
 @dataclass
@@ -61,7 +61,7 @@ def rule_matches(rule: Rule) -> list[str]:
     """One match string per CIDR of an ACL rule (source for ingress, destination for egress)."""
     parts = []
     proto = rule.protocol
-    if proto in PROTOCOL_NAMES:
+    if proto in NAMED_PROTOCOLS:
         parts.append(f"-p {proto}")
         if rule.ports is not None:
             low, high = rule.ports

@@ -52,9 +52,3 @@ def resolve(site: Site, site_root: Path, environ: dict, placeholder: bool) -> tu
                                    f"secrets/{name} (or build with --placeholder-secrets)", "missing-secret"))
     return values, problems
 
-
-def redact(text: str, secrets: dict[str, str]) -> str:
-    for value in sorted(set(secrets.values()), key=len, reverse=True):
-        if value:
-            text = text.replace(value, "<redacted>")
-    return text

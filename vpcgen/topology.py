@@ -77,7 +77,7 @@ def public_iface(site: Site, vpc: Vpc) -> str:
 def router_views(site: Site, alloc: Allocation) -> list[RouterView]:
     views = []
     for vpc in site.vpcs.values():
-        for index, router in enumerate(vpc.routers):
+        for index in range(len(vpc.routers)):
             views.append(_view(site, alloc, vpc, index))
     return views
 
@@ -90,9 +90,8 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
     for t in sorted(vpc.tiers, key=lambda t: alloc.tier_vlans[(vpc.name, t.name)]):
         cidr = alloc.tier_cidrs[(vpc.name, t.name)]
         vlan = alloc.tier_vlans[(vpc.name, t.name)]
-        first, last = addr.usable(cidr)
-        gateway = t.gateway or addr.to_ip(first)
-        own = addr.to_ip(last - index) if vpc.redundant else gateway
+        gateway = t.gateway or addr.to_ip(addr.usable(cidr)[0])
+        own = addr.router_address(cidr, index) if vpc.redundant else gateway
         iface = f"eth2.{vlan}"
         tiers.append(TierView(t.name, iface, vlan, cidr, gateway, own, t.acl))
         interfaces.append(Iface(iface, vlan, "eth2", (addr.with_prefix(own, cidr),), "tier", f"tier {t.name}"))

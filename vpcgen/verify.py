@@ -457,9 +457,8 @@ def check_placement(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[
 
 def reserved_addresses(vpc: Vpc, tier, cidr: str) -> dict[str, str]:
     """The addresses of a tier that belong to the routers: gateway and each router's own."""
-    first, last = addr.usable(cidr)
-    out = {tier.gateway or addr.to_ip(first): "gateway"}
+    out = {tier.gateway or addr.to_ip(addr.usable(cidr)[0]): "gateway"}
     if vpc.redundant:
         for i, r in enumerate(vpc.routers):
-            out[addr.to_ip(last - i)] = f"address of router '{r.name}'"
+            out[addr.router_address(cidr, i)] = f"address of router '{r.name}'"
     return out
