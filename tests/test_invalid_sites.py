@@ -53,15 +53,45 @@ CASES = [
     ("builtin-acl", [("acls/default_allow.yaml", None, "name: default_allow\nrules: []\n")]),
     ("description-control-chars", [("site.yaml", "description: Demo site shipped with vpcgen",
                                     'description: "Demo\\nsite"')]),
+    ("missing-secret", [("secrets/hq-psk", None, None), ("secrets/vpn-bob", None, None)]),
+    # load balancers
+    ("unknown-proposal", [("vpcs/shop.yaml", "ike_proposals: [aes256-sha256-modp2048]",
+                           "ike_proposals: [aes256-sha257-modp2048]"),
+                          ("vpcs/shop.yaml", "esp_proposals: [aes128-sha256-modp2048]",
+                           "esp_proposals: [aes128-modp2048]")]),
+    ("ikev1-aead-proposal", [("vpcs/shop.yaml", "ike_proposals: [aes128-sha256-modp2048]",
+                              "ike_proposals: [aes128gcm16-prfsha256-modp2048]")]),
+    ("cookie-needs-http", [("vpcs/shop.yaml", "stickiness: source", "stickiness: cookie")]),
+    ("http-path-needs-http", [("vpcs/shop.yaml", "stickiness: source",
+                               "stickiness: source\n    health_check: {http_path: /up}")]),
+    ("lb-member-outside", [("vpcs/shop.yaml", "members: [10.10.1.11, 10.10.1.12]\n  - name: www-tls",
+                            "members: [10.10.1.11, 10.10.9.12]\n  - name: www-tls")]),
+    ("lb-members-span-tiers", [("vpcs/shop.yaml", "members: [10.10.1.11, 10.10.1.12]\n  - name: www-tls",
+                                "members: [10.10.1.11, 10.10.0.12, 10.10.1.11]\n  - name: www-tls")]),
+    ("lb-port-collision", [("vpcs/shop.yaml", "public_port: 443", "public_port: 2222")]),
+    ("lb-on-source-nat-ip", [("vpcs/shop.yaml", "public_ip: www\n    public_port: 443",
+                              "public_ip: source-nat\n    public_port: 443")]),
+    # VPNs
+    ("vpn-needs-source-nat", [("vpcs/shop.yaml", "source_nat: true", "source_nat: false")]),
+    ("vpn-pool-overlaps-tier", [("vpcs/shop.yaml", "pool: 10.10.250.0/24", "pool: 10.10.1.128/25")]),
+    ("vpn-pool-overlaps-peer", [("vpcs/shop.yaml", "pool: 10.10.250.0/24", "pool: 172.16.8.0/24")]),
+    ("duplicate-vpn-peer", [("vpcs/shop.yaml", "peer: 192.0.2.201", "peer: 192.0.2.200")]),
+    ("peer-overlaps-vpc", [("vpcs/shop.yaml", "peer_cidrs: [172.16.0.0/16]", "peer_cidrs: [10.10.64.0/18]")]),
+    ("bad-secret", [("secrets/ospf-zone1", None, "a key far too long for FRR"),
+                    ("secrets/ra-cert", None, "not a certificate\n")]),
+    # private gateways
+    ("private-gateway-routes", [("vpcs/shop.yaml", "routes: [192.168.0.0/16]",
+                                 "routes: [192.168.0.0/16, 10.10.64.0/18, 192.168.4.0/24, 0.0.0.0/0]")]),
+    ("private-gateway-address", [("vpcs/shop.yaml", "gateway: 172.31.0.1", "gateway: 172.31.0.9"),
+                                 ("vpcs/shop.yaml", "address: 172.31.0.2/30", "address: 10.10.200.2/30")]),
+    ("private-gateway-vlan", [("vpcs/shop.yaml", "vlan: 3000", "vlan: 1200")]),
+    # routed VPCs
     ("routed-vpc-nat-fields", [("vpcs/blog.yaml", "cidr: 10.20.0.0/16", "netmask: 22")]),
-    ("missing-secret", [("vpcs/shop.yaml", "source_nat: true", "source_nat: true\nvpn:\n  site_to_site:\n"
-                         "    - {name: hq, peer: 192.0.2.200, peer_cidrs: [172.16.0.0/16], psk: {secret: hq-psk}}")]),
-    ("unknown-proposal", [("vpcs/shop.yaml", "source_nat: true", "source_nat: true\nvpn:\n  site_to_site:\n"
-                           "    - {name: hq, peer: 192.0.2.200, peer_cidrs: [172.16.0.0/16], psk: {secret: p},\n"
-                           "       ike_proposals: [aes256-sha257-modp2048]}")]),
-    ("cookie-needs-http", [("vpcs/shop.yaml", "source_nat: true", "source_nat: true\nload_balancers:\n"
-                            "  - {name: lb, public_ip: www, public_port: 8443, protocol: tcp, stickiness: cookie,\n"
-                            "     members: [10.10.1.11]}")]),
+    ("routed-vpc-lb-and-vpn", [("vpcs/right.yaml", "tiers:", "load_balancers: []\nvpn: {}\nsource_nat: false\ntiers:")]),
+    ("routed-tier-cidr", [("vpcs/right.yaml", "{name: app, netmask: 24", "{name: app, cidr: 10.128.4.0/24")]),
+    ("zone-not-routed", [("zones/zone1.yaml", "super_cidr: 10.128.0.0/12", "")]),
+    ("super-cidr-exhausted", [("zones/zone1.yaml", "super_cidr: 10.128.0.0/12", "super_cidr: 10.128.0.0/22")]),
+    ("transit-exhausted", [("zones/zone1.yaml", "cidr: 100.64.0.0/24", "cidr: 100.64.0.0/30")]),
 ]
 
 

@@ -86,23 +86,6 @@ def _validate_site(site_dir) -> Validated:
     return Validated(files, site, alloc)
 
 
-def unsupported(site: Site) -> list[Diagnostic]:
-    """Intent that validates but that this version cannot render yet: an error, never dropped."""
-    out = []
-    for vpc in site.vpcs.values():
-        fields = {"load_balancers": vpc.load_balancers, "vpn": vpc.site_to_site or vpc.remote_access,
-                  "private_gateways": vpc.private_gateways}
-        for name, value in fields.items():
-            if value:
-                out.append(Diagnostic(vpc.src.loc(name, key=True),
-                                      f"{name} cannot be rendered by this version of vpcgen yet", "unsupported"))
-        if vpc.routed:
-            out.append(Diagnostic(vpc.src.loc("netmask", key=True),
-                                  "routed (OSPF) VPCs cannot be rendered by this version of vpcgen yet",
-                                  "unsupported"))
-    return out
-
-
 def build_site(site_dir, options: BuildOptions) -> BuildResult:
     with _no_cyclic_gc():
         return _build_site(site_dir, options)
@@ -112,7 +95,7 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     v = _validate_site(site_dir)
     site, alloc = v.site, v.alloc
     secrets, missing = resolve(site, v.files.root, options.environ, options.placeholder_secrets)
-    _raise_if(missing + unsupported(site))
+    _raise_if(missing)
     for doc in v.files.documents():
         doc.node = None  # every located check has passed: positions are no longer needed
     lock_text = dump_lock(alloc.lock_data(site))
@@ -128,7 +111,7 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     env = render.environment()
     tree: dict[str, tuple[bytes, int]] = {"site.json": (site_bytes, render.TEXT_MODE)}
     for view in views:
-        for path, entry in render.render_router(env, view, not options.placeholder_secrets, digest).items():
+        for path, entry in render.render_router(env, view, secrets, not options.placeholder_secrets, digest).items():
             tree[f"{view.name}/{path}"] = entry
     return BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views])
 

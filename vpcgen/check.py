@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -83,8 +85,94 @@ def _notify(tree: Path) -> tuple[bool, str]:
     return r.returncode == 0 and not r.stderr, r.stderr.strip() or "sh -n ok"
 
 
-CHECKERS = {"iptables": _iptables, "keepalived": _keepalived, "conntrackd": _conntrackd, "notify": _notify}
-CHECK_FILES = {d.check: d.path for d in DAEMONS if d.check} | {"notify": "etc/keepalived/notify.sh"}
+def _haproxy(tree: Path) -> tuple[bool, str]:
+    r = netns.run(["haproxy", "-c", "-f", str(tree / "etc/haproxy/haproxy.cfg")])
+    out = (r.stdout + r.stderr).strip()
+    # a warning is a defect of the generated file too
+    problems = [line for line in out.splitlines() if "[WARNING]" in line or "[ALERT]" in line]
+    return r.returncode == 0 and not problems, "\n".join(problems) or out
+
+
+def _frr(tree: Path) -> tuple[bool, str]:
+    # ospfd -C exits 0 on unknown commands; vtysh's dry run of the integrated config does not
+    r = netns.run(["vtysh", "--dryrun", "-f", str(tree / "etc/frr/frr.conf")])
+    out = (r.stdout + r.stderr).strip()
+    return r.returncode == 0 and not out, out or "vtysh --dryrun ok"
+
+
+_SECTION = re.compile(r"^(\s*)([\w.-]+)\s*\{\s*$")
+
+
+def swanctl_sections(*texts: str) -> dict[str, list[str]]:
+    """Names of the entries of each top-level swanctl section (connections, secrets, pools)."""
+    out: dict[str, list[str]] = {}
+    for text in texts:
+        stack: list[str] = []
+        for line in text.splitlines():
+            line = line.split("#", 1)[0]
+            if m := _SECTION.match(line):
+                if len(stack) == 1:
+                    out.setdefault(stack[0], []).append(m.group(2))
+                stack.append(m.group(2))
+            elif line.strip() == "}" and stack:
+                stack.pop()
+    return out
+
+
+def _strongswan(tree: Path) -> tuple[bool, str]:
+    # swanctl exits 0 on a broken file: load into a real charon, then compare what it loaded
+    etc = tree / "etc/swanctl"
+    texts = [p.read_text(encoding="utf-8") for p in sorted(etc.glob("*.conf"))]
+    expected = swanctl_sections(*texts)
+    with netns.scratch_netns() as ns:
+        script = (
+            f"export STRONGSWAN_CONF=/run/strongswan.conf; printf '%s' {shlex.quote(CHECK_STRONGSWAN_CONF)} "
+            "> $STRONGSWAN_CONF; "
+            f"{CHARON} >/run/charon.log 2>&1 & pid=$!; i=0; "
+            "while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+            "swanctl --load-all --noprompt 2>&1; echo \"rc=$?\"; "
+            "echo '--- loaded'; swanctl --list-conns --raw 2>&1; "
+            "kill $pid 2>/dev/null; wait $pid 2>/dev/null; true"
+        )
+        r = netns.run_in_tree(ns, tree, script)
+    out = r.stdout
+    load, _, listed = out.partition("--- loaded")
+    problems = [line for line in load.splitlines()
+                if ("fail" in line.lower() or "error" in line.lower()) and "plugin" not in line]
+    loaded = re.findall(r"loaded connection '([^']+)'", load)
+    want = expected.get("connections", [])
+    if sorted(loaded) != sorted(want):
+        problems.append(f"connections in the file: {', '.join(want) or 'none'}; "
+                        f"charon loaded: {', '.join(loaded) or 'none'}")
+    for kind, section in (("pool", "pools"),):
+        got = re.findall(rf"loaded {kind} '([^']+)'", load)
+        if sorted(got) != sorted(expected.get(section, [])):
+            problems.append(f"{section} in the file: {expected.get(section, [])}; loaded: {got}")
+    secrets = len(re.findall(r"loaded (?:ike|eap) secret '", load))
+    if secrets != len(expected.get("secrets", [])):
+        problems.append(f"{len(expected.get('secrets', []))} secrets in the file but {secrets} loaded")
+    if (etc / "x509").is_dir() and len(re.findall(r"loaded certificate from", load)) != len(list((etc / "x509").iterdir())):
+        problems.append("not every certificate in x509/ was loaded")
+    if (etc / "private").is_dir() and len(re.findall(r"loaded \w+ key from", load)) != len(list((etc / "private").iterdir())):
+        problems.append("not every private key in private/ was loaded")
+    summary = f"{len(loaded)} connections, {secrets} secrets loaded"
+    return not problems, "\n".join(problems) if problems else summary
+
+
+CHARON = "/usr/lib/ipsec/charon"
+# charon and swanctl of the check read no configuration of the machine's own
+CHECK_STRONGSWAN_CONF = """charon {
+    load_modular = yes
+    install_routes = no
+    plugins {
+        include /etc/strongswan.d/charon/*.conf
+    }
+}
+"""
+
+CHECKERS = {"iptables": _iptables, "keepalived": _keepalived, "conntrackd": _conntrackd, "notify": _notify,
+            "haproxy": _haproxy, "frr": _frr, "strongswan": _strongswan}
+CHECK_FILES = {d.check: d.path for d in DAEMONS if d.check}
 
 
 def routers_in(tree_dir: Path) -> dict[str, Path]:

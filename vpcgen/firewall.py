@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import lb, vpn
 from .intent import Acl, Rule
 from .topology import CONNTRACKD_PORT, RouterView
 
@@ -21,6 +22,7 @@ BUILTIN_CHAINS = {
     "raw": ("PREROUTING", "OUTPUT"),
 }
 NAMED_PROTOCOLS = frozenset({"tcp", "udp", "icmp"})
+OSPF_PROTO = 89
 
 
 @dataclass
@@ -57,6 +59,10 @@ def acl_chains(iface: str) -> tuple[str, str]:
     return f"ACL_INBOUND_{iface}", f"ACL_OUTBOUND_{iface}"
 
 
+def gateway_chains(iface: str) -> tuple[str, str]:
+    return f"PG_INBOUND_{iface}", f"PG_OUTBOUND_{iface}"
+
+
 def rule_matches(rule: Rule) -> list[str]:
     """One match string per CIDR of an ACL rule (source for ingress, destination for egress)."""
     parts = []
@@ -90,15 +96,36 @@ def _acl_rules(table: Table, chain: str, acl: Acl, traffic: str, on_allow: str, 
 
 
 def build_tables(view: RouterView) -> list[Table]:
-    site = view.site
-    acls = site.acls
     filt = _table("filter", {"INPUT": "DROP", "FORWARD": "DROP"})
     nat = _table("nat")
     mangle = _table("mangle")
     raw = _table("raw")
-    pub = view.public.iface if view.public else None
+    _input(view, filt)
+    _forward(view, filt)
+    if view.public:
+        _nat(view, nat)
+        mangle.add("FORWARD", f"-o {view.public.iface} -p tcp -m tcp --tcp-flags SYN,RST SYN "
+                   "-j TCPMSS --clamp-mss-to-pmtu", "clamp mss on the uplink")
+    # HA guard: until the synced connection state is committed, a router answers no data traffic
+    # (keepalived #2254). Loaded on; notify.sh lifts it on master after `conntrackd -c`.
+    if view.redundant:
+        raw.chain(HA_GUARD_CHAIN)
+        raw.add("PREROUTING", f"-j {HA_GUARD_CHAIN}")
+        for rule in guard_rules(view):
+            raw.add(HA_GUARD_CHAIN, rule, HA_GUARD_TAG)
+    return [raw, mangle, nat, filt]
 
-    # INPUT: the router itself
+
+def uplink(view: RouterView) -> str | None:
+    """The public interface of a NAT VPC, the transit interface of a routed one."""
+    if view.public:
+        return view.public.iface
+    return view.transit.iface if view.transit else None
+
+
+def _input(view: RouterView, filt: Table) -> None:
+    """INPUT: the router itself. Every service is admitted on its own interface only."""
+    site = view.site
     filt.add("INPUT", "-i lo -j ACCEPT")
     filt.add("INPUT", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     filt.add("INPUT", "-m conntrack --ctstate INVALID -j DROP")
@@ -109,65 +136,110 @@ def build_tables(view: RouterView) -> list[Table]:
                  "vrrp from the peer on the sync link")
         filt.add("INPUT", f"-i {view.sync_iface} -s {view.sync_peer}/32 -d {view.sync_own}/32 -p udp -m udp "
                  f"--dport {CONNTRACKD_PORT} -j ACCEPT", "conntrackd from the peer on the sync link")
+    if view.transit:
+        filt.add("INPUT", f"-i {view.transit.iface} -p {OSPF_PROTO} -j ACCEPT", "ospf on the transit link")
+    if view.public and vpn.has_vpn(view):
+        pub, local = view.public.iface, view.vpn_address
+        for conn in vpn.site_to_site(view):
+            peer = f"-s {conn.peer}/32 -d {local}/32"
+            filt.add("INPUT", f"-i {pub} {peer} -p udp -m multiport --dports 500,4500 -j ACCEPT", f"ike {conn.name}")
+            filt.add("INPUT", f"-i {pub} {peer} -p esp -j ACCEPT", f"esp {conn.name}")
+        if vpn.remote_access(view):
+            filt.add("INPUT", f"-i {pub} -d {local}/32 -p udp -m multiport --dports 500,4500 -j ACCEPT",
+                     "ike remote-access vpn")
+            filt.add("INPUT", f"-i {pub} -d {local}/32 -p esp -j ACCEPT", "esp remote-access vpn")
+    for listener in lb.listeners(view):
+        chain = filt.chain(listener.chain)
+        filt.add("INPUT", f"-d {listener.address}/32 -p tcp -m tcp --dport {listener.port} -j {chain}",
+                 f"load balancer {listener.name}")
+        acl = view.site.acls[listener.tier.acl]
+        label = f"load balancer {listener.name} via tier {listener.tier.name} ingress acl {acl.name}"
+        for rule in lb.ingress_rules(acl, listener.members[0].port):
+            target = "ACCEPT" if rule.action == "allow" else "DROP"
+            for cidr in rule.cidrs:
+                source = "" if cidr == "0.0.0.0/0" else f"-s {cidr} "
+                filt.add(chain, f"{source}-j {target}", f"{label} rule {rule.number}")
+        filt.add(chain, "-j DROP", f"{label} default deny")
     for t in view.tiers:
         filt.add("INPUT", f"-i {t.iface} -d {t.gateway}/32 -p icmp -m icmp --icmp-type 8 -j ACCEPT",
                  f"ping the gateway of tier {t.name}")
 
-    # FORWARD: source tier's egress list, then destination tier's ingress list (CloudStack semantics)
+
+def _forward(view: RouterView, filt: Table) -> None:
+    """FORWARD: the source's egress list, then the destination's ingress list (CloudStack semantics)."""
+    acls = view.site.acls
+    up = uplink(view)
     filt.add("FORWARD", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     filt.add("FORWARD", "-m conntrack --ctstate INVALID -j DROP")
-    if pub:
-        # from the uplink only what NAT sent to a tier may enter: nobody routes to private addresses directly
-        filt.add("FORWARD", f"-i {pub} -m conntrack ! --ctstate DNAT -j DROP", "uplink: only NATed traffic")
+    if view.public:
+        # from the uplink only what NAT sent to a tier (or a VPN decrypted) may enter: nobody routes
+        # to the private addresses directly
+        if vpn.has_vpn(view):
+            filt.add("FORWARD", f"-i {up} -m conntrack ! --ctstate DNAT -m policy --dir in --pol none -j DROP",
+                     "uplink: only NATed or VPN traffic")
+        else:
+            filt.add("FORWARD", f"-i {up} -m conntrack ! --ctstate DNAT -j DROP", "uplink: only NATed traffic")
     for t in view.tiers:
-        inbound, outbound = acl_chains(t.iface)
+        _, outbound = acl_chains(t.iface)
         filt.chain(outbound)
         filt.add("FORWARD", f"-i {t.iface} -s {t.cidr} -j {outbound}", f"egress of tier {t.name}")
         _acl_rules(filt, outbound, acls[t.acl], "egress", "RETURN", f"tier {t.name} egress")
+    # a private gateway's list: ingress = into the VPC from the gateway, egress = out through it
+    for g in view.private_gateways:
+        inbound, _ = gateway_chains(g.iface)
+        filt.chain(inbound)
+        filt.add("FORWARD", f"-i {g.iface} -j {inbound}", f"from private gateway {g.name}")
+        _acl_rules(filt, inbound, acls[g.acl], "ingress", "RETURN", f"private gateway {g.name} ingress")
     for t in view.tiers:
         inbound, _ = acl_chains(t.iface)
         filt.chain(inbound)
         filt.add("FORWARD", f"-o {t.iface} -d {t.cidr} -j {inbound}", f"ingress of tier {t.name}")
         _acl_rules(filt, inbound, acls[t.acl], "ingress", "ACCEPT", f"tier {t.name} ingress")
-    if pub:
+    for g in view.private_gateways:
+        _, outbound = gateway_chains(g.iface)
+        filt.chain(outbound)
+        filt.add("FORWARD", f"-o {g.iface} -j {outbound}", f"to private gateway {g.name}")
+        _acl_rules(filt, outbound, acls[g.acl], "egress", "ACCEPT", f"private gateway {g.name} egress")
+    # leaving through the uplink is the last rule and names the uplink: it can never let traffic
+    # to a private gateway bypass that gateway's list (apache/cloudstack#9838)
+    if up:
+        what = "the internet" if view.public else "the OSPF core"
         for t in view.tiers:
-            filt.add("FORWARD", f"-i {t.iface} -s {t.cidr} -o {pub} -j ACCEPT", f"tier {t.name} to the internet")
-
-    # NAT: static NAT both ways, port forwarding, hairpin, source NAT last
-    if view.public:
-        vpc = view.vpc
-        ips = view.public_ips
-        for s in sorted(vpc.static_nat, key=lambda s: s.public_ip):
-            nat.add("PREROUTING", f"-d {ips[s.public_ip]}/32 -j DNAT --to-destination {s.private_ip}",
-                    f"static nat {s.public_ip}")
-        for pf in sorted(vpc.port_forwarding, key=lambda p: (p.public_ip, p.protocol, p.public_port)):
-            nat.add("PREROUTING", _port_forward(ips[pf.public_ip], pf), f"port forwarding {pf.public_ip}")
-        for t in view.tiers:
-            # a host reaching a NATed address of its own tier must see replies come back through us
-            nat.add("POSTROUTING", f"-s {t.cidr} -d {t.cidr} -o {t.iface} -m conntrack --ctstate DNAT "
-                    f"-j SNAT --to-source {t.gateway}", f"hairpin nat in tier {t.name}")
-        for s in sorted(vpc.static_nat, key=lambda s: s.public_ip):
-            nat.add("POSTROUTING", f"-s {s.private_ip}/32 -o {pub} -j SNAT --to-source {ips[s.public_ip]}",
-                    f"static nat {s.public_ip}")
-        if vpc.source_nat:
-            nat.add("POSTROUTING", f"-s {view.vpc_cidr} -o {pub} -j SNAT --to-source {ips['source-nat']}",
-                    "source nat")
-        mangle.add("FORWARD", f"-o {pub} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
-                   "clamp mss on the uplink")
-
-    # HA guard: until the synced connection state is committed, a router answers no data traffic
-    # (keepalived #2254). Loaded on; notify.sh lifts it on master after `conntrackd -c`.
-    if view.redundant:
-        raw.chain(HA_GUARD_CHAIN)
-        raw.add("PREROUTING", f"-j {HA_GUARD_CHAIN}")
-        for iface in guarded_interfaces(view):
-            raw.add(HA_GUARD_CHAIN, f"-i {iface} -j DROP", HA_GUARD_TAG)
-    return [raw, mangle, nat, filt]
+            filt.add("FORWARD", f"-i {t.iface} -s {t.cidr} -o {up} -j ACCEPT", f"tier {t.name} to {what}")
 
 
-def guarded_interfaces(view: RouterView) -> list[str]:
-    out = [view.public.iface] if view.public else []
-    return out + [t.iface for t in view.tiers]
+def _nat(view: RouterView, nat: Table) -> None:
+    """NAT: VPN exemptions first, static NAT both ways, port forwarding, hairpin, source NAT last."""
+    vpc, ips, pub = view.vpc, view.public_ips, view.public.iface
+    for source, destination, why in vpn.exempt_from_nat(view):
+        match = (f"-s {source} " if source else "") + f"-d {destination}"
+        nat.add("POSTROUTING", f"{match} -o {pub} -j ACCEPT", f"no source nat: {why}")
+    for s in sorted(vpc.static_nat, key=lambda s: s.public_ip):
+        nat.add("PREROUTING", f"-d {ips[s.public_ip]}/32 -j DNAT --to-destination {s.private_ip}",
+                f"static nat {s.public_ip}")
+    for pf in sorted(vpc.port_forwarding, key=lambda p: (p.public_ip, p.protocol, p.public_port)):
+        nat.add("PREROUTING", _port_forward(ips[pf.public_ip], pf), f"port forwarding {pf.public_ip}")
+    for t in view.tiers:
+        # a host reaching a NATed address of its own tier must see replies come back through us
+        nat.add("POSTROUTING", f"-s {t.cidr} -d {t.cidr} -o {t.iface} -m conntrack --ctstate DNAT "
+                f"-j SNAT --to-source {t.gateway}", f"hairpin nat in tier {t.name}")
+    for s in sorted(vpc.static_nat, key=lambda s: s.public_ip):
+        nat.add("POSTROUTING", f"-s {s.private_ip}/32 -o {pub} -j SNAT --to-source {ips[s.public_ip]}",
+                f"static nat {s.public_ip}")
+    if vpc.source_nat:
+        nat.add("POSTROUTING", f"-s {view.vpc_cidr} -o {pub} -j SNAT --to-source {ips['source-nat']}",
+                "source nat")
+
+
+def guard_rules(view: RouterView) -> list[str]:
+    """Rules of the HA guard chain: drop data traffic; OSPF on the transit link always passes,
+    so the backup keeps its adjacencies and takes over without waiting for them."""
+    out = []
+    if view.transit:
+        out.append(f"-i {view.transit.iface} -p {OSPF_PROTO} -j RETURN")
+    ifaces = ([view.public.iface] if view.public else []) + ([view.transit.iface] if view.transit else []) \
+        + [t.iface for t in view.tiers] + [g.iface for g in view.private_gateways]
+    return out + [f"-i {i} -j DROP" for i in ifaces]
 
 
 def _port_forward(public: str, pf) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import addr
-from .firewall import HA_GUARD_CHAIN, HA_GUARD_TAG, guarded_interfaces
+from . import ospf, vpn
+from .firewall import HA_GUARD_CHAIN, HA_GUARD_TAG, guard_rules, uplink
 from .topology import CONNTRACKD_PORT, RouterView
 
 
@@ -39,6 +40,7 @@ def virtual_addresses(view: RouterView) -> list[str]:
     if view.public:
         prefix = addr.net(view.public.cidr).prefixlen
         out += [f"{a}/{prefix} dev {view.public.iface}" for _, a in view.public.addresses]
+    out += [f"{g.address} dev {g.iface}" for g in view.private_gateways]
     return out
 
 
@@ -47,7 +49,10 @@ def keepalived(view: RouterView) -> Keepalived:
     routes = []
     if view.public:
         routes.append(f"0.0.0.0/0 via {view.public.gateway} dev {view.public.iface}")
-    track = ([view.public.iface] if view.public else []) + [t.iface for t in view.tiers]
+    # static routes of private gateways live on the master only, with the gateway's address
+    routes += [f"{r} via {g.gateway} dev {g.iface}" for g in view.private_gateways for r in g.routes]
+    up = uplink(view)
+    track = ([up] if up else []) + [t.iface for t in view.tiers] + [g.iface for g in view.private_gateways]
     return Keepalived(
         instance=f"vpc_{view.vpc.name.replace('-', '_')}", interface=view.sync_iface, vrid=view.vrid,
         priority=view.priority, advert_int=advert_seconds(view.vpc.vrrp.advert_interval_ms),
@@ -56,7 +61,11 @@ def keepalived(view: RouterView) -> Keepalived:
 
 
 def notify_context(view: RouterView) -> dict:
-    return {"guard_chain": HA_GUARD_CHAIN, "guard_tag": HA_GUARD_TAG, "guarded": guarded_interfaces(view)}
+    o = ospf.model(view) if view.routed else None
+    return {"guard_chain": HA_GUARD_CHAIN, "guard_tag": HA_GUARD_TAG, "guard_rules": guard_rules(view),
+            "tunnels": [c.name for c in vpn.site_to_site(view)] if view.public else [],
+            "ospf_announce": ospf.range_command(o, True) if o else None,
+            "ospf_withdraw": ospf.range_command(o, False) if o else None}
 
 
 def conntrackd_context(view: RouterView) -> dict:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import jinja2
 
-from . import firewall, ha
+from . import firewall, ha, lb, ospf, vpn
 from .topology import RouterView
 
 TEXT_MODE, SECRET_MODE, SCRIPT_MODE = 0o644, 0o600, 0o755
@@ -50,9 +50,9 @@ class Daemon:
     name: str
     template: str
     path: str  # inside the router's tree
-    mode: int
+    mode: int | Callable[[RouterView], int]
     needed: Callable[[RouterView], bool]
-    context: Callable[[RouterView], dict]
+    context: Callable[[RouterView, dict], dict]  # (view, secrets) -> template context
     service: str  # reloaded (deploy) when the file changes
     check: str | None  # key of the checker in vpcgen.check
 
@@ -65,37 +65,70 @@ def _redundant(view: RouterView) -> bool:
     return view.redundant
 
 
-def _interfaces_ctx(view: RouterView) -> dict:
+def _interfaces_ctx(view: RouterView, secrets: dict) -> dict:
     names = {i.name for i in view.interfaces}
     default = view.public.iface if (view.public and not view.redundant) else None
     return {"parents": [p for p in ("eth1", "eth2") if p not in names], "default_route_iface": default}
+
+
+def _has_lb(view: RouterView) -> bool:
+    return bool(view.vpc.load_balancers)
+
+
+def _has_ra(view: RouterView) -> bool:
+    return view.vpc.remote_access is not None
+
+
+def _ra_secret(field: str, what: str) -> Callable[[RouterView, dict], dict]:
+    # PEM readers skip text before "-----BEGIN", so even these files carry the generated-by header
+    return lambda view, secrets: {"pem": secrets[getattr(view.vpc.remote_access, field)].strip(), "what": what}
 
 
 DAEMONS = (
     Daemon("interfaces", "network/interfaces.j2", "etc/network/interfaces.d/vpcgen", TEXT_MODE, _always,
            _interfaces_ctx, "networking", None),
     Daemon("sysctl", "sysctl/90-vpcgen.conf.j2", "etc/sysctl.d/90-vpcgen.conf", TEXT_MODE, _always,
-           lambda v: {"sysctl": SYSCTL}, "sysctl", None),
+           lambda v, s: {"sysctl": SYSCTL}, "sysctl", None),
     Daemon("iptables", "iptables/rules.v4.j2", "etc/iptables/rules.v4", TEXT_MODE, _always,
-           lambda v: {"tables": firewall.build_tables(v)}, "iptables", "iptables"),
+           lambda v, s: {"tables": firewall.build_tables(v)}, "iptables", "iptables"),
     Daemon("conntrackd", "conntrackd/conntrackd.conf.j2", "etc/conntrackd/conntrackd.conf", TEXT_MODE, _redundant,
-           lambda v: {"ct": ha.conntrackd_context(v)}, "conntrackd", "conntrackd"),
+           lambda v, s: {"ct": ha.conntrackd_context(v)}, "conntrackd", "conntrackd"),
     Daemon("keepalived", "keepalived/keepalived.conf.j2", "etc/keepalived/keepalived.conf", TEXT_MODE, _redundant,
-           lambda v: {"ka": ha.keepalived(v)}, "keepalived", "keepalived"),
+           lambda v, s: {"ka": ha.keepalived(v)}, "keepalived", "keepalived"),
     Daemon("keepalived-notify", "keepalived/notify.sh.j2", "etc/keepalived/notify.sh", SCRIPT_MODE, _redundant,
-           ha.notify_context, "keepalived", None),
+           lambda v, s: ha.notify_context(v), "keepalived", "notify"),
+    Daemon("haproxy", "haproxy/haproxy.cfg.j2", "etc/haproxy/haproxy.cfg", TEXT_MODE, _has_lb,
+           lambda v, s: {"listeners": lb.listeners(v), "cookie": lb.COOKIE}, "haproxy", "haproxy"),
+    Daemon("swanctl", "swanctl/swanctl.conf.j2", "etc/swanctl/swanctl.conf", TEXT_MODE, vpn.has_vpn,
+           vpn.context, "strongswan", "strongswan"),
+    Daemon("swanctl-secrets", "swanctl/secrets.conf.j2", f"etc/swanctl/{vpn.SECRETS_FILE}", SECRET_MODE, vpn.has_vpn,
+           vpn.context, "strongswan", None),
+    Daemon("ra-cert", "swanctl/pem.j2", f"etc/swanctl/x509/{vpn.RA_CERT}", SECRET_MODE, _has_ra,
+           _ra_secret("server_cert", "remote-access VPN server certificate"), "strongswan", None),
+    Daemon("ra-key", "swanctl/pem.j2", f"etc/swanctl/private/{vpn.RA_CERT}", SECRET_MODE, _has_ra,
+           _ra_secret("server_key", "remote-access VPN server private key"), "strongswan", None),
+    Daemon("frr", "frr/frr.conf.j2", "etc/frr/frr.conf",
+           lambda v: SECRET_MODE if ospf.uses_secret(v) else TEXT_MODE, lambda v: v.routed, ospf.context, "frr",
+           "frr"),
+    Daemon("frr-daemons", "frr/daemons.j2", "etc/frr/daemons", TEXT_MODE, lambda v: v.routed,
+           lambda v, s: ospf.daemons_context(v), "frr", None),
 )
 
 
 def reload_commands(view: RouterView) -> dict[str, str]:
     """How each service picks up a new file on the router (deploy runs these in SERVICE_ORDER)."""
     p = router_paths(view)
+    frr = "systemctl reload frr"
     return {
         "networking": "ifup -a",
         "sysctl": f"sysctl -q -p {p['sysctl']}",
         "iptables": f"{p['notify']} apply-firewall" if view.redundant else f"iptables-restore --wait=10 {p['rules']}",
         "conntrackd": "systemctl restart conntrackd",
         "keepalived": "systemctl reload keepalived",
+        "haproxy": "systemctl reload haproxy",
+        # loads changed connections and secrets; established SAs of unchanged connections stay up
+        "strongswan": f"SWANCTL_DIR={p['swanctl']} swanctl --load-all --noprompt",
+        "frr": f"{frr} && {p['notify']} sync-ospf" if view.redundant else frr,
     }
 
 
@@ -107,6 +140,7 @@ def router_paths(view: RouterView) -> dict[str, str]:
         "rules": f"{root}/etc/iptables/rules.v4",
         "conntrackd": f"{root}/etc/conntrackd/conntrackd.conf",
         "sysctl": f"{root}/etc/sysctl.d/90-vpcgen.conf",
+        "swanctl": f"{root}/etc/swanctl",
     }
 
 
@@ -121,16 +155,18 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render_router(env: jinja2.Environment, view: RouterView, deployable: bool, site_digest: str) -> dict:
+def render_router(env: jinja2.Environment, view: RouterView, secrets: dict[str, str], deployable: bool,
+                  site_digest: str) -> dict:
     """path -> (bytes, mode) for one router, manifest included."""
     files: dict[str, tuple[bytes, int]] = {}
     services = set()
     for daemon in DAEMONS:
         if not daemon.needed(view):
             continue
-        context = {"view": view, "paths": router_paths(view), **daemon.context(view)}
+        context = {"view": view, "paths": router_paths(view), **daemon.context(view, secrets)}
         text = env.get_template(daemon.template).render(context)
-        files[daemon.path] = (text.encode("utf-8"), daemon.mode)
+        mode = daemon.mode(view) if callable(daemon.mode) else daemon.mode
+        files[daemon.path] = (text.encode("utf-8"), mode)
         services.add(daemon.service)
     commands = reload_commands(view)
     manifest = {

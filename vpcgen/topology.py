@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import addr
 from .allocate import Allocation
-from .intent import Site, Vpc
+from .intent import SOURCE_NAT_IP, Site, Vpc
 
 SYNC_ADDRESSES = ("169.254.255.1", "169.254.255.2")
 SYNC_PREFIX = 30
@@ -23,8 +23,9 @@ class Iface:
     vlan: int | None
     raw_device: str | None
     addresses: tuple[str, ...]  # this router's own addresses, with prefix length
-    role: str  # public | tier | sync | private-gateway
+    role: str  # public | transit | tier | sync | private-gateway
     label: str  # what it carries, for comments
+    routes: tuple[str, ...] = ()  # static routes through this interface ("CIDR via GATEWAY")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,30 @@ class PublicView:
 
 
 @dataclass(frozen=True)
+class PrivateGatewayView:
+    name: str
+    iface: str
+    vlan: int
+    address: str  # with prefix length; a VRRP address on a redundant pair
+    network: str
+    gateway: str
+    routes: tuple[str, ...]
+    acl: str
+
+
+@dataclass(frozen=True)
+class TransitView:
+    """A routed VPC's link to the zone's OSPF core (backbone area)."""
+
+    iface: str
+    vlan: int | None
+    cidr: str
+    own: str  # this router's transit address: also its OSPF router-id
+    area: int  # the VPC's own OSPF area
+    peer_own: str | None  # the other router's transit address on a pair
+
+
+@dataclass(frozen=True)
 class RouterView:
     site: Site
     vpc: Vpc
@@ -66,6 +91,17 @@ class RouterView:
     vrid: int | None
     interfaces: tuple[Iface, ...]
     public_ips: dict  # name -> address
+    private_gateways: tuple[PrivateGatewayView, ...] = ()
+    transit: TransitView | None = None
+
+    @property
+    def routed(self) -> bool:
+        return self.vpc.routed
+
+    @property
+    def vpn_address(self) -> str | None:
+        """The VPC's VPN endpoint: its source NAT address (as in CloudStack)."""
+        return self.public_ips.get(SOURCE_NAT_IP)
 
 
 def public_iface(site: Site, vpc: Vpc) -> str:
@@ -105,6 +141,24 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
         own = () if vpc.redundant else tuple(addr.with_prefix(a, zone.public.cidr) for _, a in public.addresses)
         interfaces.insert(0, Iface(name, zone.public.vlan, "eth1" if zone.public.vlan else None, own, "public",
                                    "public uplink"))
+    gateways = []
+    for g in sorted(vpc.private_gateways, key=lambda g: g.vlan):
+        iface = f"eth2.{g.vlan}"
+        network = str(addr.net(g.address).cidr)
+        gateways.append(PrivateGatewayView(g.name, iface, g.vlan, g.address, network, g.gateway, g.routes, g.acl))
+        # on a pair the master holds address and routes (keepalived); a single router holds them here
+        interfaces.append(Iface(iface, g.vlan, "eth2", () if vpc.redundant else (g.address,), "private-gateway",
+                                f"private gateway {g.name}",
+                                () if vpc.redundant else tuple(f"{r} via {g.gateway}" for r in g.routes)))
+    transit = None
+    if vpc.routed:
+        ospf = zone.ospf
+        own = alloc.transit[(vpc.name, router.name)]
+        peer = alloc.transit.get((vpc.name, vpc.routers[1 - index].name)) if vpc.redundant else None
+        name = f"eth1.{ospf.transit_vlan}" if ospf.transit_vlan else "eth1"
+        transit = TransitView(name, ospf.transit_vlan, ospf.transit_cidr, own, alloc.areas[vpc.name], peer)
+        interfaces.insert(0, Iface(name, ospf.transit_vlan, "eth1" if ospf.transit_vlan else None,
+                                   (addr.with_prefix(own, ospf.transit_cidr),), "transit", "OSPF transit link"))
     sync_iface = sync_vlan = sync_own = sync_peer = None
     if vpc.redundant:
         sync_vlan = alloc.sync_vlans[vpc.name]
@@ -116,7 +170,8 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
         site=site, vpc=vpc, name=router.name, index=index, mgmt=router.mgmt, redundant=vpc.redundant,
         priority=PRIORITIES[index], vpc_cidr=alloc.vpc_cidrs[vpc.name], tiers=tuple(tiers), public=public,
         sync_iface=sync_iface, sync_vlan=sync_vlan, sync_own=sync_own, sync_peer=sync_peer,
-        vrid=alloc.vrids.get(vpc.name), interfaces=tuple(interfaces), public_ips=public_ips)
+        vrid=alloc.vrids.get(vpc.name), interfaces=tuple(interfaces), public_ips=public_ips,
+        private_gateways=tuple(gateways), transit=transit)
 
 
 def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:

@@ -321,11 +321,19 @@ def _check_proposals(c: Checker, src: Src, field: str, proposals, esp: bool) -> 
 
 def _check_vpn(c: Checker, vpc: Vpc) -> None:
     names: set[str] = set()
+    peers: dict[str, str] = {}
     vpc_ok = vpc.cidr is not None and addr.is_canonical(vpc.cidr)
+    if (vpc.site_to_site or vpc.remote_access) and not vpc.routed and not vpc.source_nat:
+        c.err(vpc.src, ("vpn",), "VPNs end on the VPC's source NAT address: set source_nat: true",
+              "vpn-needs-source-nat", key=True)
     for v in vpc.site_to_site:
         if v.name in names:
             c.err(v.src, ("name",), f"site-to-site VPN '{v.name}' is defined twice", "duplicate-vpn")
         names.add(v.name)
+        if v.peer in peers:
+            c.err(v.src, ("peer",), f"peer {v.peer} is already the peer of site-to-site VPN '{peers[v.peer]}'",
+                  "duplicate-vpn-peer")
+        peers.setdefault(v.peer, v.name)
         for i, cidr in enumerate(v.peer_cidrs):
             if _canonical(c, v.src, ("peer_cidrs", i), cidr, "peer cidr") and vpc_ok and addr.overlaps(cidr, vpc.cidr):
                 c.err(v.src, ("peer_cidrs", i), f"peer cidr {cidr} overlaps the VPC cidr {vpc.cidr}", "cidr-overlap")
@@ -340,8 +348,13 @@ def _check_vpn(c: Checker, vpc: Vpc) -> None:
             c.err(v.src, ("ike_proposals",), "IKEv1 does not support AEAD (gcm/ccm) IKE proposals",
                   "unknown-proposal")
     ra = vpc.remote_access
+    if ra is not None and _canonical(c, ra.src, ("pool",), ra.pool, "VPN pool"):  # tiers: check_placement
+        for v in vpc.site_to_site:
+            for cidr in v.peer_cidrs:
+                if addr.is_canonical(cidr) and addr.overlaps(cidr, ra.pool):
+                    c.err(ra.src, ("pool",), f"VPN pool {ra.pool} overlaps peer cidr {cidr} of site-to-site "
+                          f"VPN '{v.name}'", "cidr-overlap")
     if ra is not None:
-        _canonical(c, ra.src, ("pool",), ra.pool, "VPN pool")  # overlaps are found in check_placement
         users: set[str] = set()
         for i, u in enumerate(ra.users):
             if u.name in users:
@@ -351,6 +364,7 @@ def _check_vpn(c: Checker, vpc: Vpc) -> None:
 
 def _check_private_gateways(c: Checker, site: Site, vpc: Vpc) -> None:
     names: set[str] = set()
+    routes: list[tuple[str, str]] = []
     for g in vpc.private_gateways:
         if g.name in names:
             c.err(g.src, ("name",), f"private gateway '{g.name}' is defined twice", "duplicate-private-gateway")
@@ -365,7 +379,19 @@ def _check_private_gateways(c: Checker, site: Site, vpc: Vpc) -> None:
             c.err(g.src, ("address",), f"private gateway network {network} overlaps the VPC cidr {vpc.cidr}",
                   "cidr-overlap")
         for i, route in enumerate(g.routes):
-            _canonical(c, g.src, ("routes", i), route, "route")
+            if not _canonical(c, g.src, ("routes", i), route, "route"):
+                continue
+            clash = next(((o, owner) for o, owner in routes if addr.overlaps(route, o)), None)
+            if route == "0.0.0.0/0" and not vpc.routed:
+                c.err(g.src, ("routes", i), "the default route of a NAT VPC leaves through the public uplink; "
+                      "route specific networks through a private gateway", "route-conflict")
+            elif vpc.cidr and addr.is_canonical(vpc.cidr) and addr.overlaps(route, vpc.cidr):
+                c.err(g.src, ("routes", i), f"route {route} overlaps the VPC cidr {vpc.cidr}", "route-conflict")
+            elif clash:
+                c.err(g.src, ("routes", i), f"route {route} overlaps route {clash[0]} of private gateway "
+                      f"'{clash[1]}'", "route-conflict")
+            else:
+                routes.append((route, g.name))
 
 
 def _check_zone_wide(c: Checker, site: Site) -> None:
@@ -436,6 +462,16 @@ def check_placement(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[
         for lb in vpc.load_balancers:
             for i, m in enumerate(lb.members):
                 inside(m, lb.src, ("members", i), "load balancer member")
+            # one tier per load balancer (as in CloudStack): its ingress list guards the listener
+            homes = {t.name for t, cidr in tiers for m in lb.members if addr.in_net(m, cidr)}
+            if len(homes) > 1:
+                c.err(lb.src, ("members",), f"load balancer '{lb.name}' has members in several tiers "
+                      f"({', '.join(sorted(homes))}): all members must lie in one tier", "lb-members-span-tiers")
+            seen: set[str] = set()
+            for i, m in enumerate(lb.members):
+                if m in seen:
+                    c.err(lb.src, ("members", i), f"member {m} is listed twice", "duplicate-lb-member")
+                seen.add(m)
         others = []
         if vpc.remote_access is not None and addr.is_canonical(vpc.remote_access.pool):
             others.append((vpc.remote_access.pool, "the remote-access VPN pool"))
