@@ -64,8 +64,8 @@ def notify_context(view: RouterView) -> dict:
     o = ospf.model(view) if view.routed else None
     return {"guard_chain": HA_GUARD_CHAIN, "guard_tag": HA_GUARD_TAG, "guard_rules": guard_rules(view),
             "tunnels": [c.name for c in vpn.site_to_site(view)] if view.public else [],
-            "ospf_announce": ospf.range_command(o, True) if o else None,
-            "ospf_withdraw": ospf.range_command(o, False) if o else None}
+            "ospf_announce": ospf.switch_commands(o, True) if o else None,
+            "ospf_withdraw": ospf.switch_commands(o, False) if o else None}
 
 
 def conntrackd_context(view: RouterView) -> dict:

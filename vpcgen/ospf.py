@@ -47,6 +47,17 @@ def range_command(o: Ospf, announce: bool) -> str:
     return f"area {o.area} range {o.vpc_cidr}" + ("" if announce else " not-advertise")
 
 
+def switch_commands(o: Ospf, announce: bool) -> list[str]:
+    """vtysh commands (under `router ospf`) that make a running ospfd announce the VPC or stop.
+
+    FRR 8.4 does not re-originate the summary when a range only changes from not-advertise to
+    advertise (measured); removing and re-adding the range in one session does, and the summary
+    appears on the core about 4 s later (ospfd's ABR task delay)."""
+    if announce:
+        return [f"no {range_command(o, False)}", range_command(o, True)]
+    return [range_command(o, False)]
+
+
 def context(view: RouterView, secrets: dict[str, str]) -> dict:
     o = model(view)
     return {"ospf": o, "auth_key": secrets[o.auth_key] if o.auth_key else None,
