@@ -193,6 +193,15 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
             "tiers": {t.name: {"cidr": t.cidr, "gateway": t.gateway, "vlan": t.vlan, "acl": t.acl}
                       for t in sorted(rv[0].tiers, key=lambda t: t.name)} if rv else {},
             "public_ips": dict(sorted(rv[0].public_ips.items())) if rv else {},
+            "ospf_area": alloc.areas.get(vpc.name),
+            "private_gateways": {g.name: {"vlan": g.vlan, "address": g.address, "gateway": g.gateway,
+                                          "routes": list(g.routes), "acl": g.acl}
+                                 for g in sorted(vpc.private_gateways, key=lambda g: g.name)},
+            "load_balancers": {lb.name: {"public_ip": lb.public_ip, "public_port": lb.public_port,
+                                         "members": list(lb.members)}
+                               for lb in sorted(vpc.load_balancers, key=lambda lb: lb.name)},
+            "vpn_peers": {v.name: {"peer": v.peer, "peer_cidrs": list(v.peer_cidrs)}
+                          for v in sorted(vpc.site_to_site, key=lambda v: v.name)},
             "routers": {
                 v.name: {"mgmt": v.mgmt, "role": ("first" if v.index == 0 else "second") if v.redundant else "single",
                          "priority": v.priority if v.redundant else None,
@@ -206,5 +215,6 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
             "public": {"cidr": zone.public.cidr, "gateway": zone.public.gateway, "vlan": zone.public.vlan}
             if zone.public else None,
             "super_cidr": zone.super_cidr,
+            "ospf_transit": zone.ospf.transit_cidr if zone.ospf else None,
         }
     return {"_generated": "by vpcgen; do not edit", "site": site.name, "zones": zones, "vpcs": vpcs}
