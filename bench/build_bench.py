@@ -26,10 +26,10 @@ def timed_build(site: Path, out: Path) -> tuple[float, float]:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "vpcgen.cli", "build", str(site), "--output", str(out),
                              "--placeholder-secrets"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, rusage = os.wait4(proc.pid, 0)[1:]
+    _, status, rusage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    if proc.stderr.read():
-        raise SystemExit(f"build failed for {site}")
+    if status != 0:
+        raise SystemExit(f"build failed for {site}:\n{proc.stderr.read().decode()[:2000]}")
     return wall, rusage.ru_maxrss / 1024  # MiB
 
 
@@ -39,11 +39,12 @@ def main() -> None:
     parser.add_argument("--tiers", type=int, default=4)
     parser.add_argument("--rules", type=int, default=30)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-services", dest="services", action="store_false")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.vpcs:
-            site = generate(Path(tmp) / f"n{n}", n, args.tiers, args.rules)
+            site = generate(Path(tmp) / f"n{n}", n, args.tiers, args.rules, args.services)
             timed_build(site, Path(tmp) / "out")  # writes the lock
             runs = [timed_build(site, Path(tmp) / "out") for _ in range(args.runs)]
             wall = statistics.median(r[0] for r in runs)

@@ -15,6 +15,15 @@ def netns_list() -> set[str]:
     return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
 
 
+DAEMONS = ("charon", "conntrackd", "keepalived", "haproxy", "zebra", "ospfd")
+
+
+def daemon_pids() -> set[str]:
+    """PIDs of the daemons checks start (read only: the machine's own instances stay untouched)."""
+    return {line for name in DAEMONS
+            for line in subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()}
+
+
 def built(site: Path, tmp_path: Path, *extra: str) -> Path:
     code, out, err = run_cli("build", copy_site(site, tmp_path / site.name), "--output", tmp_path / "out", *extra)
     assert code == 0, out + err
@@ -30,7 +39,7 @@ CHECKED_BY = {"etc/keepalived": {"keepalived", "conntrackd", "notify"}, "etc/hap
                                         (FIXTURE_SITES / "services", ("--placeholder-secrets",))],
                          ids=["example", "edge", "services-placeholders"])
 def test_check_passes_on_built_sites(site, extra, tmp_path):
-    before = netns_list()
+    before, pids = netns_list(), daemon_pids()
     tree = built(site, tmp_path, *extra)
     code, stdout, stderr = run_cli("check", tree)
     assert code == 0, stdout + stderr
@@ -43,6 +52,7 @@ def test_check_passes_on_built_sites(site, extra, tmp_path):
                 assert {(router, c) for c in checkers} <= checked
                 kinds |= checkers
     assert netns_list() == before, "check must remove the namespaces it creates"
+    assert daemon_pids() <= pids, "check must stop every daemon it starts"
     if site == EXAMPLE:  # the example exercises every checker
         assert kinds == {"keepalived", "conntrackd", "notify", "haproxy", "strongswan", "frr"}
 

@@ -83,7 +83,8 @@ def build(
     def body():
         options = BuildOptions(output=output, locked=locked, placeholder_secrets=placeholder_secrets)
         result = write_build(site_dir, build_site(site_dir, options), options)
-        typer.echo(f"built {result.output_dir} ({len(result.routers)} routers: {', '.join(result.routers)})")
+        names = ", ".join(result.routers[:8]) + (", ..." if len(result.routers) > 8 else "")
+        typer.echo(f"built {result.output_dir} ({len(result.routers)} routers: {names})")
         if result.lock_changed:
             typer.echo(f"updated {Path(site_dir) / 'allocations.lock.yaml'}: commit it with the change")
         if placeholder_secrets:
