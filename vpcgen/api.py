@@ -23,6 +23,8 @@ from .secrets import resolve
 from .topology import router_views, site_json
 from .write import promote_tree, write_file_atomic
 
+KNOWN_HOSTS = "known_hosts"
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -110,6 +112,9 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     digest = hashlib.sha256(site_bytes).hexdigest()
     env = render.environment()
     tree: dict[str, tuple[bytes, int]] = {"site.json": (site_bytes, render.TEXT_MODE)}
+    known_hosts = v.files.root / KNOWN_HOSTS
+    if known_hosts.is_file():  # deploy checks host keys against it: the built tree carries it along
+        tree[KNOWN_HOSTS] = (known_hosts.read_bytes(), render.TEXT_MODE)
     for view in views:
         for path, entry in render.render_router(env, view, secrets, not options.placeholder_secrets, digest).items():
             tree[f"{view.name}/{path}"] = entry

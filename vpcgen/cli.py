@@ -123,3 +123,38 @@ def run() -> None:  # pragma: no cover - console entry for `python -m vpcgen`
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+
+@app.command()
+def deploy(
+    tree_dir: Path = typer.Argument(..., help="A built site, e.g. output/example."),
+    router: Optional[list[str]] = typer.Option(None, "--router", help="Deploy only this router (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; change nothing."),
+    parallel: int = typer.Option(1, "--parallel", min=1, max=256, help="VPCs deployed at the same time."),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable); "
+                                                  "the SSH agent and ~/.ssh keys are used too."),
+) -> None:
+    """Ship built router trees over SSH: one atomic release per router, backup before master."""
+    from .deploy import DeployOptions, deploy_tree
+
+    def body():
+        options = DeployOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
+                                identity=[str(i) for i in identity or []], dry_run=dry_run, parallel=parallel)
+        outcomes = deploy_tree(tree_dir, router, options,
+                               lambda name, message: typer.echo(f"[{name}] {message}", err=True))
+        width = max([len(o.router) for o in outcomes] + [6])
+        typer.echo(f"{'router':<{width}}  {'result':<11}  {'time':>6}  detail")
+        for o in outcomes:
+            typer.echo(f"{o.router:<{width}}  {o.status:<11}  {o.seconds:5.1f}s  {o.detail}")
+            if dry_run and o.status == "planned":
+                typer.echo(f"{'':<{width}}    files: {', '.join(o.files) or 'none'}")
+                typer.echo(f"{'':<{width}}    reload: {', '.join(o.services) or 'nothing'}")
+        counts = {s: sum(o.status == s for o in outcomes)
+                  for s in ("changed", "skipped", "failed", "rolled back", "planned", "unchanged")}
+        typer.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no routers")
+        if counts["failed"] or counts["rolled back"]:
+            raise typer.Exit(1)
+
+    _run(body)

@@ -243,8 +243,13 @@ class Ssh:
 
 @dataclass(frozen=True)
 class Deploy:
-    root: str
+    root: str  # may hold {router}
     keep_releases: int
+    vrrp_wait_s: int
+    commands: dict  # reload/check/health: {service: command}; vrrp_state: command (overrides)
+
+    def root_of(self, router: str) -> str:
+        return self.root.replace("{router}", router)
 
 
 @dataclass(frozen=True)
@@ -375,7 +380,8 @@ def build_intent(files: SiteFiles) -> Site:
             acls[doc.data["name"]] = _acl(doc)
     return Site(
         name=d["name"], ssh=Ssh(user=ssh.get("user", "root"), port=ssh.get("port", 3922)),
-        deploy=Deploy(root=deploy.get("root", "/"), keep_releases=deploy.get("keep_releases", 5)),
+        deploy=Deploy(root=deploy.get("root", "/"), keep_releases=deploy.get("keep_releases", 5),
+                      vrrp_wait_s=deploy.get("vrrp_wait_s", 30), commands=deploy.get("commands", {})),
         zones={doc.data["name"]: _zone(doc) for doc in sorted(files.zones, key=lambda x: x.data["name"])},
         vpcs={doc.data["name"]: _vpc(doc, vrrp_defaults) for doc in sorted(files.vpcs, key=lambda x: x.data["name"])},
         acls=dict(sorted(acls.items())), src=Src(files.site))

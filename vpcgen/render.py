@@ -129,12 +129,52 @@ def reload_commands(view: RouterView) -> dict[str, str]:
         # loads changed connections and secrets; established SAs of unchanged connections stay up
         "strongswan": f"SWANCTL_DIR={p['swanctl']} swanctl --load-all --noprompt",
         "frr": f"{frr} && {p['notify']} sync-ospf" if view.redundant else frr,
+    } | view.site.deploy.commands.get("reload", {})
+
+
+# the daemons' own checkers, run on the router against a new release before it is switched to
+CHECK_COMMANDS = {
+    "iptables": "iptables-restore --test {release}/etc/iptables/rules.v4",
+    "keepalived": "keepalived --config-test -f {release}/etc/keepalived/keepalived.conf && "
+                  "sh -n {release}/etc/keepalived/notify.sh",
+    "haproxy": "haproxy -c -q -f {release}/etc/haproxy/haproxy.cfg",
+    "frr": "vtysh --dryrun -f {release}/etc/frr/frr.conf",
+}
+# after the reloads: is every service of the router running?
+HEALTH_COMMANDS = {
+    "conntrackd": "conntrackd -C {root}/etc/conntrackd/conntrackd.conf -s >/dev/null",
+    "keepalived": "systemctl is-active --quiet keepalived",
+    "haproxy": "systemctl is-active --quiet haproxy",
+    "strongswan": "systemctl is-active --quiet strongswan",
+    "frr": "systemctl is-active --quiet frr",
+}
+VRRP_STATE_COMMAND = "cat /run/vpcgen/vrrp.state"  # written by notify.sh
+
+
+def deploy_settings(view: RouterView, services: set[str]) -> dict:
+    """What `vpcgen deploy` needs to know about this router, so that a built tree is self-contained."""
+    site = view.site
+    overrides = site.deploy.commands
+
+    def pick(defaults: dict, kind: str) -> list[dict]:
+        table = defaults | overrides.get(kind, {})
+        return [{"service": s, "command": table[s]} for s in SERVICE_ORDER if s in services and s in table]
+
+    peer = next((r.name for r in view.vpc.routers if r.name != view.name), None)
+    return {
+        "ssh": {"user": site.ssh.user, "port": site.ssh.port},
+        "root": site.deploy.root_of(view.name),
+        "keep_releases": site.deploy.keep_releases,
+        "checks": pick(CHECK_COMMANDS, "check"),
+        "health": pick(HEALTH_COMMANDS, "health"),
+        "vrrp": {"peer": peer, "priority": view.priority, "state": overrides.get("vrrp_state", VRRP_STATE_COMMAND),
+                 "wait_s": site.deploy.vrrp_wait_s} if view.redundant else None,
     }
 
 
 def router_paths(view: RouterView) -> dict[str, str]:
     """Absolute paths on the router of files other files refer to (under the deploy root)."""
-    root = view.site.deploy.root.rstrip("/")
+    root = view.site.deploy.root_of(view.name).rstrip("/")
     return {
         "notify": f"{root}/etc/keepalived/notify.sh",
         "rules": f"{root}/etc/iptables/rules.v4",
@@ -181,6 +221,7 @@ def render_router(env: jinja2.Environment, view: RouterView, secrets: dict[str, 
                    "service": next(d.service for d in DAEMONS if d.path == path)}
                   for path, (data, mode) in sorted(files.items())],
         "services": [{"name": s, "reload": commands[s]} for s in SERVICE_ORDER if s in services],
+        "deploy": deploy_settings(view, services),
     }
     files["etc/vpcgen/manifest.json"] = (to_json(manifest), TEXT_MODE)
     return files
