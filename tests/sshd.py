@@ -26,15 +26,24 @@ def keygen(path: Path) -> str:
 
 
 class Sshd:
-    def __init__(self, workdir: Path, addresses: list[str]):
+    """One sshd; ``like`` makes another instance with the same port and keys (sshd listens on at
+    most 16 addresses, so many routers need several instances)."""
+
+    def __init__(self, workdir: Path, addresses: list[str], like: "Sshd | None" = None):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.addresses = addresses
+        self.proc: subprocess.Popen | None = None
+        if like is not None:
+            self.port, self.host_key_pub, self.user_key = like.port, like.host_key_pub, like.user_key
+            for name in ("host_key", "authorized_keys"):
+                (self.dir / name).write_bytes((like.dir / name).read_bytes())
+            (self.dir / "host_key").chmod(0o600)
+            return
         self.port = free_port()
         self.host_key_pub = keygen(self.dir / "host_key")
         self.user_key = self.dir / "user_key"
         (self.dir / "authorized_keys").write_text(keygen(self.user_key) + "\n")
-        self.proc: subprocess.Popen | None = None
 
     def known_hosts(self, addresses: list[str] | None = None, key: str | None = None) -> str:
         key_type, key_data = (key or self.host_key_pub).split()[:2]

@@ -121,9 +121,6 @@ def run() -> None:  # pragma: no cover - console entry for `python -m vpcgen`
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
-
 
 @app.command()
 def deploy(
@@ -158,3 +155,7 @@ def deploy(
             raise typer.Exit(1)
 
     _run(body)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -163,7 +163,7 @@ class Remote:
             raise RemoteError(f"{what} failed (exit {rc}): {out[-500:] or command}")
         return out
 
-    def steps(self, steps: list[tuple[str, str]]) -> tuple[str | None, int, str]:
+    def steps(self, steps: list[tuple[str, str]], data: bytes = b"") -> tuple[str | None, int, str]:
         """Run named commands in order in one session (one round trip), stopping at the first failure:
         (name of the failed step or None, its exit code, its output)."""
         if not steps:
@@ -171,7 +171,7 @@ class Remote:
         script = "".join(f"echo {shlex.quote('@@step ' + name)}\n( {command}\n) 2>&1 || "
                          f"{{ rc=$?; echo {shlex.quote('@@failed ' + name)} $rc; exit 1; }}\n"
                          for name, command in steps)
-        rc, out = self.run(script)
+        rc, out = self.run(script, data)
         failed = re.search(r"^@@failed (\S+) (\d+)$", out, re.M)
         if failed is None and rc == 0:
             return None, 0, out
@@ -240,100 +240,109 @@ def reload_commands(manifest: dict) -> dict[str, str]:
     return {s["name"]: s["reload"] for s in manifest["services"]}
 
 
+@dataclass
+class Probe:
+    manifest: dict | None  # deployed now
+    release: str | None  # path of the current release
+    vrrp: str | None  # MASTER, BACKUP, ... on a pair
+
+
 class RouterDeploy:
-    """The steps for one router; every remote path is under the router's deploy root."""
+    """The steps for one router, batched into few SSH sessions (each costs a fork and a shell on
+    the router); every remote path is under the router's deploy root."""
 
     def __init__(self, target: Target, remote: Remote, progress: Callable[[str, str], None]):
         self.t, self.r, self.say = target, remote, progress
-        self.q = lambda p: shlex.quote(p)
+        self.q = shlex.quote
 
-    def state(self) -> tuple[dict | None, str | None]:
-        """The manifest deployed now (or None) and the current release path."""
-        base = self.t.base
-        rc, out = self.r.run(f"cat {self.q(base)}/current/{MANIFEST} 2>/dev/null && echo && "
-                             f"readlink -f {self.q(base)}/current")
-        if rc != 0 or not out:
-            return None, None
-        text, _, current = out.rpartition("\n")
-        try:
-            return json.loads(text), current.strip()
-        except ValueError:
-            return None, current.strip() or None
-
-    def vrrp_state(self) -> str | None:
+    def probe(self) -> Probe:
+        base, q = self.t.base, self.q
         vrrp = self.t.settings.get("vrrp")
-        if not vrrp:
-            return None
-        rc, out = self.r.run(substitute(vrrp["state"], self.t, ""), timeout=15)
-        return out.strip().upper() if rc == 0 and out.strip() else None
+        state = substitute(vrrp["state"], self.t, "") if vrrp else "true"
+        rc, out = self.r.run(f"echo \"@@vrrp $({state} 2>/dev/null)\"; echo \"@@current $(readlink -f {q(base)}/current)\"; "
+                             f"cat {q(base)}/current/{MANIFEST} 2>/dev/null; true")
+        fields = dict(re.findall(r"^@@(vrrp|current) ?(.*)$", out, re.M))
+        text = out.split("\n", 2)[2] if out.count("\n") >= 2 else ""
+        try:
+            manifest = json.loads(text) if text.strip() else None
+        except ValueError:
+            manifest = None
+        current = fields.get("current", "").strip()
+        return Probe(manifest, current if manifest and current else None,
+                     fields.get("vrrp", "").strip().upper() or None if vrrp else None)
 
-    def upload(self, release_id: str) -> str:
+    def upload_and_check(self, release_id: str) -> str:
+        """Upload into a partial directory, verify every checksum, name the release, run the checkers."""
         base, q = self.t.base, self.q
         partial = f"{base}/releases/.partial-{release_id}"
         release = f"{base}/releases/{release_id}"
         data = tar_of(self.t)
-        self.say(self.t.name, f"uploading {len(self.t.files())} files ({len(data) // 1024} KiB)")
+        checks = [(f"check:{e['service']}", substitute(e["command"], self.t, release))
+                  for e in self.t.settings["checks"]]
+        self.say(self.t.name, f"uploading {len(self.t.files())} files ({len(data) // 1024} KiB), checking "
+                 f"{', '.join(name[6:] for name, _ in checks) or 'nothing'}")
         sums = "".join(f"{f['sha256']}  {f['path']}\n" for f in self.t.manifest["files"])
         # leftovers of an interrupted upload are never activated; they are removed first. The
         # release appears under its final name only once every file is in and verified.
-        self.r.must(f"set -e; umask 077; mkdir -p {q(base)}/releases; rm -rf {q(base)}/releases/.partial-*; "
-                    f"mkdir {q(partial)}; tar -x -p -f - -C {q(partial)}; cd {q(partial)}; "
-                    f"printf %s {q(sums)} | sha256sum --quiet --strict -c -; mv -T {q(partial)} {q(release)}",
-                    "upload", data)
+        upload = (f"set -e; umask 077; mkdir -p {q(base)}/releases; rm -rf {q(base)}/releases/.partial-*; "
+                  f"mkdir {q(partial)}; tar -x -p -f - -C {q(partial)}; cd {q(partial)}; "
+                  f"printf %s {q(sums)} | sha256sum --quiet --strict -c -; mv -T {q(partial)} {q(release)}")
+        failed, rc, out = self.r.steps([("upload", upload)] + checks, data)
+        if failed == "upload":
+            raise RemoteError(f"upload failed (exit {rc}): {out[-500:]}")
+        if failed:
+            raise RemoteError(f"{failed[6:]} checker rejected the new release (exit {rc}): {out[-500:]}")
         return release
 
-    def check(self, release: str) -> None:
-        checks = [(e["service"], substitute(e["command"], self.t, release)) for e in self.t.settings["checks"]]
-        if checks:
-            self.say(self.t.name, f"checking {', '.join(name for name, _ in checks)}")
-        failed, rc, out = self.r.steps(checks)
-        if failed:
-            raise RemoteError(f"{failed} checker rejected the new release (exit {rc}): {out[-500:]}")
-
-    def switch(self, release: str, files: list[str], old_files: list[str]) -> None:
+    def switch_script(self, release: str, files: list[str], old_files: list[str]) -> str:
         """Point every file's link at current, then swap current in one rename."""
         base, root, q = self.t.base, self.t.root, self.q
         lines = ["set -e"]
         for path in sorted(files):
-            link, dest = f"{root}/{path}", f"{base}/current/{path}"
+            link, dest, aside = f"{root}/{path}", f"{base}/current/{path}", f"{base}/displaced/{path}"
             # a file vpcgen did not put there is kept aside once, never overwritten
             lines.append(f"mkdir -p $(dirname {q(link)}); if [ -e {q(link)} ] && [ ! -L {q(link)} ]; then "
-                         f"mkdir -p $(dirname {q(base + '/displaced/' + path)}); "
-                         f"mv {q(link)} {q(base + '/displaced/' + path)}; fi; "
+                         f"mkdir -p $(dirname {q(aside)}); mv {q(link)} {q(aside)}; fi; "
                          f"[ \"$(readlink {q(link)})\" = {q(dest)} ] || ln -sfn {q(dest)} {q(link)}")
         lines.append(f"ln -sfn releases/$(basename {q(release)}) {q(base)}/current.new && "
                      f"mv -T {q(base)}/current.new {q(base)}/current")
         for path in sorted(set(old_files) - set(files)):
             lines.append(f"rm -f {q(root + '/' + path)}")
-        self.r.must("\n".join(lines), "switching releases")
+        return "\n".join(lines)
 
-    def reload(self, manifest: dict, services: list[str], release: str) -> None:
+    def activate(self, release: str, manifest: dict, files: list[str], old_files: list[str], services: list[str],
+                 health: bool = True) -> None:
+        """Switch to ``release``, reload ``services`` in order, check health, prune old releases."""
         commands = reload_commands(manifest)
-        steps = [(s, substitute(commands[s], self.t, release)) for s in services if s in commands]
-        if steps:
-            self.say(self.t.name, f"reloading {', '.join(name for name, _ in steps)}")
+        reloads = [(f"reload:{s}", substitute(commands[s], self.t, release)) for s in services if s in commands]
+        self.say(self.t.name, f"switching to {Path(release).name}, reloading "
+                 f"{', '.join(name[7:] for name, _ in reloads) or 'nothing'}")
+        steps = [("switch", self.switch_script(release, files, old_files))] + reloads
+        if health:
+            steps += [(f"health:{e['service']}", substitute(e["command"], self.t, release))
+                      for e in self.t.settings["health"]]
+            keep, q = self.t.settings["keep_releases"], self.q
+            steps.append(("prune", f"cd {q(self.t.base)}/releases && ls -1 | sort -r | tail -n +{keep + 1} | "
+                          f"grep -vx {q(Path(release).name)} | xargs -r rm -rf -- ; true"))
         failed, rc, out = self.r.steps(steps)
+        if failed == "switch":
+            raise RemoteError(f"switching releases failed (exit {rc}): {out[-500:]}")
+        if failed and failed.startswith("reload:"):
+            raise RemoteError(f"reloading {failed[7:]} failed (exit {rc}): {out[-500:]}")
         if failed:
-            raise RemoteError(f"reloading {failed} failed (exit {rc}): {out[-500:]}")
+            raise RemoteError(f"{failed[7:]} is not healthy after the reload (exit {rc}): {out[-300:]}")
 
-    def healthy(self, release: str) -> None:
-        failed, rc, out = self.r.steps([(e["service"], substitute(e["command"], self.t, release))
-                                        for e in self.t.settings["health"]])
-        if failed:
-            raise RemoteError(f"{failed} is not healthy after the reload (exit {rc}): {out[-300:]}")
+    def wait_vrrp(self) -> None:
+        """A pair's router must be back in VRRP (MASTER or BACKUP) before its peer is touched."""
         vrrp = self.t.settings.get("vrrp")
-        if vrrp:
-            deadline = time.monotonic() + vrrp["wait_s"]
-            while (state := self.vrrp_state()) not in ("MASTER", "BACKUP"):
-                if time.monotonic() > deadline:
-                    raise RemoteError(f"VRRP state is {state or 'unknown'} {vrrp['wait_s']} s after the reload "
-                                      "(expected MASTER or BACKUP)")
-                time.sleep(0.5)
-
-    def prune(self, keep: int, current: str) -> None:
-        base, q = self.t.base, self.q
-        self.r.run(f"cd {q(base)}/releases && ls -1 | grep -v '^\\.' | sort -r | tail -n +{keep + 1} | "
-                   f"grep -vx {q(Path(current).name)} | xargs -r rm -rf --")
+        if not vrrp:
+            return
+        deadline = time.monotonic() + vrrp["wait_s"]
+        while (state := self.probe().vrrp) not in ("MASTER", "BACKUP"):
+            if time.monotonic() > deadline:
+                raise RemoteError(f"VRRP state is {state or 'unknown'} {vrrp['wait_s']} s after the reload "
+                                  "(expected MASTER or BACKUP)")
+            time.sleep(0.5)
 
 
 def release_name(target: Target) -> str:
@@ -341,9 +350,9 @@ def release_name(target: Target) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{digest}"
 
 
-def deploy_one(target: Target, remote: Remote, dry_run: bool, progress) -> Outcome:
+def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, progress) -> Outcome:
     d = RouterDeploy(target, remote, progress)
-    old, old_release = d.state()
+    old, old_release = probe.manifest, probe.release
     services = affected_services(old, target.manifest)
     changed_files = _changed_files(old, target.manifest)
     if old is not None and json.dumps(old, sort_keys=True) == json.dumps(target.manifest, sort_keys=True):
@@ -351,23 +360,20 @@ def deploy_one(target: Target, remote: Remote, dry_run: bool, progress) -> Outco
     if dry_run:
         return Outcome(target.name, "planned", "first deploy" if old is None else "", files=changed_files,
                        services=services)
-    release = d.upload(release_name(target))
-    d.check(release)
-    d.switch(release, target.files(), [f["path"] for f in old["files"]] + [MANIFEST] if old else [])
+    release = d.upload_and_check(release_name(target))
+    old_files = [f["path"] for f in old["files"]] + [MANIFEST] if old else []
     try:
-        d.reload(target.manifest, services, release)
-        d.healthy(release)
+        d.activate(release, target.manifest, target.files(), old_files, services)
+        d.wait_vrrp()
     except RemoteError as exc:
         if old is None or old_release is None:
             return Outcome(target.name, "failed", f"{exc}; no previous release to restore")
         progress(target.name, f"failed: {exc}; restoring {Path(old_release).name}")
         try:
-            d.switch(old_release, [f["path"] for f in old["files"]] + [MANIFEST], target.files())
-            d.reload(old, services, old_release)
+            d.activate(old_release, old, old_files, target.files(), services, health=False)
         except RemoteError as again:
             return Outcome(target.name, "failed", f"{exc}; restoring the previous release failed too: {again}")
         return Outcome(target.name, "rolled back", str(exc), files=changed_files, services=services)
-    d.prune(target.settings["keep_releases"], release)
     return Outcome(target.name, "changed", f"release {Path(release).name}", files=changed_files,
                    services=services)
 
@@ -427,17 +433,22 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
                 say(t.name, f"failed: {exc}")
                 outcomes.append(Outcome(t.name, "failed", str(exc)))
         order = [t for t in group if t.name in remotes]
+        probes = {}
+        for t in list(order):
+            try:
+                probes[t.name] = RouterDeploy(t, remotes[t.name], say).probe()
+            except (RemoteError, paramiko.SSHException, OSError, EOFError) as exc:
+                outcomes.append(Outcome(t.name, "failed", f"{exc}" or type(exc).__name__))
+                order.remove(t)
         if len(order) == 2:
-            states = {t.name: RouterDeploy(t, remotes[t.name], say).vrrp_state() for t in order}
             # the master last; with no master known, the lower-priority (second) router first
-            order.sort(key=lambda t: (states[t.name] == "MASTER", t.settings["vrrp"]["priority"]))
+            order.sort(key=lambda t: (probes[t.name].vrrp == "MASTER", t.settings["vrrp"]["priority"]))
             for t in order:
-                say(t.name, f"VRRP state {states[t.name] or 'unknown'}")
+                say(t.name, f"VRRP state {probes[t.name].vrrp or 'unknown'}")
         for i, t in enumerate(order):
             start = time.monotonic()
-            say(t.name, "connected" if options.dry_run else "locked")
             try:
-                outcome = deploy_one(t, remotes[t.name], options.dry_run, say)
+                outcome = deploy_one(t, remotes[t.name], probes[t.name], options.dry_run, say)
             except (RemoteError, paramiko.SSHException, OSError, EOFError) as exc:
                 outcome = Outcome(t.name, "failed", f"{exc}" or type(exc).__name__)
             outcome.seconds = time.monotonic() - start
