@@ -367,7 +367,7 @@ def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, prog
         d.wait_vrrp()
     except RemoteError as exc:
         if old is None or old_release is None:
-            return Outcome(target.name, "failed", f"{exc}; no previous release to restore")
+            return Outcome(target.name, "failed", f"{exc}; no previous release to restore: the new one stays active")
         progress(target.name, f"failed: {exc}; restoring {Path(old_release).name}")
         try:
             d.activate(old_release, old, old_files, target.files(), services, health=False)
