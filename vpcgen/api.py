@@ -49,6 +49,8 @@ class BuildResult:
     lock_changed: bool
     routers: list[str]
     output_dir: Path | None = None
+    intent: Site | None = field(default=None, repr=False)
+    secret_values: tuple[str, ...] = field(default=(), repr=False)  # for redaction (diff), never written
 
 
 @contextmanager
@@ -118,7 +120,8 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     for view in views:
         for path, entry in render.render_router(env, view, secrets, not options.placeholder_secrets, digest).items():
             tree[f"{view.name}/{path}"] = entry
-    return BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views])
+    return BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views], intent=site,
+                       secret_values=tuple(secrets.values()))
 
 
 def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:

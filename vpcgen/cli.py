@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the input, a check or a target failed, 2 usage error.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -153,6 +154,54 @@ def deploy(
         typer.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no routers")
         if counts["failed"] or counts["rolled back"]:
             raise typer.Exit(1)
+
+    _run(body)
+
+
+
+class DiffFormat(str, Enum):
+    text = "text"
+    markdown = "markdown"
+
+
+@app.command()
+def diff(
+    site_dir: Path = typer.Argument(..., help="The site folder, e.g. sites/example (inside a git repository)."),
+    base: str = typer.Option(..., "--base", help="The git revision to compare with, e.g. origin/main."),
+    format: DiffFormat = typer.Option(DiffFormat.text, "--format", help="text, or markdown for a PR comment."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when anything changes (like git diff)."),
+) -> None:
+    """Build the base revision and the working tree, and show what changes on which router."""
+    from .diff import diff_site, render_markdown, render_text
+
+    def body():
+        report = diff_site(site_dir, base)
+        typer.echo(render_markdown(report) if format == DiffFormat.markdown else render_text(report), nl=False)
+        if exit_code and report.changed:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
+
+class GraphFormat(str, Enum):
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+@app.command()
+def graph(
+    site_dir: Path = typer.Argument(..., help="The site folder, e.g. sites/example."),
+    format: GraphFormat = typer.Option(GraphFormat.mermaid, "--format", help="mermaid (renders in pull requests "
+                                       "and READMEs) or dot (Graphviz: dot -Tsvg)."),
+) -> None:
+    """Print the site's topology: zones, VPCs, tiers, routers, public IPs, VPN peers, gateways, OSPF areas."""
+    from . import api
+    from .graph import render
+
+    def body():
+        v = api.validate_site(site_dir)
+        typer.echo(render(v.site, v.alloc, format.value), nl=False)
 
     _run(body)
 

@@ -1,0 +1,344 @@
+"""`vpcgen diff`: what a change to the site does to every router, for pull-request previews.
+
+The base revision is read with `git archive` (the working tree is never touched) and built in a
+temporary folder; the working tree is built in memory. Both builds are compared per router
+file, the intents are compared object by object, the lock files key by key. Every secret value
+(and its base64 form) is replaced by <redacted> before anything is compared or shown.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .api import BuildOptions, BuildResult, build_site
+from .errors import DiagnosticsError, VpcgenError
+from .intent import Site
+from .vpn import encode
+
+REDACTED = "<redacted>"
+MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters
+
+
+@dataclass
+class FileChange:
+    path: str
+    kind: str  # added | removed | changed | secret
+    diff: str = ""
+
+
+@dataclass
+class Report:
+    site: str
+    base: str
+    intent: list[str] = field(default_factory=list)
+    allocations: list[str] = field(default_factory=list)
+    routers: dict[str, list[FileChange]] = field(default_factory=dict)  # changed routers only
+    unchanged: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.intent or self.allocations or self.routers)
+
+
+def _git(root: Path, *args: str, binary: bool = False):
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=not binary)
+    return result
+
+
+def extract_base(site_dir: Path, ref: str, into: Path) -> Path | None:
+    """The site folder as of ``ref`` under ``into`` (None when the site did not exist then)."""
+    top = _git(site_dir, "rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        raise VpcgenError(f"{site_dir}: not inside a git repository (vpcgen diff compares against a git revision)")
+    root = Path(top.stdout.strip())
+    rel = site_dir.resolve().relative_to(root.resolve()).as_posix()
+    if _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
+        raise VpcgenError(f"unknown git revision '{ref}'")
+    listing = _git(root, "ls-tree", "-d", "--name-only", ref, "--", rel)
+    if not listing.stdout.strip():
+        return None
+    archive = _git(root, "archive", "--format=tar", ref, "--", rel, binary=True)
+    if archive.returncode != 0:
+        raise VpcgenError(f"git archive {ref} -- {rel} failed: {archive.stderr.decode(errors='replace').strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into / rel
+
+
+def _build(site_dir: Path, environ: dict, placeholder: bool) -> BuildResult:
+    return build_site(site_dir, BuildOptions(placeholder_secrets=placeholder, environ=environ))
+
+
+def diff_site(site_dir, base_ref: str, environ: dict | None = None) -> Report:
+    site_dir = Path(site_dir)
+    environ = dict(os.environ) if environ is None else environ
+    with tempfile.TemporaryDirectory(prefix="vpcgen-diff-") as tmp:
+        base_dir = extract_base(site_dir, base_ref, Path(tmp))
+        if base_dir is not None and (site_dir / "secrets").is_dir() and not (base_dir / "secrets").exists():
+            # secrets are not committed: the base is built with today's values, so only what the
+            # change itself does to a secret shows up
+            shutil.copytree(site_dir / "secrets", base_dir / "secrets")
+        placeholder = False
+        try:
+            head = _build(site_dir, environ, False)
+        except DiagnosticsError as exc:
+            if not all(d.code == "missing-secret" for d in exc.diagnostics):
+                raise
+            placeholder, head = True, _build(site_dir, environ, True)
+        base = None
+        if base_dir is not None:
+            try:
+                base = _build(base_dir, environ, placeholder)
+            except DiagnosticsError as exc:
+                if placeholder or not all(d.code == "missing-secret" for d in exc.diagnostics):
+                    raise VpcgenError(f"the base revision '{base_ref}' does not build: "
+                                      f"{str(exc.diagnostics[0]).replace(tmp + '/', '')}") from None
+                placeholder = True
+                head, base = _build(site_dir, environ, True), _build(base_dir, environ, True)
+    report = Report(head.site, base_ref)
+    if placeholder:
+        report.notes.append("some secrets are not available here: both revisions were built with placeholder "
+                            "secrets, so changes of secret values cannot show")
+    if base is None:
+        report.notes.append(f"the site does not exist at '{base_ref}': everything is new")
+    secrets = set(head.secret_values) | set(base.secret_values if base else ())
+    report.intent = intent_changes(base.intent if base else None, head.intent)
+    report.allocations = lock_changes(base.lock_text if base else "", head.lock_text)
+    _router_changes(report, base.tree if base else {}, head.tree, secrets)
+    return report
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+def redact(text: str, secrets: set[str]) -> str:
+    """Every secret value, in clear or in swanctl's base64 form, replaced by <redacted>."""
+    forms = set()
+    for value in secrets:
+        if value:
+            forms.add(value)
+            forms.add(value.strip())
+            forms.add(encode(value))
+    for form in sorted((f for f in forms if f), key=len, reverse=True):
+        text = text.replace(form, REDACTED)
+    return text
+
+
+def _is_secret_file(path: str, data: bytes) -> bool:
+    return b"-----BEGIN" in data and ("/private/" in path or "/x509/" in path)
+
+
+def _text(path: str, data: bytes, secrets: set[str]) -> str:
+    if _is_secret_file(path, data):
+        return REDACTED + "\n"
+    return redact(data.decode("utf-8", "replace"), secrets)
+
+
+# --- routers ---------------------------------------------------------------------------------
+
+def _router_changes(report: Report, base: dict, head: dict, secrets: set[str]) -> None:
+    def by_router(tree: dict) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for path, (data, _mode) in tree.items():
+            router, _, rel = path.partition("/")
+            if rel:
+                out.setdefault(router, {})[rel] = data
+        return out
+
+    before, after = by_router(base), by_router(head)
+    for router in sorted(set(before) | set(after)):
+        old, new = before.get(router, {}), after.get(router, {})
+        changes = []
+        for rel in sorted(set(old) | set(new)):
+            if rel == "etc/vpcgen/manifest.json":
+                continue  # hashes of the other files: their own diffs say it better
+            a, b = old.get(rel), new.get(rel)
+            if a == b:
+                continue
+            ta = _text(rel, a, secrets) if a is not None else ""
+            tb = _text(rel, b, secrets) if b is not None else ""
+            kind = "added" if a is None else "removed" if b is None else "changed"
+            if kind == "changed" and ta == tb:
+                changes.append(FileChange(rel, "secret", f"a secret value changed ({REDACTED})"))
+                continue
+            lines = difflib.unified_diff(ta.splitlines(keepends=True), tb.splitlines(keepends=True),
+                                         fromfile=f"a/{router}/{rel}" if a is not None else "/dev/null",
+                                         tofile=f"b/{router}/{rel}" if b is not None else "/dev/null")
+            changes.append(FileChange(rel, kind, "".join(line if line.endswith("\n") else line + "\n"
+                                                         for line in lines)))
+        if changes:
+            report.routers[router] = changes
+        else:
+            report.unchanged.append(router)
+
+
+# --- intent ----------------------------------------------------------------------------------
+
+def _keyed(items, key) -> dict:
+    return {key(x): x for x in items}
+
+
+def _compare(out: list[str], where: str, what: str, before: dict, after: dict) -> None:
+    for k in sorted(set(before) | set(after), key=str):
+        if k not in before:
+            out.append(f"{where}{what} `{k}` added")
+        elif k not in after:
+            out.append(f"{where}{what} `{k}` removed")
+        elif before[k] != after[k]:
+            out.append(f"{where}{what} `{k}` changed")
+
+
+def intent_changes(base: Site | None, head: Site) -> list[str]:
+    out: list[str] = []
+    zones_a = base.zones if base else {}
+    _compare(out, "", "zone", zones_a, head.zones)
+    vpcs_a = base.vpcs if base else {}
+    for name in sorted(set(vpcs_a) | set(head.vpcs)):
+        if name not in vpcs_a:
+            out.append(f"VPC `{name}` added")
+            continue
+        if name not in head.vpcs:
+            out.append(f"VPC `{name}` removed")
+            continue
+        a, b = vpcs_a[name], head.vpcs[name]
+        if a == b:
+            continue
+        where = f"VPC `{name}`: "
+        before = len(out)
+        _compare(out, where, "tier", _keyed(a.tiers, lambda t: t.name), _keyed(b.tiers, lambda t: t.name))
+        _compare(out, where, "router", _keyed(a.routers, lambda r: r.name), _keyed(b.routers, lambda r: r.name))
+        _compare(out, where, "public IP", _keyed(a.public_ips, lambda p: p.name),
+                 _keyed(b.public_ips, lambda p: p.name))
+        _compare(out, where, "static NAT", _keyed(a.static_nat, lambda s: s.public_ip),
+                 _keyed(b.static_nat, lambda s: s.public_ip))
+        _compare(out, where, "port forwarding", _keyed(a.port_forwarding, _pf_key),
+                 _keyed(b.port_forwarding, _pf_key))
+        _compare(out, where, "load balancer", _keyed(a.load_balancers, lambda x: x.name),
+                 _keyed(b.load_balancers, lambda x: x.name))
+        _compare(out, where, "site-to-site VPN", _keyed(a.site_to_site, lambda x: x.name),
+                 _keyed(b.site_to_site, lambda x: x.name))
+        _compare(out, where, "private gateway", _keyed(a.private_gateways, lambda x: x.name),
+                 _keyed(b.private_gateways, lambda x: x.name))
+        if a.remote_access != b.remote_access:
+            out.append(f"{where}remote-access VPN {'added' if a.remote_access is None else 'removed' if b.remote_access is None else 'changed'}")
+        scalars = [f.name for f in fields(a) if f.name in ("cidr", "netmask", "redundant", "vrrp", "source_nat", "zone")]
+        changed = [f for f in scalars if getattr(a, f) != getattr(b, f)]
+        if changed:
+            out.append(f"{where}{', '.join(changed)} changed")
+        if len(out) == before:
+            out.append(f"{where}changed")
+    acls_a = {k: v for k, v in (base.acls if base else {}).items() if not v.builtin}
+    acls_b = {k: v for k, v in head.acls.items() if not v.builtin}
+    for name in sorted(set(acls_a) | set(acls_b)):
+        if name not in acls_a:
+            out.append(f"ACL `{name}` added")
+        elif name not in acls_b:
+            out.append(f"ACL `{name}` removed")
+        elif acls_a[name] != acls_b[name]:
+            _compare(out, f"ACL `{name}`: ", "rule", _keyed(acls_a[name].rules, lambda r: r.number),
+                     _keyed(acls_b[name].rules, lambda r: r.number))
+    if base is not None and (base.ssh, base.deploy) != (head.ssh, head.deploy):
+        out.append("site defaults (ssh or deploy) changed")
+    return out
+
+
+def _pf_key(pf) -> str:
+    low, high = pf.public_port
+    return f"{pf.public_ip} {pf.protocol}/{low}" + (f"-{high}" if high != low else "")
+
+
+# --- allocations -----------------------------------------------------------------------------
+
+def _flatten(data, prefix: str = "") -> dict[str, object]:
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}
+
+
+def lock_changes(base_text: str, head_text: str) -> list[str]:
+    a = _flatten(yaml.safe_load(base_text) or {}) if base_text else {}
+    b = _flatten(yaml.safe_load(head_text) or {})
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key.endswith(".zone"):
+            continue
+        if key not in a:
+            out.append(f"`{key}`: {b[key]} (new)")
+        elif key not in b:
+            out.append(f"`{key}`: {a[key]} released")
+        elif a[key] != b[key]:
+            out.append(f"`{key}`: {a[key]} → {b[key]}")
+    return out
+
+
+# --- output ----------------------------------------------------------------------------------
+
+def _summary_lines(report: Report, code: str) -> list[str]:
+    lines = []
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    lines.append("")
+    lines.append("Intent:" if report.intent else "Intent: no changes")
+    lines += [f"- {line.replace('`', code)}" for line in report.intent]
+    lines.append("")
+    lines.append("Allocations (allocations.lock.yaml):" if report.allocations else "Allocations: no changes")
+    lines += [f"- {line.replace('`', code)}" for line in report.allocations]
+    lines.append("")
+    changed = sorted(report.routers)
+    lines.append(f"Routers: {len(changed)} changed" + (f" ({', '.join(changed)})" if changed else "")
+                 + f", {len(report.unchanged)} unchanged")
+    return lines
+
+
+def render_text(report: Report) -> str:
+    lines = [f"vpcgen diff: site {report.site} against {report.base}"] + _summary_lines(report, "'")
+    for router, changes in sorted(report.routers.items()):
+        lines += ["", f"== {router}: " + ", ".join(f"{c.path} ({c.kind})" for c in changes)]
+        for c in changes:
+            lines.append(c.diff.rstrip("\n") if c.kind != "secret" else f"{c.path}: {c.diff}")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: Report, limit: int = MARKDOWN_LIMIT) -> str:
+    head = [f"### vpcgen diff: site `{report.site}` against `{report.base}`"]
+    summary = []
+    for note in report.notes:
+        summary.append(f"> **Note:** {note}")
+    summary.append("")
+    summary.append("**Intent**" if report.intent else "**Intent:** no changes")
+    summary += [f"- {line}" for line in report.intent]
+    summary.append("")
+    summary.append("**Allocations** (`allocations.lock.yaml`)" if report.allocations else "**Allocations:** no changes")
+    summary += [f"- {line}" for line in report.allocations]
+    summary.append("")
+    changed = sorted(report.routers)
+    summary.append(f"**Routers:** {len(changed)} changed, {len(report.unchanged)} unchanged")
+    text = "\n".join(head + summary) + "\n"
+    shown = 0
+    for router in changed:
+        changes = report.routers[router]
+        body = "\n".join(f"{c.path}: {c.diff}" if c.kind == "secret" else c.diff.rstrip("\n") for c in changes)
+        fence = "````" if "```" in body else "```"
+        block = (f"\n<details><summary><code>{router}</code>: {len(changes)} file"
+                 f"{'s' if len(changes) != 1 else ''} changed</summary>\n\n{fence}diff\n{body}\n{fence}\n</details>\n")
+        if len(text) + len(block) > limit - 300:
+            rest = changed[shown:]
+            text += (f"\n_Truncated: the diffs of {len(rest)} more router{'s' if len(rest) != 1 else ''} "
+                     f"({', '.join(rest)}) do not fit in one comment; run `vpcgen diff` locally for all of it._\n")
+            break
+        text += block
+        shown += 1
+    return text

@@ -1,0 +1,189 @@
+"""`vpcgen graph`: the site's topology as Mermaid (renders in pull requests) or Graphviz dot.
+
+One model (clusters, nodes, edges) is built from the validated site and its allocation, then
+laid out by either writer; everything is emitted in sorted order, so the text is stable.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .allocate import Allocation
+from .intent import SOURCE_NAT_IP, Site
+
+
+@dataclass
+class Node:
+    id: str
+    lines: list[str]
+    kind: str  # router | tier | public-ip | peer | gateway | pool | internet | core
+
+
+@dataclass
+class Cluster:
+    id: str
+    label: str
+    nodes: list[Node] = field(default_factory=list)
+    clusters: list["Cluster"] = field(default_factory=list)
+
+
+@dataclass
+class Edge:
+    a: str
+    b: str
+    label: str = ""
+    dashed: bool = False
+
+
+@dataclass
+class Graph:
+    clusters: list[Cluster]
+    edges: list[Edge]
+
+
+def _id(*parts: str) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9]", "_", p) for p in parts)
+
+
+def model(site: Site, alloc: Allocation) -> Graph:
+    clusters, edges = [], []
+    for zone in site.zones.values():
+        zc = Cluster(_id("zone", zone.name), f"zone {zone.name}")
+        vpcs = [v for v in site.vpcs.values() if v.zone == zone.name]
+        if zone.public and any(not v.routed for v in vpcs):
+            zc.nodes.append(Node(_id("inet", zone.name), ["internet", f"public {zone.public.cidr}"], "internet"))
+        if zone.ospf and any(v.routed for v in vpcs):
+            zc.nodes.append(Node(_id("core", zone.name), ["OSPF core (area 0)",
+                                                          f"transit {zone.ospf.transit_cidr}"], "core"))
+        for vpc in vpcs:
+            cidr = alloc.vpc_cidrs.get(vpc.name, vpc.cidr or "?")
+            kind = f"routed, OSPF area {alloc.areas.get(vpc.name)}" if vpc.routed else "NAT"
+            vc = Cluster(_id("vpc", vpc.name), f"VPC {vpc.name} · {cidr} · {kind}")
+            rid = _id("routers", vpc.name)
+            names = " / ".join(r.name for r in vpc.routers)
+            vc.nodes.append(Node(rid, [names, "VRRP pair" if vpc.redundant else "single router"], "router"))
+            for t in sorted(vpc.tiers, key=lambda t: t.name):
+                tid = _id("tier", vpc.name, t.name)
+                vc.nodes.append(Node(tid, [f"tier {t.name}", alloc.tier_cidrs.get((vpc.name, t.name), "?"),
+                                           f"VLAN {alloc.tier_vlans.get((vpc.name, t.name), '?')} · ACL {t.acl}"],
+                                     "tier"))
+                edges.append(Edge(rid, tid))
+            for g in sorted(vpc.private_gateways, key=lambda g: g.name):
+                gid = _id("pg", vpc.name, g.name)
+                vc.nodes.append(Node(gid, [f"private gateway {g.name}", f"{g.address} VLAN {g.vlan}",
+                                           "routes " + ", ".join(g.routes) if g.routes else "no routes"], "gateway"))
+                edges.append(Edge(rid, gid, f"ACL {g.acl}"))
+            if vpc.remote_access:
+                pid = _id("pool", vpc.name)
+                vc.nodes.append(Node(pid, ["remote-access VPN", f"pool {vpc.remote_access.pool}",
+                                           f"{len(vpc.remote_access.users)} users"], "pool"))
+                edges.append(Edge(rid, pid, "IKEv2 EAP", dashed=True))
+            zc.clusters.append(vc)
+            if vpc.routed:
+                edges.append(Edge(_id("core", zone.name), rid, f"area {alloc.areas.get(vpc.name)}"))
+            for p in sorted(vpc.public_ips, key=lambda p: p.name):
+                pid = _id("pip", vpc.name, p.name)
+                zc.nodes.append(Node(pid, [f"{vpc.name}/{p.name}", alloc.public_ips.get((vpc.name, p.name), "?")]
+                                     + _uses(vpc, p.name), "public-ip"))
+                edges.append(Edge(_id("inet", zone.name), pid))
+                edges.append(Edge(pid, rid))
+            for v in sorted(vpc.site_to_site, key=lambda v: v.name):
+                peer = _id("peer", vpc.name, v.name)
+                zc.nodes.append(Node(peer, [f"VPN peer {v.name}", v.peer, ", ".join(v.peer_cidrs)], "peer"))
+                edges.append(Edge(rid, peer, f"IKEv{v.ike_version}", dashed=True))
+        clusters.append(zc)
+    return Graph(clusters, edges)
+
+
+def _uses(vpc, name: str) -> list[str]:
+    if name == SOURCE_NAT_IP:
+        return ["source NAT" + (" + VPN endpoint" if vpc.site_to_site or vpc.remote_access else "")]
+    out = [f"static NAT → {s.private_ip}" for s in vpc.static_nat if s.public_ip == name]
+    for pf in vpc.port_forwarding:
+        if pf.public_ip == name:
+            low, high = pf.public_port
+            out.append(f"PF {pf.protocol}/{low}{'' if low == high else f'-{high}'} → {pf.private_ip}")
+    out += [f"LB {lb.name} :{lb.public_port}" for lb in vpc.load_balancers if lb.public_ip == name]
+    return out
+
+
+# --- Mermaid ---------------------------------------------------------------------------------
+
+_MERMAID_SHAPES = {"router": ('["', '"]'), "tier": ('("', '")'), "public-ip": ('{{"', '"}}'), "peer": ('>"', '"]'),
+                   "gateway": ('[/"', '"/]'), "pool": ('[("', '")]'), "internet": ('(("', '"))'),
+                   "core": ('(("', '"))')}
+
+
+def _mq(text: str) -> str:
+    return text.replace('"', "#quot;")
+
+
+def mermaid(graph: Graph) -> str:
+    out = ["flowchart LR"]
+
+    def cluster(c: Cluster, depth: int) -> None:
+        pad = "  " * depth
+        out.append(f'{pad}subgraph {c.id}["{_mq(c.label)}"]')
+        for n in c.nodes:
+            left, right = _MERMAID_SHAPES[n.kind]
+            out.append(f"{pad}  {n.id}{left}{'<br/>'.join(_mq(x) for x in n.lines)}{right}")
+        for sub in c.clusters:
+            cluster(sub, depth + 1)
+        out.append(f"{pad}end")
+
+    for c in graph.clusters:
+        cluster(c, 1)
+    for e in graph.edges:
+        arrow = "-.-" if e.dashed else "---"
+        label = f'|"{_mq(e.label)}"|' if e.label else ""
+        out.append(f"  {e.a} {arrow}{label} {e.b}")
+    return "\n".join(out) + "\n"
+
+
+# --- Graphviz dot ----------------------------------------------------------------------------
+
+_DOT_SHAPES = {"router": "box3d", "tier": "box", "public-ip": "hexagon", "peer": "cds", "gateway": "parallelogram",
+               "pool": "cylinder", "internet": "ellipse", "core": "octagon"}
+
+
+NEWLINE = "\\n"  # dot's line break inside a label
+
+
+def _dq(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def dot(graph: Graph) -> str:
+    out = ["graph vpcgen {", '  rankdir=LR;', '  node [fontname="Helvetica", fontsize=10];',
+           '  edge [fontname="Helvetica", fontsize=9];']
+
+    def cluster(c: Cluster, depth: int) -> None:
+        pad = "  " * depth
+        out.append(f"{pad}subgraph cluster_{c.id} {{")
+        out.append(f'{pad}  label="{_dq(c.label)}";')
+        for n in c.nodes:
+            style = ', style="rounded"' if n.kind == "tier" else ""
+            label = NEWLINE.join(_dq(x) for x in n.lines)
+            out.append(f'{pad}  {n.id} [shape={_DOT_SHAPES[n.kind]}{style}, label="{label}"];')
+        for sub in c.clusters:
+            cluster(sub, depth + 1)
+        out.append(f"{pad}}}")
+
+    for c in graph.clusters:
+        cluster(c, 1)
+    for e in graph.edges:
+        attrs = []
+        if e.label:
+            attrs.append(f'label="{_dq(e.label)}"')
+        if e.dashed:
+            attrs.append("style=dashed")
+        out.append(f"  {e.a} -- {e.b}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def render(site: Site, alloc: Allocation, fmt: str) -> str:
+    g = model(site, alloc)
+    return dot(g) if fmt == "dot" else mermaid(g)
+
