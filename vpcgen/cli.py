@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 the input, a check or a target failed, 2 usage error.
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -44,7 +45,7 @@ def _run(fn):
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         _fail([f"{where}error: {exc.strerror or exc}"])
-    except typer.Exit:
+    except (typer.Exit, typer.BadParameter):  # usage errors: typer prints them, exit 2
         raise
     except Exception as exc:  # a bug in vpcgen: still one clear line, never a traceback
         _fail([f"error: internal error: {type(exc).__name__}: {exc} (please report this as a vpcgen bug)"])
@@ -57,15 +58,35 @@ def main(version: bool = typer.Option(False, "--version", help="Print the versio
         raise typer.Exit(0)
 
 
+def _site_of(path: Path) -> Path:
+    """A site folder, or the site folder a file lies in (pre-commit passes the changed files)."""
+    if path.is_dir() or not path.exists():
+        return path
+    for parent in path.resolve().parents:
+        if (parent / "site.yaml").is_file():
+            return Path(os.path.relpath(parent))
+    raise typer.BadParameter(f"{path} is not inside a site folder (no site.yaml above it)")
+
+
 @app.command()
-def validate(site_dir: Path = typer.Argument(..., help="The site folder, e.g. sites/example.")) -> None:
-    """Check a site against the schemas and every semantic rule; print every error."""
+def validate(site_dirs: list[Path] = typer.Argument(..., help="Site folders (e.g. sites/example), or files "
+                                                  "inside them (as pre-commit passes them).")) -> None:
+    """Check sites against the schemas and every semantic rule; print every error."""
     from .api import validate_site
+    from .errors import DiagnosticsError
 
     def body():
-        v = validate_site(site_dir)
-        typer.echo(f"{site_dir}: valid ({len(v.site.vpcs)} VPCs, "
-                   f"{sum(len(x.routers) for x in v.site.vpcs.values())} routers)")
+        problems = []
+        for site_dir in dict.fromkeys(_site_of(p) for p in site_dirs):
+            try:
+                v = validate_site(site_dir)
+            except DiagnosticsError as exc:
+                problems += exc.diagnostics
+                continue
+            typer.echo(f"{site_dir}: valid ({len(v.site.vpcs)} VPCs, "
+                       f"{sum(len(x.routers) for x in v.site.vpcs.values())} routers)")
+        if problems:
+            raise DiagnosticsError(problems)
 
     _run(body)
 
@@ -202,6 +223,47 @@ def graph(
     def body():
         v = api.validate_site(site_dir)
         typer.echo(render(v.site, v.alloc, format.value), nl=False)
+
+    _run(body)
+
+
+
+@app.command()
+def schema(
+    kind: Optional[str] = typer.Argument(None, help="site, zone, vpc, acl or defs."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every schema into this folder."),
+) -> None:
+    """Print a JSON Schema of the site files (Draft 2020-12), or write them all for editors."""
+    from .schema import KINDS, schema_text
+
+    kinds = (*KINDS, "defs")
+
+    def body():
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
+            for k in kinds:
+                (output / f"{k}.schema.json").write_text(schema_text(k), encoding="utf-8")
+            typer.echo(f"wrote {', '.join(f'{k}.schema.json' for k in kinds)} to {output}")
+        elif kind in kinds:
+            typer.echo(schema_text(kind), nl=False)
+        else:
+            raise typer.BadParameter(f"give one of {', '.join(kinds)}, or --output DIR", param_hint="KIND")
+
+    _run(body)
+
+
+@app.command()
+def init(
+    site_dir: Path = typer.Argument(..., help="The new site folder, e.g. sites/prod (the repository root is the "
+                                    "folder above sites/)."),
+) -> None:
+    """Scaffold a site repository that validates and builds: site, zone, VPC, ACLs, CI workflows,
+    pre-commit hook and editor settings."""
+    from .scaffold import scaffold
+
+    def body():
+        for line in scaffold(site_dir):
+            typer.echo(line)
 
     _run(body)
 

