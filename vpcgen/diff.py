@@ -286,25 +286,32 @@ def lock_changes(base_text: str, head_text: str) -> list[str]:
 
 # --- output ----------------------------------------------------------------------------------
 
-def _summary_lines(report: Report, code: str) -> list[str]:
-    lines = []
-    for note in report.notes:
-        lines.append(f"note: {note}")
-    lines.append("")
-    lines.append("Intent:" if report.intent else "Intent: no changes")
-    lines += [f"- {line.replace('`', code)}" for line in report.intent]
-    lines.append("")
-    lines.append("Allocations (allocations.lock.yaml):" if report.allocations else "Allocations: no changes")
-    lines += [f"- {line.replace('`', code)}" for line in report.allocations]
-    lines.append("")
+def _summary(report: Report, markdown: bool) -> list[str]:
+    """Notes, intent and allocation changes, and the router count, in either format."""
+    def fmt(line: str) -> str:
+        return line if markdown else line.replace("`", "'")
+
+    def section(title: str, what: str, items: list[str]) -> list[str]:
+        if not items:
+            return [f"**{title}:** no changes" if markdown else f"{title}: no changes", ""]
+        head = f"**{title}**{what}" if markdown else f"{title}{what}:"
+        return [head] + [f"- {fmt(i)}" for i in items] + [""]
+
+    lines = [(f"> **Note:** {n}" if markdown else f"note: {n}") for n in report.notes] + [""]
+    lines += section("Intent", "", report.intent)
+    lines += section("Allocations", " (`allocations.lock.yaml`)" if markdown else " (allocations.lock.yaml)",
+                     report.allocations)
     changed = sorted(report.routers)
-    lines.append(f"Routers: {len(changed)} changed" + (f" ({', '.join(changed)})" if changed else "")
-                 + f", {len(report.unchanged)} unchanged")
+    if markdown:
+        lines.append(f"**Routers:** {len(changed)} changed, {len(report.unchanged)} unchanged")
+    else:
+        lines.append(f"Routers: {len(changed)} changed" + (f" ({', '.join(changed)})" if changed else "")
+                     + f", {len(report.unchanged)} unchanged")
     return lines
 
 
 def render_text(report: Report) -> str:
-    lines = [f"vpcgen diff: site {report.site} against {report.base}"] + _summary_lines(report, "'")
+    lines = [f"vpcgen diff: site {report.site} against {report.base}"] + _summary(report, markdown=False)
     for router, changes in sorted(report.routers.items()):
         lines += ["", f"== {router}: " + ", ".join(f"{c.path} ({c.kind})" for c in changes)]
         for c in changes:
@@ -314,18 +321,8 @@ def render_text(report: Report) -> str:
 
 def render_markdown(report: Report, limit: int = MARKDOWN_LIMIT) -> str:
     head = [f"### vpcgen diff: site `{report.site}` against `{report.base}`"]
-    summary = []
-    for note in report.notes:
-        summary.append(f"> **Note:** {note}")
-    summary.append("")
-    summary.append("**Intent**" if report.intent else "**Intent:** no changes")
-    summary += [f"- {line}" for line in report.intent]
-    summary.append("")
-    summary.append("**Allocations** (`allocations.lock.yaml`)" if report.allocations else "**Allocations:** no changes")
-    summary += [f"- {line}" for line in report.allocations]
-    summary.append("")
+    summary = _summary(report, markdown=True)
     changed = sorted(report.routers)
-    summary.append(f"**Routers:** {len(changed)} changed, {len(report.unchanged)} unchanged")
     text = "\n".join(head + summary) + "\n"
     shown = 0
     for router in changed:

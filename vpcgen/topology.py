@@ -104,9 +104,8 @@ class RouterView:
         return self.public_ips.get(SOURCE_NAT_IP)
 
 
-def public_iface(site: Site, vpc: Vpc) -> str:
-    zone = site.zones[vpc.zone]
-    vlan = zone.public.vlan if (zone.public and not vpc.routed) else (zone.ospf.transit_vlan if zone.ospf else None)
+def uplink_name(vlan: int | None) -> str:
+    """eth1 carries the public network (NAT VPCs) or the OSPF transit link (routed VPCs)."""
     return f"eth1.{vlan}" if vlan else "eth1"
 
 
@@ -135,7 +134,7 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
     public_ips = {}
     if not vpc.routed and zone.public is not None:
         public_ips = {p.name: alloc.public_ips[(vpc.name, p.name)] for p in sorted(vpc.public_ips, key=lambda p: p.name)}
-        name = public_iface(site, vpc)
+        name = uplink_name(zone.public.vlan)
         public = PublicView(name, zone.public.vlan, zone.public.cidr, zone.public.gateway, tuple(public_ips.items()))
         # a single router holds the public addresses itself (the source NAT address first, so adding a
         # public IP never changes the interface's primary address); a pair carries them as VRRP addresses
@@ -157,7 +156,7 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
         ospf = zone.ospf
         own = alloc.transit[(vpc.name, router.name)]
         peer = alloc.transit.get((vpc.name, vpc.routers[1 - index].name)) if vpc.redundant else None
-        name = f"eth1.{ospf.transit_vlan}" if ospf.transit_vlan else "eth1"
+        name = uplink_name(ospf.transit_vlan)
         transit = TransitView(name, ospf.transit_vlan, ospf.transit_cidr, own, alloc.areas[vpc.name], peer)
         interfaces.insert(0, Iface(name, ospf.transit_vlan, "eth1" if ospf.transit_vlan else None,
                                    (addr.with_prefix(own, ospf.transit_cidr),), "transit", "OSPF transit link"))

@@ -58,7 +58,7 @@ def _rekey(lifetime: int) -> tuple[int, int]:
 
 def site_to_site(view: RouterView) -> list[SiteToSiteConn]:
     out = []
-    tier_cidrs = tuple(sorted((t.cidr for t in view.tiers), key=lambda c: c))
+    tier_cidrs = tuple(sorted(t.cidr for t in view.tiers))
     for v in sorted(view.vpc.site_to_site, key=lambda v: v.name):
         ike_rekey, ike_over = _rekey(v.ike_lifetime_s)
         esp_rekey, _ = _rekey(v.esp_lifetime_s)
