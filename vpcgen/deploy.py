@@ -157,12 +157,6 @@ class Remote:
         finally:
             channel.close()
 
-    def must(self, command: str, what: str, data: bytes = b"") -> str:
-        rc, out = self.run(command, data)
-        if rc != 0:
-            raise RemoteError(f"{what} failed (exit {rc}): {out[-500:] or command}")
-        return out
-
     def steps(self, steps: list[tuple[str, str]], data: bytes = b"") -> tuple[str | None, int, str]:
         """Run named commands in order in one session (one round trip), stopping at the first failure:
         (name of the failed step or None, its exit code, its output)."""
