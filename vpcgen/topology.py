@@ -199,10 +199,18 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
                                           "routes": list(g.routes), "acl": g.acl}
                                  for g in sorted(vpc.private_gateways, key=lambda g: g.name)},
             "load_balancers": {lb.name: {"public_ip": lb.public_ip, "public_port": lb.public_port,
-                                         "members": list(lb.members)}
+                                         "private_port": lb.private_port, "protocol": lb.protocol,
+                                         "stickiness": lb.stickiness, "members": list(lb.members)}
                                for lb in sorted(vpc.load_balancers, key=lambda lb: lb.name)},
             "vpn_peers": {v.name: {"peer": v.peer, "peer_cidrs": list(v.peer_cidrs)}
                           for v in sorted(vpc.site_to_site, key=lambda v: v.name)},
+            "remote_access": {"pool": vpc.remote_access.pool, "users": sorted(u.name for u in vpc.remote_access.users)}
+            if vpc.remote_access else None,
+            "static_nat": {s.public_ip: s.private_ip for s in sorted(vpc.static_nat, key=lambda s: s.public_ip)},
+            "port_forwarding": [{"public_ip": p.public_ip, "protocol": p.protocol, "public_port": list(p.public_port),
+                                 "private_ip": p.private_ip, "private_port": list(p.private_port)}
+                                for p in sorted(vpc.port_forwarding,
+                                                key=lambda p: (p.public_ip, p.protocol, p.public_port))],
             "routers": {
                 v.name: {"mgmt": v.mgmt, "role": ("first" if v.index == 0 else "second") if v.redundant else "single",
                          "priority": v.priority if v.redundant else None,
