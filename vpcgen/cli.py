@@ -268,5 +268,42 @@ def init(
     _run(body)
 
 
+
+lab_app = typer.Typer(help="Run a built site for real in network namespaces and prove it works (needs root).",
+                      no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+
+
+@lab_app.command("up")
+def lab_up(
+    tree_dir: Path = typer.Argument(..., help="A built site, e.g. output/example."),
+    vpc: Optional[str] = typer.Option(None, "--vpc", help="Only this VPC's routers and hosts."),
+) -> None:
+    """Start every router of the tree (and test hosts, internet side, core routers) in namespaces."""
+    from . import lab
+
+    def body():
+        p = lab.up(tree_dir, vpc, progress=lambda m: typer.echo(m, err=True))
+        kinds = {}
+        for n in p.nodes:
+            kinds[n.kind] = kinds.get(n.kind, 0) + 1
+        typer.echo(f"lab {p.name} up: " + ", ".join(f"{v} {k}{'s' if v != 1 else ''}" for k, v in sorted(kinds.items()))
+                   + f", {len(p.segments)} segments")
+
+    _run(body)
+
+
+@lab_app.command("down")
+def lab_down(tree_dir: Path = typer.Argument(..., help="The built site the lab was started from.")) -> None:
+    """Remove every namespace, link and process of the lab (also after a crash of `lab up`)."""
+    from . import lab
+
+    def body():
+        removed = lab.down(tree_dir)
+        typer.echo(f"lab {lab.lab_name(tree_dir)} down: {len(removed)} namespaces removed")
+
+    _run(body)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

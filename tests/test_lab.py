@@ -1,0 +1,93 @@
+"""`vpcgen lab`: the example site running for real in namespaces, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE, copy_site, run_cli
+from vpcgen import lab
+
+
+def namespaces(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix + "-")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("lab")
+    code, out, err = run_cli("build", copy_site(EXAMPLE, tmp / "example"), "--output", tmp / "out")
+    assert code == 0, out + err
+    return tmp / "out/example"
+
+
+def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
+    name = lab.lab_name(tree)
+    code, out, err = run_cli("lab", "up", tree)
+    try:
+        assert code == 0, out + err
+        data = lab.status(tree)
+        # every router runs its daemons on its own files
+        for router, daemons in {"shop-r1": {"keepalived", "conntrackd", "haproxy", "charon"},
+                                "left-r1": {"keepalived", "conntrackd", "zebra", "ospfd"},
+                                "blog-r1": set()}.items():
+            pids = subprocess.run(["ip", "netns", "pids", data["nodes"][router]["ns"]], capture_output=True,
+                                  text=True).stdout.split()
+            running = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if Path(f"/proc/{p}").exists()}
+            assert daemons <= running, (router, running)
+        # exactly one master per pair, soon
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = {r: lab.exec_in(data, r, "cat /run/vpcgen/vrrp.state 2>/dev/null").stdout.strip()
+                      for r in ("shop-r1", "shop-r2")}
+            if sorted(states.values()) == ["BACKUP", "MASTER"]:
+                break
+            time.sleep(0.2)
+        assert sorted(states.values()) == ["BACKUP", "MASTER"], states
+        # traffic through the real rules: port forwarding, load balancing, static NAT and its ACL
+        assert lab.probe(data, "inet-zone1", "203.0.113.13", 2222) == "shop-app-1"
+        assert lab.probe(data, "inet-zone1", "203.0.113.13", 5003, "udp") == "shop-app-2"
+        spread = {lab.probe(data, "inet-zone1", "203.0.113.13", 80, payload="GET / HTTP/1.0\\n\\n")
+                  for _ in range(4)}
+        assert spread == {"shop-web-2", "shop-web-3"}
+        assert lab.probe(data, "inet-zone1", "203.0.113.50", 80) == "shop-web-1"
+        assert lab.probe(data, "inet-zone1", "203.0.113.50", 22).startswith("FAILED")  # web list: 22 from 192.0.2.0/24
+        assert lab.probe(data, "shop-web-1", "192.168.0.5", 22) == "shop-pg-corp"  # private gateway route
+        assert lab.probe(data, "shop-web-1", "192.168.0.5", 25).startswith("FAILED")  # corp-gw rule 30
+        recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]
+    finally:
+        code, out, err = run_cli("lab", "down", tree)
+    assert code == 0, out + err
+    assert namespaces(name) == []
+    assert not any(alive(p) for p in recorded)
+    assert not (lab.RUN_ROOT / name).exists()
+
+
+def test_lab_down_after_lab_up_was_killed(tree):
+    name = lab.lab_name(tree)
+    proc = subprocess.Popen([sys.executable, "-m", "vpcgen.cli", "lab", "up", str(tree)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while len(namespaces(name)) < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # lab up dies half-way
+    proc.wait()
+    assert namespaces(name), "lab up should have created namespaces before it was killed"
+    code, out, err = run_cli("lab", "down", tree)
+    assert code == 0, out + err
+    assert namespaces(name) == [] and not (lab.RUN_ROOT / name).exists()

@@ -1,0 +1,500 @@
+"""`vpcgen lab up|down`: a built site running for real in network namespaces (SPEC §5).
+
+Every router becomes a namespace whose interfaces, addresses, sysctls and iptables rules come
+from its own tree (the files deploy ships), running the real daemons on its own files: the
+tree's etc/ is overlaid on /etc in a private mount namespace with a private /run, exactly as
+PLATFORM.md describes. Switches are bridges in one switch namespace; a VLAN sub-interface
+eth2.<vlan> is a veth of that exact name whose peer sits in the VLAN's bridge (this kernel has
+no VLAN devices). Test hosts, the internet side, VPN peers and OSPF core routers are namespaces
+too. Nothing is connected to the machine's own namespace.
+
+Everything a lab creates is recorded under /run/vpcgen-lab/<lab>/ as it is created, and every
+name starts with the lab's prefix, so `lab down` removes it all by handle, also after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import netns
+from .errors import VpcgenError
+
+RUN_ROOT = Path("/run/vpcgen-lab")
+MANIFEST = "etc/vpcgen/manifest.json"
+
+
+def lab_name(tree_dir: Path) -> str:
+    return "vl" + hashlib.sha256(str(Path(tree_dir).resolve()).encode()).hexdigest()[:6]
+
+
+@dataclass
+class Link:
+    ifname: str  # name inside the node's namespace
+    segment: str  # the bridge's key, e.g. "zone1/eth2.1200"
+    addresses: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Node:
+    name: str  # router name, or a host label
+    kind: str  # router | host | inet | peer | core | gateway | client
+    links: list[Link] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)  # `ip route replace` arguments
+    loopback: list[str] = field(default_factory=list)  # extra addresses on lo
+    tcp: str = ""  # host servers
+    udp: str = ""
+    tree: Path | None = None  # routers: their tree
+    vpc: str = ""
+
+
+@dataclass
+class Plan:
+    name: str
+    tree_dir: Path
+    site: dict
+    nodes: list[Node]
+    segments: list[str]
+    pairs: list[tuple[str, str]]  # (ns a, ns b) veth links between two nodes outside bridges
+
+
+# --- what to build, from the tree only ------------------------------------------------------
+
+_IFACE = re.compile(r"^\s*iface\s+(\S+)\s+inet\s+(\S+)")
+_ADDRESS = re.compile(r"^\s*address\s+(\S+)")
+_UP_ADDR = re.compile(r"^\s*up\s+ip\s+addr\s+add\s+(\S+)\s+dev\s+(\S+)")
+_UP_ROUTE = re.compile(r"^\s*up\s+ip\s+route\s+replace\s+(.+)$")
+
+
+def router_interfaces(tree: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """Interfaces (name -> addresses) and routes of a router, from its interfaces file."""
+    ifaces: dict[str, list[str]] = {}
+    routes: list[str] = []
+    current = None
+    for line in (tree / "etc/network/interfaces.d/vpcgen").read_text().splitlines():
+        if m := _IFACE.match(line):
+            current = m.group(1)
+            ifaces.setdefault(current, [])
+        elif (m := _ADDRESS.match(line)) and current:
+            ifaces[current].append(m.group(1))
+        elif m := _UP_ADDR.match(line):
+            ifaces.setdefault(m.group(2), []).append(m.group(1))
+        elif m := _UP_ROUTE.match(line):
+            routes.append(m.group(1))
+    # parents of VLAN sub-interfaces only carry the tags: in the lab the sub-interfaces are veths
+    for parent in ("eth1", "eth2"):
+        if not ifaces.get(parent) and any(n.startswith(parent + ".") for n in ifaces):
+            ifaces.pop(parent, None)
+    return ifaces, routes
+
+
+def _host_addresses(cidr: str, wanted: list[str], count: int = 2) -> list[str]:
+    net = ipaddress.ip_network(cidr)
+    out = sorted(set(wanted), key=ipaddress.ip_address)
+    candidate = net.network_address + 10
+    while len(out) < count:
+        if str(candidate) not in out:
+            out.append(str(candidate))
+        candidate += 1
+    return out
+
+
+def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
+    tree_dir = Path(tree_dir)
+    if not (tree_dir / "site.json").is_file():
+        raise VpcgenError(f"{tree_dir}: not a built site (run `vpcgen build` first)")
+    site = json.loads((tree_dir / "site.json").read_text())
+    vpcs = {k: v for k, v in site["vpcs"].items() if only_vpc in (None, k)}
+    if only_vpc and not vpcs:
+        raise VpcgenError(f"no VPC {only_vpc} in {tree_dir} (VPCs: {', '.join(site['vpcs'])})")
+    name = lab_name(tree_dir)
+    nodes: list[Node] = []
+    segments: set[str] = set()
+    pairs: list[tuple[str, str]] = []
+    zones_used: dict[str, set[str]] = {}
+    for vpc_name, vpc in vpcs.items():
+        zone = vpc["zone"]
+        for router in vpc["routers"]:
+            tree = tree_dir / router
+            ifaces, routes = router_interfaces(tree)
+            node = Node(router, "router", tree=tree, vpc=vpc_name, routes=routes)
+            for ifname, addresses in sorted(ifaces.items()):
+                segment = f"{zone}/{ifname}"
+                segments.add(segment)
+                node.links.append(Link(ifname, segment, addresses))
+                if ifname.split(".")[0] == "eth1":
+                    zones_used.setdefault(zone, set()).add(segment)
+            nodes.append(node)
+        # test hosts: the private addresses NAT and load balancers use, two per tier at least
+        used = set(vpc["static_nat"].values()) | {p["private_ip"] for p in vpc["port_forwarding"]}
+        used |= {m for lb in vpc["load_balancers"].values() for m in lb["members"]}
+        tcp_ports = {22, 80, 443, 5432, 8080} | {p["private_port"][0] for p in vpc["port_forwarding"]
+                                                  if p["protocol"] == "tcp"}
+        tcp_ports |= {lb["private_port"] for lb in vpc["load_balancers"].values()}
+        udp = ",".join(sorted({f"{p['private_port'][0]}-{p['private_port'][1]}" for p in vpc["port_forwarding"]
+                               if p["protocol"] == "udp"}))
+        for tier_name, tier in sorted(vpc["tiers"].items()):
+            mine = [a for a in used if ipaddress.ip_address(a) in ipaddress.ip_network(tier["cidr"])]
+            prefix = tier["cidr"].split("/")[1]
+            for i, address in enumerate(_host_addresses(tier["cidr"], mine)):
+                host = Node(f"{vpc_name}-{tier_name}-{i + 1}", "host", vpc=vpc_name,
+                            tcp=",".join(map(str, sorted(tcp_ports))), udp=udp,
+                            links=[Link("eth0", f"{zone}/eth2.{tier['vlan']}", [f"{address}/{prefix}"])],
+                            routes=[f"default via {tier['gateway']}"])
+                nodes.append(host)
+        for gw_name, gw in sorted(vpc["private_gateways"].items()):
+            prefix = gw["address"].split("/")[1]
+            nodes.append(Node(f"{vpc_name}-pg-{gw_name}", "gateway", vpc=vpc_name, tcp="22,25,80",
+                              links=[Link("eth0", f"{zone}/eth2.{gw['vlan']}", [f"{gw['gateway']}/{prefix}"])],
+                              routes=[f"default via {gw['address'].split('/')[0]}"],
+                              loopback=[f"{ipaddress.ip_network(r).network_address + 5}/32" for r in gw["routes"]]))
+    # the internet side of each zone: its public gateway, and beyond it the VPN peers
+    for zone_name in sorted(zones_used):
+        zone = site["zones"][zone_name]
+        public = zone.get("public")
+        for segment in sorted(zones_used[zone_name]):
+            is_public = public and segment == f"{zone_name}/" + (f"eth1.{public['vlan']}" if public["vlan"]
+                                                                 else "eth1")
+            if is_public:
+                prefix = public["cidr"].split("/")[1]
+                inet = Node(f"inet-{zone_name}", "inet", links=[Link("eth0", segment,
+                                                                    [f"{public['gateway']}/{prefix}"])],
+                            tcp="80")
+                nodes.append(inet)
+            if zone.get("ospf_transit") and segment.endswith(_transit_ifname(tree_dir, vpcs, zone_name)):
+                transit = zone["ospf_transit"]
+                core = str(ipaddress.ip_network(transit).network_address + 1)
+                nodes.append(Node(f"core-{zone_name}", "core", tcp="22,80",
+                                  links=[Link("eth0", segment, [f"{core}/{transit.split('/')[1]}"])],
+                                  loopback=["192.0.2.254/32"]))
+    return Plan(name, tree_dir, site, nodes, sorted(segments), pairs)
+
+
+def _transit_ifname(tree_dir: Path, vpcs: dict, zone: str) -> str:
+    for vpc in vpcs.values():
+        if vpc["zone"] == zone and vpc["kind"] == "routed":
+            router = tree_dir / next(iter(vpc["routers"]))
+            text = (router / "etc/frr/frr.conf").read_text()
+            return re.search(r"^interface (eth1\S*)", text, re.M).group(1)
+    return "\0"  # no routed VPC in the zone
+
+
+# --- state -----------------------------------------------------------------------------------
+
+class State:
+    """What a lab created, written to disk as it goes."""
+
+    def __init__(self, name: str):
+        self.dir = RUN_ROOT / name
+        self.file = self.dir / "state.json"
+        self.data = json.loads(self.file.read_text()) if self.file.exists() else {
+            "name": name, "namespaces": [], "nodes": {}}
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        tmp.replace(self.file)
+
+    def add_namespace(self, ns: str) -> None:
+        self.data["namespaces"].append(ns)
+        self.save()
+
+
+def ns_of(lab: str, node: str) -> str:
+    return f"{lab}-{node}"
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = netns.run(["ip", *args])
+    if check and r.returncode != 0:
+        raise VpcgenError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+def _in(ns: str, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    r = netns.run(["ip", "netns", "exec", ns, *cmd], timeout=timeout)
+    if check and r.returncode != 0:
+        raise VpcgenError(f"in {ns}: {' '.join(cmd)}: {(r.stderr or r.stdout).strip()}")
+    return r
+
+
+# --- up --------------------------------------------------------------------------------------
+
+def up(tree_dir, only_vpc: str | None = None, progress=lambda m: None) -> Plan:
+    if os.geteuid() != 0:
+        raise VpcgenError("vpcgen lab needs root: it creates network namespaces")
+    p = plan(Path(tree_dir), only_vpc)
+    state = State(p.name)
+    if state.file.exists():
+        raise VpcgenError(f"lab {p.name} for {tree_dir} is already up: run `vpcgen lab down {tree_dir}` first")
+    state.data["tree"] = str(Path(tree_dir).resolve())
+    state.save()
+    try:
+        _build(p, state, progress)
+    except BaseException:
+        down(tree_dir, quiet=True)
+        raise
+    return p
+
+
+def _build(p: Plan, state: State, progress) -> None:
+    sw = ns_of(p.name, "sw")
+    _ip("netns", "add", sw)
+    state.add_namespace(sw)
+    _in(sw, "ip", "link", "set", "lo", "up")
+    bridges = {}
+    for i, segment in enumerate(p.segments + sorted({l.segment for n in p.nodes for l in n.links} - set(p.segments))):
+        bridges[segment] = f"b{i}"
+        _in(sw, "ip", "link", "add", f"b{i}", "type", "bridge")
+        _in(sw, "ip", "link", "set", f"b{i}", "up")
+    state.data["bridges"] = bridges
+    port = 0
+    for node in p.nodes:
+        ns = ns_of(p.name, node.name)
+        _ip("netns", "add", ns)
+        state.add_namespace(ns)
+        _in(ns, "ip", "link", "set", "lo", "up")
+        for link in node.links:
+            port += 1
+            peer = f"p{port}"
+            _ip("link", "add", link.ifname, "netns", ns, "type", "veth", "peer", "name", peer, "netns", sw)
+            _in(sw, "ip", "link", "set", peer, "master", bridges[link.segment])
+            _in(sw, "ip", "link", "set", peer, "up")
+            _in(ns, "ip", "link", "set", link.ifname, "up")
+            for address in link.addresses:
+                _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
+        for address in node.loopback:
+            _in(ns, "ip", "addr", "add", address, "dev", "lo")
+        state.data["nodes"][node.name] = {"ns": ns, "kind": node.kind, "vpc": node.vpc}
+        state.save()
+    for node in p.nodes:
+        ns = ns_of(p.name, node.name)
+        if node.kind == "router":
+            progress(f"{node.name}: sysctls, rules, daemons")
+            _sysctls(ns, node.tree)
+        else:
+            _in(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1" if node.kind in ("inet", "core", "gateway")
+                else "net.ipv4.ip_forward=0")
+        for route in node.routes:
+            _in(ns, "ip", "route", "replace", *route.split())
+    for node in p.nodes:
+        ns = ns_of(p.name, node.name)
+        if node.kind == "router":
+            _in(ns, "iptables-restore", "--wait=10", str(node.tree / "etc/iptables/rules.v4"))
+            _start_router(p, state, node, ns)
+        elif node.kind == "core":
+            _start_core(p, state, node, ns)
+        if node.tcp or node.udp:
+            _start_host(state, node, ns)
+    state.save()
+
+
+def _sysctls(ns: str, tree: Path) -> None:
+    for line in (tree / "etc/sysctl.d/90-vpcgen.conf").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, value = (x.strip() for x in line.split("=", 1))
+        _in(ns, "sysctl", "-q", "-w", f"{key}={value}")
+
+
+def _holder(state: State, node_name: str, ns: str, etc: Path, script: str, env: dict | None = None) -> int:
+    """A process that keeps ``ns`` with a private /etc overlay and /run, running ``script``."""
+    scratch = state.dir / "ovl" / node_name
+    scratch.mkdir(parents=True, exist_ok=True)
+    q = shlex.quote
+    setup = (
+        "set -e; "
+        f"mkdir -p {q(str(scratch))}/upper {q(str(scratch))}/work; "
+        f"mount -t overlay overlay -o lowerdir={q(str(etc))}:/etc,upperdir={q(str(scratch))}/upper,"
+        f"workdir={q(str(scratch))}/work /etc; "
+        "mount -t tmpfs vpcgen-lab-run /run; mkdir -p /run/lock /run/haproxy /run/vpcgen /run/frr /run/sshd; "
+        "chown frr:frr /run/frr 2>/dev/null || true; "
+        "set +e; "
+    )
+    log = open(state.dir / f"{node_name}.log", "ab")
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
+                             "sh", "-c", setup + script + "; echo vpcgen-lab-ready; exec sleep 2147483647"],
+                            stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+    line = proc.stdout.readline()
+    if b"vpcgen-lab-ready" not in line:
+        raise VpcgenError(f"{node_name}: could not start ({(state.dir / f'{node_name}.log').read_text()[-500:]})")
+    state.data["nodes"][node_name]["holder"] = proc.pid
+    state.save()
+    return proc.pid
+
+
+LAB_STRONGSWAN_CONF = """charon {
+    load_modular = yes
+    plugins {
+        include /etc/strongswan.d/charon/*.conf
+        # the lab's kernel has no ESP: IPsec runs in userspace over a TUN device (PLATFORM.md)
+        kernel-libipsec {
+            load = yes
+        }
+    }
+}
+"""
+
+
+LAB_STRONGSWAN_PATH = "/etc/vpcgen-lab/strongswan.conf"  # written into the router's /etc overlay only
+
+
+def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
+    etc = node.tree / "etc"
+    parts = []
+    if (etc / "conntrackd/conntrackd.conf").exists():
+        parts.append("conntrackd -d -C /etc/conntrackd/conntrackd.conf; "
+                     "i=0; while ! conntrackd -C /etc/conntrackd/conntrackd.conf -s >/dev/null 2>&1 && "
+                     "[ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done")
+    if (etc / "frr/frr.conf").exists():
+        parts.append(_FRR_START)
+    if (etc / "swanctl/swanctl.conf").exists():
+        parts.append(f"mkdir -p /etc/vpcgen-lab; printf %s {shlex.quote(LAB_STRONGSWAN_CONF)} > {LAB_STRONGSWAN_PATH}; "
+                     "/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
+                     "i=0; while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+                     "swanctl --load-all --noprompt >/run/swanctl.log 2>&1")
+    if (etc / "haproxy/haproxy.cfg").exists():
+        # -n: this machine's file-descriptor limit is below what the router's maxconn needs
+        parts.append("haproxy -D -n 4096 -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg")
+    if (etc / "keepalived/keepalived.conf").exists():
+        parts.append("keepalived -f /etc/keepalived/keepalived.conf -p /run/keepalived.pid -r /run/vrrp.pid "
+                     "-c /run/checkers.pid")
+    # STRONGSWAN_CONF reaches charon, swanctl and the notify script's swanctl calls alike
+    _holder(state, node.name, ns, etc, "; ".join(parts) or "true", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
+
+
+_FRR_START = ("/usr/lib/frr/zebra -d -A 127.0.0.1 -s 90000000 -u frr -g frr; "
+              "/usr/lib/frr/staticd -d -A 127.0.0.1 -u frr -g frr; "
+              "/usr/lib/frr/ospfd -d -A 127.0.0.1 -u frr -g frr; sleep 0.3; vtysh -b >/run/vtysh.log 2>&1")
+
+
+def _start_core(p: Plan, state: State, node: Node, ns: str) -> None:
+    """The zone's OSPF core router: FRR in the backbone, DR of the transit link, default originator."""
+    zone = node.name.split("-", 1)[1]
+    sample = next(n for n in p.nodes if n.kind == "router" and (n.tree / "etc/frr/frr.conf").exists()
+                  and p.site["vpcs"][n.vpc]["zone"] == zone)
+    text = (sample.tree / "etc/frr/frr.conf").read_text()
+    hello = re.search(r"hello-interval (\d+)", text).group(1)
+    dead = re.search(r"dead-interval (\d+)", text).group(1)
+    key = re.search(r"message-digest-key 1 md5 (\S+)", text)
+    transit = p.site["zones"][zone]["ospf_transit"]
+    address = node.links[0].addresses[0].split("/")[0]
+    auth = (f" ip ospf authentication message-digest\n ip ospf message-digest-key 1 md5 {key.group(1)}\n"
+            if key else "")
+    etc = state.dir / "etc" / node.name
+    (etc / "frr").mkdir(parents=True, exist_ok=True)
+    (etc / "frr/frr.conf").write_text(
+        f"frr defaults traditional\nhostname {node.name}\nservice integrated-vtysh-config\n!\n"
+        f"interface eth0\n ip ospf hello-interval {hello}\n ip ospf dead-interval {dead}\n ip ospf priority 100\n"
+        f"{auth}exit\n!\nrouter ospf\n ospf router-id {address}\n network {transit} area 0\n"
+        " network 192.0.2.254/32 area 0\n default-information originate always\nexit\n!\n")
+    (etc / "frr/frr.conf").chmod(0o640)
+    shutil.copy("/etc/frr/daemons", etc / "frr/daemons")
+    _holder(state, node.name, ns, etc, _FRR_START)
+
+
+def _start_host(state: State, node: Node, ns: str) -> None:
+    args = [sys.executable, "-m", "vpcgen.labhost", node.name]
+    if node.tcp:
+        args += ["--tcp", node.tcp]
+    if node.udp:
+        args += ["--udp", node.udp]
+    log = open(state.dir / f"{node.name}.log", "ab")
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=log, stderr=log, start_new_session=True,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    state.data["nodes"][node.name]["server"] = proc.pid
+    state.save()
+
+
+# --- down ------------------------------------------------------------------------------------
+
+def down(tree_dir, quiet: bool = False) -> list[str]:
+    """Remove every namespace (and with it every link and bridge) and process of the lab."""
+    name = lab_name(Path(tree_dir))
+    state = State(name)
+    namespaces = list(dict.fromkeys(state.data["namespaces"] + _leftover_namespaces(name)))
+    removed = []
+    for ns in reversed(namespaces):
+        pids = netns.run(["ip", "netns", "pids", ns]).stdout.split()
+        for pid in pids:  # processes started in this lab's namespace, killed by PID
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        deadline = time.monotonic() + 5
+        while netns.run(["ip", "netns", "pids", ns]).stdout.split() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if netns.run(["ip", "netns", "del", ns]).returncode == 0:
+            removed.append(ns)
+    for node in state.data["nodes"].values():
+        for key in ("holder", "server"):
+            if node.get(key):
+                try:
+                    os.kill(node[key], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    shutil.rmtree(state.dir, ignore_errors=True)
+    return removed
+
+
+def _leftover_namespaces(name: str) -> list[str]:
+    """This lab's namespaces by their prefix, for a state file that a crash cut short."""
+    out = netns.run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].startswith(name + "-")]
+
+
+def status(tree_dir) -> dict:
+    state = State(lab_name(Path(tree_dir)))
+    if not state.file.exists():
+        raise VpcgenError(f"no lab is up for {tree_dir}: run `vpcgen lab up {tree_dir}`")
+    return state.data
+
+
+# --- looking inside ---------------------------------------------------------------------------
+
+def exec_in(data: dict, node: str, command: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    """Run a shell command in a lab node: in its namespace, and for routers and core routers in
+    their private mount namespace (their /etc and /run)."""
+    info = data["nodes"][node]
+    if info.get("holder"):
+        cmd = ["nsenter", "-t", str(info["holder"]), "-m", "-n", "sh", "-c", command]
+    else:
+        cmd = ["ip", "netns", "exec", info["ns"], "sh", "-c", command]
+    return netns.run(cmd, timeout=timeout)
+
+
+PROBE = """
+import socket, sys
+host, port, payload, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]
+try:
+    if proto == "udp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.5)
+        s.sendto(payload, (host, port)); print(s.recv(200).decode().strip())
+    else:
+        s = socket.create_connection((host, port), timeout=1.5); s.settimeout(1.5)
+        s.sendall(payload.replace(b"\\\\n", b"\\n")); print(s.recv(300).decode().strip().splitlines()[-1])
+except Exception as exc:
+    print("FAILED " + type(exc).__name__)
+"""
+
+
+def probe(data: dict, node: str, host: str, port: int, proto: str = "tcp", payload: str = "hello") -> str:
+    """What a test host, client or router sees when it connects: the answering host's name, or FAILED."""
+    info = data["nodes"][node]
+    r = netns.run(["ip", "netns", "exec", info["ns"], sys.executable, "-c", PROBE, host, str(port), payload, proto],
+                  timeout=10)
+    return (r.stdout.strip().splitlines() or ["FAILED no output"])[-1]
