@@ -349,7 +349,7 @@ def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, prog
     old, old_release = probe.manifest, probe.release
     services = affected_services(old, target.manifest)
     changed_files = _changed_files(old, target.manifest)
-    if old is not None and json.dumps(old, sort_keys=True) == json.dumps(target.manifest, sort_keys=True):
+    if old is not None and _router_part(old) == _router_part(target.manifest):
         return Outcome(target.name, "unchanged" if dry_run else "skipped", "same manifest as deployed")
     if dry_run:
         return Outcome(target.name, "planned", "first deploy" if old is None else "", files=changed_files,
@@ -370,6 +370,12 @@ def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, prog
         return Outcome(target.name, "rolled back", str(exc), files=changed_files, services=services)
     return Outcome(target.name, "changed", f"release {Path(release).name}", files=changed_files,
                    services=services)
+
+
+def _router_part(manifest: dict) -> str:
+    """What makes two deploys of a router the same: its files, services and deploy settings (not the
+    site digest, which changes whenever any router of the site changes)."""
+    return json.dumps({k: manifest.get(k) for k in ("files", "services", "deploy", "router", "mgmt")}, sort_keys=True)
 
 
 def _changed_files(old: dict | None, new: dict) -> list[str]:
