@@ -55,6 +55,7 @@ class Node:
     loopback: list[str] = field(default_factory=list)  # extra addresses on lo
     tcp: str = ""  # host servers
     udp: str = ""
+    whoami: int = 0
     tree: Path | None = None  # routers: their tree
     vpc: str = ""
 
@@ -97,6 +98,26 @@ def router_interfaces(tree: Path) -> tuple[dict[str, list[str]], list[str]]:
         if not ifaces.get(parent) and any(n.startswith(parent + ".") for n in ifaces):
             ifaces.pop(parent, None)
     return ifaces, routes
+
+
+PROBE_TCP_PORT = 7777  # named by no ACL rule: what a default deny decides
+PROBE_UDP_PORT = 7777
+WHOAMI_PORT = 7  # on the internet side: answers with the address a connection came from
+
+
+def internet_sources(site: dict, zone: str) -> list[str]:
+    """Addresses on the internet side for every source network an ACL rule names outside the VPCs,
+    so that ACL probes can come from each of them."""
+    private = [ipaddress.ip_network(v["cidr"]) for v in site["vpcs"].values() if v["zone"] == zone and v["cidr"]]
+    out = []
+    for rules in site["acls"].values():
+        for rule in rules:
+            for cidr in rule["cidrs"]:
+                net = ipaddress.ip_network(cidr)
+                if net.prefixlen == 0 or any(net.overlaps(p) for p in private) or net.is_private:
+                    continue
+                out.append(f"{net.network_address + min(7, net.num_addresses - 1)}/32")
+    return sorted(set(out))
 
 
 def _host_addresses(cidr: str, wanted: list[str], count: int = 2) -> list[str]:
@@ -142,8 +163,16 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
         tcp_ports = {22, 80, 443, 5432, 8080} | {p["private_port"][0] for p in vpc["port_forwarding"]
                                                   if p["protocol"] == "tcp"}
         tcp_ports |= {lb["private_port"] for lb in vpc["load_balancers"].values()}
-        udp = ",".join(sorted({f"{p['private_port'][0]}-{p['private_port'][1]}" for p in vpc["port_forwarding"]
-                               if p["protocol"] == "udp"}))
+        udp_ports = {p for f in vpc["port_forwarding"] if f["protocol"] == "udp"
+                     for p in range(f["private_port"][0], f["private_port"][1] + 1)}
+        for tier in vpc["tiers"].values():  # every port an ACL rule names, so probes find a listener
+            for rule in site["acls"][tier["acl"]]:
+                if rule["ports"] and rule["protocol"] in ("tcp", "udp"):
+                    for port in {rule["ports"][0], rule["ports"][1]}:
+                        (tcp_ports if rule["protocol"] == "tcp" else udp_ports).add(port)
+        tcp_ports |= {PROBE_TCP_PORT}
+        udp_ports |= {PROBE_UDP_PORT}
+        udp = ",".join(map(str, sorted(udp_ports)))
         for tier_name, tier in sorted(vpc["tiers"].items()):
             mine = [a for a in used if ipaddress.ip_address(a) in ipaddress.ip_network(tier["cidr"])]
             prefix = tier["cidr"].split("/")[1]
@@ -170,7 +199,7 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
                 prefix = public["cidr"].split("/")[1]
                 inet = Node(f"inet-{zone_name}", "inet", links=[Link("eth0", segment,
                                                                     [f"{public['gateway']}/{prefix}"])],
-                            tcp="80")
+                            tcp="80", whoami=WHOAMI_PORT, loopback=internet_sources(site, zone_name))
                 nodes.append(inet)
             if zone.get("ospf_transit") and segment.endswith(_transit_ifname(tree_dir, vpcs, zone_name)):
                 transit = zone["ospf_transit"]
@@ -413,6 +442,8 @@ def _start_host(state: State, node: Node, ns: str) -> None:
         args += ["--tcp", node.tcp]
     if node.udp:
         args += ["--udp", node.udp]
+    if node.whoami:
+        args += ["--whoami", str(node.whoami)]
     log = open(state.dir / f"{node.name}.log", "ab")
     proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=log, stderr=log, start_new_session=True,
                             cwd=str(Path(__file__).resolve().parent.parent))
@@ -479,22 +510,30 @@ def exec_in(data: dict, node: str, command: str, timeout: float = 20) -> subproc
 
 PROBE = """
 import socket, sys
-host, port, payload, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]
+host, port, payload, proto, source = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], sys.argv[5]
+bind = (source, 0) if source else None
 try:
     if proto == "udp":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.5)
+        if bind: s.bind(bind)
         s.sendto(payload, (host, port)); print(s.recv(200).decode().strip())
+    elif proto == "icmp":
+        import subprocess
+        r = subprocess.run(["ping", "-c1", "-W1"] + (["-I", source] if source else []) + [host],
+                           capture_output=True)
+        print("ICMP-OK" if r.returncode == 0 else "FAILED no reply")
     else:
-        s = socket.create_connection((host, port), timeout=1.5); s.settimeout(1.5)
+        s = socket.create_connection((host, port), timeout=1.5, source_address=bind); s.settimeout(1.5)
         s.sendall(payload.replace(b"\\\\n", b"\\n")); print(s.recv(300).decode().strip().splitlines()[-1])
 except Exception as exc:
     print("FAILED " + type(exc).__name__)
 """
 
 
-def probe(data: dict, node: str, host: str, port: int, proto: str = "tcp", payload: str = "hello") -> str:
-    """What a test host, client or router sees when it connects: the answering host's name, or FAILED."""
+def probe(data: dict, node: str, host: str, port: int, proto: str = "tcp", payload: str = "hello",
+          source: str = "") -> str:
+    """What a test host or client sees when it connects: the answering host's name, or FAILED ..."""
     info = data["nodes"][node]
-    r = netns.run(["ip", "netns", "exec", info["ns"], sys.executable, "-c", PROBE, host, str(port), payload, proto],
-                  timeout=10)
+    r = netns.run(["ip", "netns", "exec", info["ns"], sys.executable, "-c", PROBE, host, str(port), payload, proto,
+                   source], timeout=10)
     return (r.stdout.strip().splitlines() or ["FAILED no output"])[-1]

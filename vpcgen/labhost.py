@@ -1,6 +1,6 @@
 """A lab test host's servers: answers on the given TCP and UDP ports with its own name.
 
-    python -m vpcgen.labhost NAME --tcp 22,80,8080 --udp 5000-5009
+    python -m vpcgen.labhost NAME --tcp 22,80,8080 --udp 5000-5009 [--whoami 7]
 
 TCP: the first line sent back is "NAME\\n"; an HTTP request gets a 200 with the name (and a
 cookie-free body), so haproxy health checks and balancing can be observed. UDP: every datagram
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("--tcp", default="")
     parser.add_argument("--udp", default="")
+    parser.add_argument("--whoami", type=int, default=0, help="TCP port that answers with the client's address")
     args = parser.parse_args()
     name = args.name.encode()
 
@@ -50,6 +51,10 @@ def main() -> None:
             except OSError:
                 pass
 
+    class WhoAmI(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.sendall(self.client_address[0].encode() + b"\n")
+
     class Udp(socketserver.BaseRequestHandler):
         def handle(self):
             data, sock = self.request
@@ -61,6 +66,8 @@ def main() -> None:
 
     servers = [TcpServer(("0.0.0.0", p), Tcp) for p in ports(args.tcp)]
     servers += [socketserver.ThreadingUDPServer(("0.0.0.0", p), Udp) for p in ports(args.udp)]
+    if args.whoami:
+        servers.append(TcpServer(("0.0.0.0", args.whoami), WhoAmI))
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     threading.Event().wait()

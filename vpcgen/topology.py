@@ -226,4 +226,8 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
             "super_cidr": zone.super_cidr,
             "ospf_transit": zone.ospf.transit_cidr if zone.ospf else None,
         }
-    return {"_generated": "by vpcgen; do not edit", "site": site.name, "zones": zones, "vpcs": vpcs}
+    acls = {name: [{"number": r.number, "action": r.action, "traffic": r.traffic, "protocol": r.protocol,
+                    "ports": list(r.ports) if r.ports else None, "icmp_type": r.icmp_type, "icmp_code": r.icmp_code,
+                    "cidrs": list(r.cidrs)} for r in acl.rules]
+            for name, acl in site.acls.items()}
+    return {"_generated": "by vpcgen; do not edit", "site": site.name, "zones": zones, "vpcs": vpcs, "acls": acls}
