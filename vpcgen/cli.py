@@ -305,5 +305,34 @@ def lab_down(tree_dir: Path = typer.Argument(..., help="The built site the lab w
     _run(body)
 
 
+
+@lab_app.command("test")
+def lab_test(
+    tree_dir: Path = typer.Argument(..., help="The built site the lab was started from."),
+    round_: Optional[list[str]] = typer.Option(None, "--round", help="Only these rounds: redundancy, acl, "
+                                               "services, failover (repeatable)."),
+    results: Path = typer.Option(Path("lab-results.json"), "--results", help="Where to write the results (JSON)."),
+) -> None:
+    """Run the scenario rounds against the running lab and print a pass/fail table with timings."""
+    from . import labtest
+
+    def body():
+        rounds = round_ or list(labtest.ROUNDS)
+        unknown = sorted(set(rounds) - set(labtest.ROUNDS))
+        if unknown:
+            raise typer.BadParameter(f"unknown round {', '.join(unknown)} (rounds: {', '.join(labtest.ROUNDS)})")
+        runner = labtest.run(tree_dir, rounds, progress=lambda m: typer.echo(m, err=True))
+        width = max([len(f"{c.round}: {c.name}") for c in runner.checks] + [10])
+        for c in runner.checks:
+            typer.echo(f"{'PASS' if c.ok else 'FAIL'}  {c.seconds:6.1f}s  {(c.round + ': ' + c.name):<{width}}  {c.detail}")
+        failed = sum(not c.ok for c in runner.checks)
+        typer.echo(f"{len(runner.checks) - failed} passed, {failed} failed")
+        results.write_text(labtest.results_json(runner), encoding="utf-8")
+        if failed:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -514,7 +514,7 @@ host, port, payload, proto, source = sys.argv[1], int(sys.argv[2]), sys.argv[3].
 bind = (source, 0) if source else None
 try:
     if proto == "udp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.5)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
         if bind: s.bind(bind)
         s.sendto(payload, (host, port)); print(s.recv(200).decode().strip())
     elif proto == "icmp":
@@ -523,7 +523,7 @@ try:
                            capture_output=True)
         print("ICMP-OK" if r.returncode == 0 else "FAILED no reply")
     else:
-        s = socket.create_connection((host, port), timeout=1.5, source_address=bind); s.settimeout(1.5)
+        s = socket.create_connection((host, port), timeout=1.0, source_address=bind); s.settimeout(1.0)
         s.sendall(payload.replace(b"\\\\n", b"\\n")); print(s.recv(300).decode().strip().splitlines()[-1])
 except Exception as exc:
     print("FAILED " + type(exc).__name__)
@@ -537,3 +537,38 @@ def probe(data: dict, node: str, host: str, port: int, proto: str = "tcp", paylo
     r = netns.run(["ip", "netns", "exec", info["ns"], sys.executable, "-c", PROBE, host, str(port), payload, proto,
                    source], timeout=10)
     return (r.stdout.strip().splitlines() or ["FAILED no output"])[-1]
+
+
+# --- stopping and starting a router (the failover rounds) -------------------------------------
+
+def stop_router(data: dict, router: str) -> None:
+    """As if the router died: every process in its namespace killed, every link down."""
+    ns = data["nodes"][router]["ns"]
+    for pid in netns.run(["ip", "netns", "pids", ns]).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for line in _in(ns, "ip", "-o", "link", "show").stdout.splitlines():
+        ifname = line.split(":")[1].strip().split("@")[0]
+        if ifname != "lo":
+            _in(ns, "ip", "link", "set", ifname, "down")
+
+
+def start_router(tree_dir, router: str) -> None:
+    """As after a reboot: links up with only the interface file's addresses, rules loaded (HA guard
+    armed), daemons started on the tree's files."""
+    p = plan(Path(tree_dir))
+    state = State(p.name)
+    node = next(n for n in p.nodes if n.name == router)
+    ns = state.data["nodes"][router]["ns"]
+    for link in node.links:
+        _in(ns, "ip", "addr", "flush", "dev", link.ifname)
+        _in(ns, "ip", "link", "set", link.ifname, "up")
+        for address in link.addresses:
+            _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
+    for route in node.routes:
+        _in(ns, "ip", "route", "replace", *route.split())
+    _in(ns, "iptables-restore", "--wait=10", str(node.tree / "etc/iptables/rules.v4"))
+    shutil.rmtree(state.dir / "ovl" / router, ignore_errors=True)
+    _start_router(p, state, node, ns)

@@ -1,0 +1,574 @@
+"""`vpcgen lab test`: the scenario rounds against a running lab, with a pass/fail table.
+
+Expectations come from the tree's site.json (the resolved site, ACL lists included), never from
+the routers' files: the routers' files are what is being proved.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import lab, netns
+from .lab import PROBE_TCP_PORT, WHOAMI_PORT
+
+HTTP_GET = "GET / HTTP/1.0\\n\\n"
+
+
+@dataclass
+class Check:
+    round: str
+    name: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class Runner:
+    def __init__(self, tree_dir, progress=lambda m: None):
+        self.tree_dir = Path(tree_dir)
+        self.data = lab.status(tree_dir)
+        self.site = json.loads((self.tree_dir / "site.json").read_text())
+        self.checks: list[Check] = []
+        self.figures: dict = {}
+        self.say = progress
+        self.vpcs = {name: vpc for name, vpc in self.site["vpcs"].items()
+                     if any(r in self.data["nodes"] for r in vpc["routers"])}
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def check(self, round_: str, name: str, fn) -> bool:
+        start = time.monotonic()
+        try:
+            ok, detail = fn()
+        except Exception as exc:  # a probe that blew up is a failed check, reported, never a traceback
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        self.checks.append(Check(round_, name, ok, detail, time.monotonic() - start))
+        self.say(f"{'ok  ' if ok else 'FAIL'} {round_}: {name}  {detail}")
+        return ok
+
+    def probe(self, node: str, host: str, port: int, proto: str = "tcp", payload: str = "hello",
+              source: str = "") -> str:
+        return lab.probe(self.data, node, host, port, proto, payload, source)
+
+    def parallel(self, probes: list[tuple]) -> list[str]:
+        """Probes (node, host, port, proto, source) at once: a denied one waits for its timeout."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda a: self.probe(a[0], a[1], a[2], a[3], source=a[4]), probes))
+
+    def hosts(self, vpc: str, tier: str) -> list[tuple[str, str]]:
+        """(node, address) of a tier's test hosts."""
+        out = []
+        for name, info in self.data["nodes"].items():
+            if info["kind"] == "host" and name.startswith(f"{vpc}-{tier}-"):
+                out.append((name, self._address(name)))
+        return sorted(out, key=lambda x: ipaddress.ip_address(x[1]))
+
+    def _address(self, node: str) -> str:
+        r = netns.run(["ip", "-n", self.data["nodes"][node]["ns"], "-o", "-4", "addr", "show", "dev", "eth0"])
+        return r.stdout.split()[3].split("/")[0]
+
+    def host_at(self, vpc: str, address: str) -> str | None:
+        for tier in self.vpcs[vpc]["tiers"]:
+            for node, addr in self.hosts(vpc, tier):
+                if addr == address:
+                    return node
+        return None
+
+    def state(self, router: str) -> str:
+        if not self.data["nodes"][router].get("holder"):
+            return "STOPPED"
+        r = lab.exec_in(self.data, router, "cat /run/vpcgen/vrrp.state 2>/dev/null")
+        return r.stdout.strip() or "UNKNOWN"
+
+    def masters(self, vpc: str) -> list[str]:
+        return [r for r in self.vpcs[vpc]["routers"] if self.state(r) == "MASTER"]
+
+    def wait_one_master(self, vpc: str, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.masters(vpc)
+            if len(found) == 1 or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def advert_s(self, vpc: str) -> float:
+        return self.vpcs[vpc]["vrrp"]["advert_interval_ms"] / 1000
+
+    def inet(self, vpc: str) -> str:
+        return f"inet-{self.vpcs[vpc]['zone']}"
+
+    def reload_data(self) -> None:
+        self.data = lab.status(self.tree_dir)
+
+    # --- what NAT exposes --------------------------------------------------------------------
+
+    def nat_targets(self, vpc: str) -> list[tuple[str, str, int, str, set[str]]]:
+        """(what, public address, port, proto, expected host names) reachable from the internet."""
+        v = self.vpcs[vpc]
+        out = []
+        for pf in v["port_forwarding"]:
+            out.append((f"port forwarding {pf['protocol']}/{pf['public_port'][0]}", v["public_ips"][pf["public_ip"]],
+                        pf["public_port"][0], pf["protocol"], {self.host_at(vpc, pf["private_ip"])}))
+        for public, private in v["static_nat"].items():
+            allowed = self.allowed_from_internet(vpc, private)
+            if allowed:
+                proto, port = allowed
+                out.append((f"static NAT {public} {proto}/{port}", v["public_ips"][public], port, proto,
+                            {self.host_at(vpc, private)}))
+        for name, lb in v["load_balancers"].items():
+            out.append((f"load balancer {name}", v["public_ips"][lb["public_ip"]], lb["public_port"],
+                        "http" if lb["protocol"] == "http" else "tcp", {self.host_at(vpc, m) for m in lb["members"]}))
+        return out
+
+    def tier_of(self, vpc: str, address: str) -> dict | None:
+        for tier in self.vpcs[vpc]["tiers"].values():
+            if ipaddress.ip_address(address) in ipaddress.ip_network(tier["cidr"]):
+                return tier
+        return None
+
+    def allowed_from_internet(self, vpc: str, private: str) -> tuple[str, int] | None:
+        tier = self.tier_of(vpc, private)
+        source = self.inet_address(vpc)
+        for rule in self.site["acls"][tier["acl"]]:
+            for proto, port in rule_probes(rule):
+                if proto == "tcp" and decide(self.site["acls"][tier["acl"]], "ingress", proto, port, source):
+                    return proto, port
+        return None
+
+    def inet_address(self, vpc: str) -> str:
+        return self.site["zones"][self.vpcs[vpc]["zone"]]["public"]["gateway"]
+
+    def reach(self, client: str, address: str, port: int, proto: str, expected: set[str]) -> tuple[bool, str]:
+        if proto == "http":
+            got = self.probe(client, address, port, "tcp", HTTP_GET)
+        else:
+            got = self.probe(client, address, port, proto)
+        return got in expected, got
+
+    # --- round 1: CloudStack's redundant VPC rounds ------------------------------------------
+
+    def round_redundancy(self) -> None:
+        for vpc, v in sorted(self.vpcs.items()):
+            if not v["redundant"]:
+                continue
+            r = f"redundancy {vpc}"
+            wait = 3 * self.advert_s(vpc) + 2
+            self.check(r, "exactly one master", lambda: self._one_master(vpc, wait))
+            if v["kind"] != "nat":
+                continue
+            targets = self.nat_targets(vpc)
+            self.check(r, "connect through NAT to every target", lambda: self._all_reach(vpc, targets, True))
+            master = (self.masters(vpc) or [None])[0]
+            if master is None:
+                continue
+            lab.stop_router(self.data, master)
+            self.data["nodes"][master].pop("holder", None)
+            self.check(r, f"master {master} stopped: the backup takes over",
+                       lambda: self._one_master(vpc, wait))
+            self.check(r, "every connection works again", lambda: self._all_reach(vpc, targets, True, retry=5))
+            survivor = (self.masters(vpc) or [None])[0]
+            self.check(r, "forwarding rules removed: connections fail",
+                       lambda: self._without_forwarding(vpc, survivor, targets))
+            lab.start_router(self.tree_dir, master)
+            self.reload_data()
+            self.check(r, f"{master} started again: still exactly one master",
+                       lambda: self._one_master_stays(vpc, wait))
+            self.check(r, "forwarding rules restored: connections work",
+                       lambda: self._restore_forwarding(vpc, survivor, targets))
+
+    def _one_master(self, vpc: str, wait: float) -> tuple[bool, str]:
+        found = self.wait_one_master(vpc, wait)
+        states = {r: self.state(r) for r in self.vpcs[vpc]["routers"]}
+        return len(found) == 1, ", ".join(f"{k} {v}" for k, v in states.items())
+
+    def _one_master_stays(self, vpc: str, wait: float) -> tuple[bool, str]:
+        time.sleep(wait)  # long enough for a wrong election to happen
+        states = {r: self.state(r) for r in self.vpcs[vpc]["routers"]}
+        ok = sorted(states.values()) == ["BACKUP", "MASTER"]
+        return ok, ", ".join(f"{k} {v}" for k, v in states.items())
+
+    def _all_reach(self, vpc: str, targets, expect: bool, retry: int = 1) -> tuple[bool, str]:
+        bad = []
+        for what, address, port, proto, expected in targets:
+            for attempt in range(retry):
+                ok, got = self.reach(self.inet(vpc), address, port, proto, expected)
+                if ok == expect:
+                    break
+                time.sleep(0.5)
+            if ok != expect:
+                bad.append(f"{what}: {got}")
+        return not bad, "; ".join(bad) or f"{len(targets)} targets {'reached' if expect else 'refused'}"
+
+    def _apply_rules(self, router: str, drop_forwarding: bool) -> None:
+        strip = " | grep -v -e 'port forwarding' -e 'static nat' -e 'load balancer'" if drop_forwarding else ""
+        guard = " | grep -v vpcgen-ha-guard" if self.state(router) == "MASTER" else ""
+        lab.exec_in(self.data, router, f"cat /etc/iptables/rules.v4{strip}{guard} | iptables-restore --wait=10")
+
+    def _without_forwarding(self, vpc: str, router: str, targets) -> tuple[bool, str]:
+        self._apply_rules(router, drop_forwarding=True)
+        nat = [t for t in targets if not t[0].startswith("load balancer")]  # haproxy answers on INPUT
+        return self._all_reach(vpc, nat, False)
+
+    def _restore_forwarding(self, vpc: str, router: str, targets) -> tuple[bool, str]:
+        for r in self.vpcs[vpc]["routers"]:
+            self._apply_rules(r, drop_forwarding=False)
+        return self._all_reach(vpc, targets, True, retry=3)
+
+    # --- round 2: ACL probes --------------------------------------------------------------------
+
+    def round_acl(self) -> None:
+        for vpc, v in sorted(self.vpcs.items()):
+            tiers = sorted(v["tiers"])
+            for src in tiers:
+                for dst in tiers:
+                    if src == dst:
+                        self.check(f"acl {vpc}", f"inside tier {src}: never filtered",
+                                   lambda s=src: self._same_tier(vpc, s))
+                        continue
+                    self.check(f"acl {vpc}", f"{src} -> {dst}", lambda s=src, d=dst: self._between(vpc, s, d))
+            if v["kind"] == "nat":
+                for public, private in sorted(v["static_nat"].items()):
+                    self.check(f"acl {vpc}", f"internet -> static NAT {public}",
+                               lambda p=public, q=private: self._from_internet(vpc, p, q))
+
+    def _probes_for(self, acls: list[list[dict]]) -> list[tuple[str, int]]:
+        out = {("tcp", PROBE_TCP_PORT), ("udp", lab.PROBE_UDP_PORT)}
+        for rules in acls:
+            for rule in rules:
+                out |= set(rule_probes(rule))
+        return sorted(out)
+
+    def _between(self, vpc: str, src: str, dst: str) -> tuple[bool, str]:
+        v, acls = self.vpcs[vpc], self.site["acls"]
+        src_acl, dst_acl = acls[v["tiers"][src]["acl"]], acls[v["tiers"][dst]["acl"]]
+        (src_node, src_addr), (_, dst_addr) = self.hosts(vpc, src)[0], self.hosts(vpc, dst)[0]
+        cases = [(proto, port, decide(src_acl, "egress", proto, port, dst_addr)
+                  and decide(dst_acl, "ingress", proto, port, src_addr))
+                 for proto, port in self._probes_for([src_acl, dst_acl])]
+        got = self.parallel([(src_node, dst_addr, port, proto, "") for proto, port, _ in cases])
+        bad = [f"{proto}/{port} expected {'allow' if want else 'deny'}, got {g}"
+               for (proto, port, want), g in zip(cases, got) if (not g.startswith("FAILED")) != want]
+        return not bad, "; ".join(bad) or f"{len(cases)} probes as the lists decide"
+
+    def _same_tier(self, vpc: str, tier: str) -> tuple[bool, str]:
+        hosts = self.hosts(vpc, tier)
+        got = self.probe(hosts[0][0], hosts[1][1], PROBE_TCP_PORT)
+        return got == hosts[1][0], got
+
+    def _from_internet(self, vpc: str, public: str, private: str) -> tuple[bool, str]:
+        tier = self.tier_of(vpc, private)
+        rules = self.site["acls"][tier["acl"]]
+        sources = {self.inet_address(vpc)} | {a.split("/")[0] for a in lab.internet_sources(self.site, self.vpcs[vpc]["zone"])}
+        address = self.vpcs[vpc]["public_ips"][public]
+        cases = [(proto, port, source, decide(rules, "ingress", proto, port, source))
+                 for proto, port in self._probes_for([rules]) if proto != "icmp"
+                 for source in sorted(sources)]
+        got = self.parallel([(self.inet(vpc), address, port, proto, source) for proto, port, source, _ in cases])
+        bad = [f"{proto}/{port} from {source} expected {'allow' if want else 'deny'}, got {g}"
+               for (proto, port, source, want), g in zip(cases, got) if (not g.startswith("FAILED")) != want]
+        return not bad, "; ".join(bad) or f"{len(cases)} probes as the list decides"
+
+    # --- round 3: services ---------------------------------------------------------------------
+
+    def round_services(self) -> None:
+        for vpc, v in sorted(self.vpcs.items()):
+            r = f"services {vpc}"
+            if v["kind"] == "nat":
+                for public, private in sorted(v["static_nat"].items()):
+                    self.check(r, f"static NAT {public} outbound: the internet sees {v['public_ips'][public]}",
+                               lambda p=public, q=private: self._whoami(vpc, self.host_at(vpc, q),
+                                                                        v["public_ips"][p]))
+                others = [n for t in v["tiers"] for n, a in self.hosts(vpc, t) if a not in v["static_nat"].values()]
+                if others and "source-nat" in v["public_ips"]:
+                    self.check(r, f"source NAT: the internet sees {v['public_ips']['source-nat']}",
+                               lambda: self._whoami(vpc, others[0], v["public_ips"]["source-nat"]))
+                for pf in v["port_forwarding"]:
+                    low, high = pf["public_port"]
+                    if high != low:
+                        self.check(r, f"port forwarding range {pf['protocol']}/{low}-{high}",
+                                   lambda pf=pf: self._range(vpc, pf))
+                for name, lb in sorted(v["load_balancers"].items()):
+                    self.check(r, f"load balancer {name}: requests spread over members",
+                               lambda lb=lb: self._spread(vpc, lb))
+                    if lb["stickiness"] != "none":
+                        self.check(r, f"load balancer {name}: {lb['stickiness']} stickiness holds",
+                                   lambda lb=lb: self._sticky(vpc, lb))
+                    self.check(r, f"load balancer {name}: a stopped member is taken out",
+                               lambda lb=lb: self._health(vpc, lb))
+            for gw_name, gw in sorted(v["private_gateways"].items()):
+                self.check(r, f"private gateway {gw_name}: static routes, no source NAT",
+                           lambda gw=gw, g=gw_name: self._gateway(vpc, g, gw))
+            if v["kind"] == "routed":
+                self.check(r, "the OSPF core learns the VPC's prefix from the master",
+                           lambda: self._ospf_learned(vpc))
+                others = [o for o, ov in self.vpcs.items() if ov["kind"] == "routed" and o != vpc]
+                for other in others:
+                    self.check(r, f"hosts reach routed VPC {other} without NAT",
+                               lambda o=other: self._routed_reach(vpc, o))
+
+    def _whoami(self, vpc: str, host: str, expected: str) -> tuple[bool, str]:
+        got = self.probe(host, self.inet_address(vpc), WHOAMI_PORT)
+        return got == expected, f"seen as {got}"
+
+    def _range(self, vpc: str, pf: dict) -> tuple[bool, str]:
+        address = self.vpcs[vpc]["public_ips"][pf["public_ip"]]
+        want = self.host_at(vpc, pf["private_ip"])
+        got = [self.probe(self.inet(vpc), address, p, pf["protocol"]) for p in pf["public_port"]]
+        return all(g == want for g in got), ", ".join(got)
+
+    def _lb_get(self, vpc: str, lb: dict, headers: str = "") -> str:
+        address = self.vpcs[vpc]["public_ips"][lb["public_ip"]]
+        payload = f"GET / HTTP/1.0\\n{headers}\\n" if lb["protocol"] == "http" else "hello"
+        return self.probe(self.inet(vpc), address, lb["public_port"], "tcp", payload)
+
+    def _spread(self, vpc: str, lb: dict) -> tuple[bool, str]:
+        if lb["stickiness"] == "source":  # one client always lands on one member: spread needs clients
+            return True, "source stickiness: spread is per client (see the stickiness check)"
+        seen = [self._lb_get(vpc, lb) for _ in range(6)]
+        return len(set(seen)) >= min(2, len(lb["members"])), ", ".join(seen)
+
+    def _sticky(self, vpc: str, lb: dict) -> tuple[bool, str]:
+        if lb["stickiness"] == "cookie":
+            first = self._lb_get(vpc, lb)
+            cookie = f"Cookie: VPCGEN_SERVER={self._server_name(vpc, lb, first)}\\n"
+            seen = [self._lb_get(vpc, lb, cookie) for _ in range(4)]
+        else:
+            seen = [self._lb_get(vpc, lb) for _ in range(4)]
+        return len(set(seen)) == 1 and not seen[0].startswith("FAILED"), ", ".join(seen)
+
+    def _server_name(self, vpc: str, lb: dict, host: str) -> str:
+        name = next(n for n, x in self.vpcs[vpc]["load_balancers"].items() if x is lb)
+        address = self._address(host)
+        return f"{name}-{lb['members'].index(address) + 1}"
+
+    def _health(self, vpc: str, lb: dict) -> tuple[bool, str]:
+        victim = self.host_at(vpc, lb["members"][0])
+        pid = self.data["nodes"][victim]["server"]
+        os.kill(pid, signal.SIGSTOP)  # the member stops answering (its process is resumed afterwards)
+        try:
+            time.sleep(2 * 3 + 1)  # fall 3 x inter 2 s, by default
+            seen = [self._lb_get(vpc, lb) for _ in range(4)]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        ok = victim not in seen and not any(s.startswith("FAILED") for s in seen)
+        return ok, f"{victim} stopped; answers: {', '.join(seen)}"
+
+    def _gateway(self, vpc: str, gw_name: str, gw: dict) -> tuple[bool, str]:
+        node = f"{vpc}-pg-{gw_name}"
+        target = str(ipaddress.ip_network(gw["routes"][0]).network_address + 5)
+        acl = self.site["acls"][gw["acl"]]
+        tier_name = sorted(self.vpcs[vpc]["tiers"])[0]
+        tier = self.vpcs[vpc]["tiers"][tier_name]
+        host, address = self.hosts(vpc, tier_name)[0]
+        bad = []
+        for proto, port in self._probes_for([acl]):
+            if proto != "tcp":
+                continue
+            want = decide(self.site["acls"][tier["acl"]], "egress", proto, port, target) and \
+                decide(acl, "egress", proto, port, target)
+            got = self.probe(host, target, port, proto)
+            if (got == node) != want:
+                bad.append(f"tcp/{port} expected {'allow' if want else 'deny'}, got {got}")
+        return not bad, "; ".join(bad) or f"{address} reaches {target} as the lists decide"
+
+    def _ospf_learned(self, vpc: str) -> tuple[bool, str]:
+        core = f"core-{self.vpcs[vpc]['zone']}"
+        cidr = self.vpcs[vpc]["cidr"]
+        deadline = time.monotonic() + 60  # the first adjacency waits for the dead interval
+        while time.monotonic() < deadline:
+            routes = lab.exec_in(self.data, core, f"ip route show {cidr}").stdout.strip()
+            if routes:
+                break
+            time.sleep(1)
+        masters = self.masters(vpc) if self.vpcs[vpc]["redundant"] else self.vpcs[vpc]["routers"]
+        via = [self._transit_address(m) for m in masters]
+        ok = bool(routes) and any(f"via {a} " in routes + " " for a in via)
+        return ok, routes or "no route"
+
+    def _transit_address(self, router: str) -> str:
+        for addresses in self.site["vpcs"][self.data["nodes"][router]["vpc"]]["routers"][router]["interfaces"].values():
+            for a in addresses:
+                if a.startswith(tuple(self._transit_prefixes())):
+                    return a.split("/")[0]
+        return "?"
+
+    def _transit_prefixes(self) -> list[str]:
+        return [z["ospf_transit"].rsplit(".", 1)[0] + "." for z in self.site["zones"].values() if z.get("ospf_transit")]
+
+    def _routed_reach(self, vpc: str, other: str) -> tuple[bool, str]:
+        src = self.hosts(vpc, sorted(self.vpcs[vpc]["tiers"])[0])[0]
+        dst_node, dst_addr = self.hosts(other, sorted(self.vpcs[other]["tiers"])[0])[0]
+        got = self.probe(src[0], dst_addr, PROBE_TCP_PORT)
+        return got == dst_node, got
+
+    # --- round 4: failover figures -------------------------------------------------------------
+
+    def round_failover(self, runs: int = 5) -> None:
+        for vpc, v in sorted(self.vpcs.items()):
+            if not (v["redundant"] and v["kind"] == "nat"):
+                continue
+            udp = next((pf for pf in v["port_forwarding"] if pf["protocol"] == "udp"), None)
+            if udp is None:
+                continue
+            gaps = []
+            for i in range(runs):
+                gap = self._interruption(vpc, udp)
+                if gap is not None:
+                    gaps.append(gap)
+            median = statistics.median(gaps) if gaps else None
+            self.figures[vpc] = {"advert_interval_ms": v["vrrp"]["advert_interval_ms"], "interruptions_ms": gaps,
+                                 "median_interruption_ms": median}
+            limit = 500 if v["vrrp"]["advert_interval_ms"] <= 100 else 4000
+            self.check(f"failover {vpc}", f"traffic interruption, median of {len(gaps)}",
+                       lambda: (median is not None and median < limit,
+                                f"{median:.0f} ms (target < {limit} ms); runs: {', '.join(f'{g:.0f}' for g in gaps)}"
+                                if median is not None else "no measurement"))
+            survived = self._tcp_survives(vpc)
+            self.figures[vpc]["tcp_survives"] = survived[0]
+            self.check(f"failover {vpc}", "an established TCP connection through source NAT survives",
+                       lambda: survived)
+
+    def _interruption(self, vpc: str, pf: dict) -> float | None:
+        """Milliseconds without answers from a port-forwarded UDP service while the master dies."""
+        wait = 3 * self.advert_s(vpc) + 2
+        master = self.wait_one_master(vpc, wait)
+        if len(master) != 1:
+            return None
+        address = self.vpcs[vpc]["public_ips"][pf["public_ip"]]
+        script = UDP_STREAM.replace("ADDRESS", address).replace("PORT", str(pf["public_port"][0]))
+        inet = self.data["nodes"][self.inet(vpc)]["ns"]
+        proc = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-c", script],
+                                      stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        lab.stop_router(self.data, master[0])
+        self.data["nodes"][master[0]].pop("holder", None)
+        out, _ = proc.communicate(timeout=30)
+        lab.start_router(self.tree_dir, master[0])
+        self.reload_data()
+        time.sleep(wait)
+        try:
+            return float(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None
+
+    def _tcp_survives(self, vpc: str) -> tuple[bool, str]:
+        v = self.vpcs[vpc]
+        others = [n for t in sorted(v["tiers"]) for n, a in self.hosts(vpc, t) if a not in v["static_nat"].values()]
+        master = self.wait_one_master(vpc, 3 * self.advert_s(vpc) + 2)
+        if not others or len(master) != 1:
+            return False, "no host or no master"
+        script = TCP_STREAM.replace("ADDRESS", self.inet_address(vpc))
+        ns = self.data["nodes"][others[0]]["ns"]
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", script],
+                                      stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        lab.stop_router(self.data, master[0])
+        self.data["nodes"][master[0]].pop("holder", None)
+        out, _ = proc.communicate(timeout=60)
+        lab.start_router(self.tree_dir, master[0])
+        self.reload_data()
+        time.sleep(3 * self.advert_s(vpc) + 2)
+        last = out.strip().splitlines()[-1] if out.strip() else "no output"
+        return last.startswith("SURVIVED"), last
+
+
+# a UDP client sending every 10 ms for 8 s; prints the longest gap between answers, in ms
+UDP_STREAM = """
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.01)
+last, gap, end = None, 0.0, time.monotonic() + 8
+while time.monotonic() < end:
+    s.sendto(b"x", ("ADDRESS", PORT))
+    try:
+        s.recv(100)
+        now = time.monotonic()
+        if last is not None: gap = max(gap, now - last)
+        last = now
+    except OSError:
+        pass
+    time.sleep(0.01)
+print(gap * 1000)
+"""
+
+# one TCP connection to the internet side's echo service, a line every 100 ms for 12 s
+TCP_STREAM = """
+import socket, time
+s = socket.create_connection(("ADDRESS", 80), timeout=5); s.settimeout(5)
+s.recv(100)
+sent = got = 0
+try:
+    end = time.monotonic() + 12
+    while time.monotonic() < end:
+        s.sendall(b"ping\\n"); sent += 1
+        data = s.recv(100)
+        if not data: raise ConnectionResetError("closed")
+        got += 1
+        time.sleep(0.1)
+    print(f"SURVIVED {got}/{sent} echoes")
+except Exception as exc:
+    print(f"BROKEN after {got}/{sent} echoes: {type(exc).__name__}")
+"""
+
+
+# --- ACL semantics (the expectation side) -----------------------------------------------------
+
+NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
+
+
+def rule_probes(rule: dict) -> list[tuple[str, int]]:
+    proto = rule["protocol"]
+    if proto in ("tcp", "udp"):
+        if rule["ports"]:
+            return [(proto, rule["ports"][0])]
+        return [(proto, PROBE_TCP_PORT)]
+    if proto == "icmp":
+        return [("icmp", 0)]
+    if proto == "all" or proto == 0:
+        return [("tcp", PROBE_TCP_PORT), ("icmp", 0)]
+    return []  # other protocol numbers: no probe can be sent from a test host
+
+
+def decide(rules: list[dict], traffic: str, proto: str, port: int, address: str) -> bool:
+    """CloudStack semantics: first matching rule by number wins; unmatched traffic is denied."""
+    for rule in sorted(rules, key=lambda r: r["number"]):
+        if rule["traffic"] != traffic:
+            continue
+        p = rule["protocol"]
+        if p not in ("all", 0, proto, NUMBERS.get(proto)):
+            continue
+        if rule["ports"] and proto in ("tcp", "udp") and not rule["ports"][0] <= port <= rule["ports"][1]:
+            continue
+        if proto == "icmp" and rule["icmp_type"] not in (None, 8):
+            continue
+        if proto == "icmp" and rule["icmp_code"] not in (None, 0):
+            continue
+        if not any(ipaddress.ip_address(address) in ipaddress.ip_network(c) for c in rule["cidrs"]):
+            continue
+        return rule["action"] == "allow"
+    return False
+
+
+ROUNDS = ("redundancy", "acl", "services", "failover")
+
+
+def run(tree_dir, rounds=ROUNDS, progress=lambda m: None) -> Runner:
+    runner = Runner(tree_dir, progress)
+    for name in rounds:
+        getattr(runner, f"round_{name}")()
+    return runner
+
+
+def results_json(runner: Runner) -> str:
+    return json.dumps({"checks": [asdict(c) for c in runner.checks], "failover": runner.figures,
+                       "passed": sum(c.ok for c in runner.checks), "failed": sum(not c.ok for c in runner.checks)},
+                      indent=2, sort_keys=True) + "\n"
