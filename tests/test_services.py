@@ -128,7 +128,9 @@ def test_only_the_master_announces_a_routed_vpc(example_tree):
     assert "ospf_announce" in master and "ospf_withdraw" in backup
     rules = (example_tree / "left-r1/etc/iptables/rules.v4").read_text()
     guard = chain_rules(rules, "raw", "VPCGEN_HA_GUARD")
-    assert guard[0].startswith("-A VPCGEN_HA_GUARD -i eth1.99 -p 89 -j RETURN")  # adjacencies survive on the backup
+    # the router's own traffic and OSPF pass before any drop: adjacencies and health checks survive on the backup
+    assert guard[0].startswith("-A VPCGEN_HA_GUARD -m addrtype --dst-type LOCAL -j RETURN")
+    assert guard[1].startswith("-A VPCGEN_HA_GUARD -i eth1.99 -p 89 -j RETURN")
     manifest = json.loads((example_tree / "left-r1/etc/vpcgen/manifest.json").read_text())
     frr = next(s for s in manifest["services"] if s["name"] == "frr")
     assert frr["reload"].endswith("notify.sh sync-ospf")

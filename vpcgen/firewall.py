@@ -232,9 +232,11 @@ def _nat(view: RouterView, nat: Table) -> None:
 
 
 def guard_rules(view: RouterView) -> list[str]:
-    """Rules of the HA guard chain: drop data traffic; OSPF on the transit link always passes,
-    so the backup keeps its adjacencies and takes over without waiting for them."""
-    out = []
+    """Rules of the HA guard chain: drop data traffic. Traffic to the router's own addresses and OSPF
+    on the transit link always pass, so a backup keeps its adjacencies and health checks warm."""
+    # the router's own traffic passes: a backup's haproxy health checks must see their answers
+    # (found by the lab: otherwise a new master serves 503s until its checks rise again)
+    out = ["-m addrtype --dst-type LOCAL -j RETURN"]
     if view.transit:
         out.append(f"-i {view.transit.iface} -p {OSPF_PROTO} -j RETURN")
     ifaces = ([view.public.iface] if view.public else []) + ([view.transit.iface] if view.transit else []) \

@@ -177,14 +177,15 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
             mine = [a for a in used if ipaddress.ip_address(a) in ipaddress.ip_network(tier["cidr"])]
             prefix = tier["cidr"].split("/")[1]
             for i, address in enumerate(_host_addresses(tier["cidr"], mine)):
-                host = Node(f"{vpc_name}-{tier_name}-{i + 1}", "host", vpc=vpc_name,
+                host = Node(f"{vpc_name}-{tier_name}-{i + 1}", "host", vpc=vpc_name, whoami=WHOAMI_PORT,
                             tcp=",".join(map(str, sorted(tcp_ports))), udp=udp,
                             links=[Link("eth0", f"{zone}/eth2.{tier['vlan']}", [f"{address}/{prefix}"])],
                             routes=[f"default via {tier['gateway']}"])
                 nodes.append(host)
         for gw_name, gw in sorted(vpc["private_gateways"].items()):
             prefix = gw["address"].split("/")[1]
-            nodes.append(Node(f"{vpc_name}-pg-{gw_name}", "gateway", vpc=vpc_name, tcp="22,25,80",
+            nodes.append(Node(f"{vpc_name}-pg-{gw_name}", "gateway", vpc=vpc_name, tcp=f"22,25,80,{PROBE_TCP_PORT}",
+                              whoami=WHOAMI_PORT,
                               links=[Link("eth0", f"{zone}/eth2.{gw['vlan']}", [f"{gw['gateway']}/{prefix}"])],
                               routes=[f"default via {gw['address'].split('/')[0]}"],
                               loopback=[f"{ipaddress.ip_network(r).network_address + 5}/32" for r in gw["routes"]]))
@@ -553,6 +554,21 @@ def stop_router(data: dict, router: str) -> None:
         ifname = line.split(":")[1].strip().split("@")[0]
         if ifname != "lo":
             _in(ns, "ip", "link", "set", ifname, "down")
+
+
+def stop_host(data: dict, host: str) -> None:
+    """A test host's servers die (its port closes: health checks see a refused connection)."""
+    try:
+        os.kill(data["nodes"][host]["server"], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def start_host(tree_dir, host: str) -> None:
+    p = plan(Path(tree_dir))
+    state = State(p.name)
+    node = next(n for n in p.nodes if n.name == host)
+    _start_host(state, node, state.data["nodes"][host]["ns"])
 
 
 def start_router(tree_dir, router: str) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -353,15 +351,19 @@ class Runner:
 
     def _health(self, vpc: str, lb: dict) -> tuple[bool, str]:
         victim = self.host_at(vpc, lb["members"][0])
-        pid = self.data["nodes"][victim]["server"]
-        os.kill(pid, signal.SIGSTOP)  # the member stops answering (its process is resumed afterwards)
+        lab.stop_host(self.data, victim)
         try:
-            time.sleep(2 * 3 + 1)  # fall 3 x inter 2 s, by default
-            seen = [self._lb_get(vpc, lb) for _ in range(4)]
+            deadline, seen = time.monotonic() + 20, []
+            while time.monotonic() < deadline:  # fall x inter of the health check, then no more
+                seen = [self._lb_get(vpc, lb) for _ in range(4)]
+                if victim not in seen and not any(s.startswith("FAILED") for s in seen):
+                    break
+                time.sleep(0.5)
         finally:
-            os.kill(pid, signal.SIGCONT)
+            lab.start_host(self.tree_dir, victim)
+            self.reload_data()
         ok = victim not in seen and not any(s.startswith("FAILED") for s in seen)
-        return ok, f"{victim} stopped; answers: {', '.join(seen)}"
+        return ok, f"{victim} stopped; then answers: {', '.join(seen)}"
 
     def _gateway(self, vpc: str, gw_name: str, gw: dict) -> tuple[bool, str]:
         node = f"{vpc}-pg-{gw_name}"
@@ -379,7 +381,10 @@ class Runner:
             got = self.probe(host, target, port, proto)
             if (got == node) != want:
                 bad.append(f"tcp/{port} expected {'allow' if want else 'deny'}, got {got}")
-        return not bad, "; ".join(bad) or f"{address} reaches {target} as the lists decide"
+        seen = self.probe(host, target, WHOAMI_PORT)
+        if seen != address:
+            bad.append(f"the gateway's side sees {seen}, not {address}")
+        return not bad, "; ".join(bad) or f"{address} reaches {target} as the lists decide, not NATed"
 
     def _ospf_learned(self, vpc: str) -> tuple[bool, str]:
         core = f"core-{self.vpcs[vpc]['zone']}"
@@ -408,8 +413,11 @@ class Runner:
     def _routed_reach(self, vpc: str, other: str) -> tuple[bool, str]:
         src = self.hosts(vpc, sorted(self.vpcs[vpc]["tiers"])[0])[0]
         dst_node, dst_addr = self.hosts(other, sorted(self.vpcs[other]["tiers"])[0])[0]
-        got = self.probe(src[0], dst_addr, PROBE_TCP_PORT)
-        return got == dst_node, got
+        deadline = time.monotonic() + 60  # both VPCs' adjacencies with the core must be up
+        while (got := self.probe(src[0], dst_addr, PROBE_TCP_PORT)) != dst_node and time.monotonic() < deadline:
+            time.sleep(1)
+        seen = self.probe(src[0], dst_addr, WHOAMI_PORT)  # the far host sees the near host's own address
+        return got == dst_node and seen == src[1], f"{got} sees {seen}"
 
     # --- round 4: failover figures -------------------------------------------------------------
 
