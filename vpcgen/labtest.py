@@ -511,10 +511,9 @@ print(gap * 1000)
 # one TCP connection to the internet side's echo service, a line every 100 ms for 12 s
 TCP_STREAM = """
 import socket, time
-s = socket.create_connection(("ADDRESS", 80), timeout=5); s.settimeout(5)
-s.recv(100)
 sent = got = 0
 try:
+    s = socket.create_connection(("ADDRESS", 80), timeout=5); s.settimeout(5)
     end = time.monotonic() + 12
     while time.monotonic() < end:
         s.sendall(b"ping\\n"); sent += 1
@@ -522,9 +521,9 @@ try:
         if not data: raise ConnectionResetError("closed")
         got += 1
         time.sleep(0.1)
-    print(f"SURVIVED {got}/{sent} echoes")
+    print(f"SURVIVED {got}/{sent} answers")
 except Exception as exc:
-    print(f"BROKEN after {got}/{sent} echoes: {type(exc).__name__}")
+    print(f"BROKEN after {got}/{sent} answers: {type(exc).__name__}")
 """
 
 
