@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,15 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         assert lab.probe(data, "inet-zone1", "203.0.113.50", 22).startswith("FAILED")  # web list: 22 from 192.0.2.0/24
         assert lab.probe(data, "shop-web-1", "192.168.0.5", 22) == "shop-pg-corp"  # private gateway route
         assert lab.probe(data, "shop-web-1", "192.168.0.5", 25).startswith("FAILED")  # corp-gw rule 30
+        # every round of `lab test`, for real (the failover round kills and restarts the master)
+        results = tree.parent / "lab-results.json"
+        code, out, err = run_cli("lab", "test", tree, "--results", results)
+        assert code == 0, out + err
+        report = json.loads(results.read_text())
+        assert report["failed"] == 0 and report["passed"] >= 40
+        assert report["failover"]["shop"]["median_interruption_ms"] < 4000
+        assert report["failover"]["shop"]["tcp_survives"] is True
+        data = lab.status(tree)
         recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]
     finally:
         code, out, err = run_cli("lab", "down", tree)

@@ -273,10 +273,38 @@ def up(tree_dir, only_vpc: str | None = None, progress=lambda m: None) -> Plan:
     state.save()
     try:
         _build(p, state, progress)
+        _wait_ready(p, state.data, progress)
     except BaseException:
         down(tree_dir, quiet=True)
         raise
     return p
+
+
+def _wait_ready(p: Plan, data: dict, progress, timeout: float = 20) -> None:
+    """Up means usable: one master per pair, and every load balancer answering (haproxy's health
+    checks must rise first). Bounded: what is not ready by then, `lab test` will report."""
+    deadline = time.monotonic() + timeout
+    for vpc_name, vpc in p.site["vpcs"].items():
+        routers = [r for r in vpc["routers"] if r in data["nodes"]]
+        if vpc["redundant"] and routers:
+            while time.monotonic() < deadline:
+                states = [exec_in(data, r, "cat /run/vpcgen/vrrp.state 2>/dev/null").stdout.strip() for r in routers]
+                if states.count("MASTER") == 1:
+                    break
+                time.sleep(0.2)
+        inet = f"inet-{vpc['zone']}"
+        for lb in vpc["load_balancers"].values() if routers and inet in data["nodes"] else ():
+            address = vpc["public_ips"][lb["public_ip"]]
+            payload = "GET / HTTP/1.0\\n\\n" if lb["protocol"] == "http" else "hello"
+            members = {n.name for n in p.nodes if n.kind == "host"
+                       and any(a.split("/")[0] in lb["members"] for a in n.links[0].addresses)}
+            seen: set[str] = set()
+            while time.monotonic() < deadline and not members <= seen:  # every member is up in haproxy
+                seen.add(probe(data, inet, address, lb["public_port"], "tcp", payload))
+                if lb["stickiness"] == "source":
+                    break  # one client keeps landing on one member: one answer is enough
+                time.sleep(0.2)
+    progress(f"lab {p.name} ready")
 
 
 def _build(p: Plan, state: State, progress) -> None:

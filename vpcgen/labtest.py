@@ -362,8 +362,21 @@ class Runner:
         finally:
             lab.start_host(self.tree_dir, victim)
             self.reload_data()
+            self._back_in_rotation(vpc, lb, victim)
         ok = victim not in seen and not any(s.startswith("FAILED") for s in seen)
         return ok, f"{victim} stopped; then answers: {', '.join(seen)}"
+
+    def _back_in_rotation(self, vpc: str, lb: dict, member: str, timeout: float = 15) -> None:
+        """Wait until haproxy's checks have risen for a restarted member (for every LB using it)."""
+        deadline = time.monotonic() + timeout
+        for other in self.vpcs[vpc]["load_balancers"].values():
+            if self._address(member) not in other["members"]:
+                continue
+            if other["stickiness"] == "source":
+                time.sleep(max(0.0, min(6.0, deadline - time.monotonic())))  # rise 2 x inter 2 s, plus slack
+                continue
+            while time.monotonic() < deadline and member not in {self._lb_get(vpc, other) for _ in range(4)}:
+                time.sleep(0.3)
 
     def _gateway(self, vpc: str, gw_name: str, gw: dict) -> tuple[bool, str]:
         node = f"{vpc}-pg-{gw_name}"
