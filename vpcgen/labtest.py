@@ -436,6 +436,9 @@ class Runner:
 
     def round_failover(self, runs: int = 5) -> None:
         for vpc, v in sorted(self.vpcs.items()):
+            if v["redundant"] and v["kind"] == "routed":
+                self.check(f"failover {vpc}", "after a failover the new master announces the VPC",
+                           lambda: self._ospf_failover(vpc))
             if not (v["redundant"] and v["kind"] == "nat"):
                 continue
             udp = next((pf for pf in v["port_forwarding"] if pf["protocol"] == "udp"), None)
@@ -458,6 +461,30 @@ class Runner:
             self.figures[vpc]["tcp_survives"] = survived[0]
             self.check(f"failover {vpc}", "an established TCP connection through source NAT survives",
                        lambda: survived)
+
+    def _ospf_failover(self, vpc: str) -> tuple[bool, str]:
+        learned, route = self._ospf_learned(vpc)
+        master = self.masters(vpc)
+        if not learned or len(master) != 1:
+            return False, f"before: {route}"
+        core, cidr = f"core-{self.vpcs[vpc]['zone']}", self.vpcs[vpc]["cidr"]
+        lab.stop_router(self.data, master[0])
+        self.data["nodes"][master[0]].pop("holder", None)
+        start = time.monotonic()
+        try:
+            new = self.wait_one_master(vpc, 3 * self.advert_s(vpc) + 2)
+            want = f"via {self._transit_address(new[0])} " if len(new) == 1 else "?"
+            routes = ""
+            while time.monotonic() - start < 90:  # the core drops the dead master after its dead interval
+                routes = lab.exec_in(self.data, core, f"ip route show {cidr}").stdout.strip() + " "
+                if want in routes and routes.count("via") == 1:
+                    break
+                time.sleep(1)
+            took = time.monotonic() - start
+        finally:
+            lab.start_router(self.tree_dir, master[0])
+            self.reload_data()
+        return want in routes and routes.count("via") == 1, f"{routes.strip() or 'no route'} after {took:.0f} s"
 
     def _interruption(self, vpc: str, pf: dict) -> float | None:
         """Milliseconds without answers from a port-forwarded UDP service while the master dies."""
