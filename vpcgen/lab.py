@@ -100,6 +100,8 @@ def router_interfaces(tree: Path) -> tuple[dict[str, list[str]], list[str]]:
     return ifaces, routes
 
 
+PEERS_NET = "198.18.0.0/24"  # between the internet side and the VPN peers (RFC 2544 space)
+PEERS_GATEWAY = "198.18.0.1"
 PROBE_TCP_PORT = 7777  # named by no ACL rule: what a default deny decides
 PROBE_UDP_PORT = 7777
 WHOAMI_PORT = 7  # on the internet side: answers with the address a connection came from
@@ -189,6 +191,17 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
                               links=[Link("eth0", f"{zone}/eth2.{gw['vlan']}", [f"{gw['gateway']}/{prefix}"])],
                               routes=[f"default via {gw['address'].split('/')[0]}"],
                               loopback=[f"{ipaddress.ip_network(r).network_address + 5}/32" for r in gw["routes"]]))
+    # site-to-site peers: beyond the internet side, on a link of their own, with their networks on lo
+    for vpc_name, vpc in vpcs.items():
+        for k, (peer_name, peer) in enumerate(sorted(vpc["vpn_peers"].items())):
+            segment = f"{vpc['zone']}/peers"
+            segments.add(segment)
+            hop = f"{PEERS_NET.rsplit('.', 1)[0]}.{10 + len([n for n in nodes if n.kind == 'peer'])}"
+            nodes.append(Node(f"{vpc_name}-peer-{peer_name}", "peer", vpc=vpc_name, whoami=WHOAMI_PORT,
+                              tcp=f"22,80,{PROBE_TCP_PORT}",
+                              links=[Link("eth0", segment, [f"{hop}/24", f"{peer['peer']}/32"])],
+                              routes=[f"default via {PEERS_GATEWAY} src {peer['peer']}"],
+                              loopback=[f"{ipaddress.ip_network(c).network_address + 1}/32" for c in peer["peer_cidrs"]]))
     # the internet side of each zone: its public gateway, and beyond it the VPN peers
     for zone_name in sorted(zones_used):
         zone = site["zones"][zone_name]
@@ -201,6 +214,11 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
                 inet = Node(f"inet-{zone_name}", "inet", links=[Link("eth0", segment,
                                                                     [f"{public['gateway']}/{prefix}"])],
                             tcp="80", whoami=WHOAMI_PORT, loopback=internet_sources(site, zone_name))
+                peers = [n for n in nodes if n.kind == "peer" and site["vpcs"][n.vpc]["zone"] == zone_name]
+                if peers:
+                    inet.links.append(Link("eth1", f"{zone_name}/peers", [f"{PEERS_GATEWAY}/24"]))
+                    inet.routes += [f"{n.links[0].addresses[1].split('/')[0]}/32 via "
+                                    f"{n.links[0].addresses[0].split('/')[0]}" for n in peers]
                 nodes.append(inet)
             if zone.get("ospf_transit") and segment.endswith(_transit_ifname(tree_dir, vpcs, zone_name)):
                 transit = zone["ospf_transit"]
@@ -350,13 +368,41 @@ def _build(p: Plan, state: State, progress) -> None:
     for node in p.nodes:
         ns = ns_of(p.name, node.name)
         if node.kind == "router":
-            _in(ns, "iptables-restore", "--wait=10", str(node.tree / "etc/iptables/rules.v4"))
+            load_rules(ns, node.tree)
             _start_router(p, state, node, ns)
         elif node.kind == "core":
             _start_core(p, state, node, ns)
+        elif node.kind == "peer":
+            _start_peer(p, state, node, ns)
         if node.tcp or node.udp:
             _start_host(state, node, ns)
     state.save()
+
+
+LIBIPSEC_DEVICE = "ipsec0"
+
+
+def libipsec_rules(rules_v4: str) -> list[str]:
+    """The one platform adaptation of a router's rules: kernel-libipsec hands tunnel traffic to a TUN
+    device instead of the uplink, so each "tier to the internet" accept gets its ipsec0 twin
+    (appended after everything else, like the original; ACL chains still decide first)."""
+    out = []
+    for line in rules_v4.splitlines():
+        if line.startswith("-A FORWARD -i ") and " -o eth1" in line and line.split(" -j ")[1].startswith("ACCEPT"):
+            match = re.sub(r" -o eth1(\.\d+)? ", f" -o {LIBIPSEC_DEVICE} ", line.split(" -m comment")[0])
+            out.append(match[len("-A "):])
+    return out
+
+
+def load_rules(ns: str, tree: Path, text: str | None = None) -> None:
+    """Load a router's rules (the tree's file, or a variant of it), plus the libipsec twins."""
+    source = (tree / "etc/iptables/rules.v4").read_text()
+    r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10"], input=text or source)
+    if r.returncode != 0:
+        raise VpcgenError(f"in {ns}: iptables-restore: {r.stderr.strip()}")
+    if (tree / "etc/swanctl/swanctl.conf").exists():
+        for rule in libipsec_rules(source):
+            _in(ns, "iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", "lab only: libipsec")
 
 
 def _sysctls(ns: str, tree: Path) -> None:
@@ -463,6 +509,48 @@ def _start_core(p: Plan, state: State, node: Node, ns: str) -> None:
     (etc / "frr/frr.conf").chmod(0o640)
     shutil.copy("/etc/frr/daemons", etc / "frr/daemons")
     _holder(state, node.name, ns, etc, _FRR_START)
+
+
+def _block(text: str, name: str) -> str:
+    """The body of the `name { ... }` section of a swanctl file."""
+    start = text.index(f" {name} {{")
+    depth, i = 0, text.index("{", start)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    raise ValueError(name)
+
+
+def _setting(block: str, key: str) -> str:
+    return re.search(rf"^\s*{key} = (.+)$", block, re.M).group(1).strip()
+
+
+def _start_peer(p: Plan, state: State, node: Node, ns: str) -> None:
+    """The far end of a site-to-site VPN: charon with the router's connection mirrored."""
+    conn = "s2s-" + node.name.split("-peer-", 1)[1]
+    router = next(n for n in p.nodes if n.kind == "router" and n.vpc == node.vpc)
+    conf = (router.tree / "etc/swanctl/swanctl.conf").read_text()
+    secret = _setting(_block((router.tree / "etc/swanctl/vpcgen-secrets.conf").read_text(), f"ike-{conn}"), "secret")
+    block = _block(conf, conn)
+    child = _block(block, "children")
+    peer, local = _setting(block, "remote_addrs"), _setting(block, "local_addrs")
+    etc = state.dir / "etc" / node.name
+    (etc / "swanctl").mkdir(parents=True, exist_ok=True)
+    (etc / "vpcgen-lab").mkdir(parents=True, exist_ok=True)
+    (etc / "vpcgen-lab/strongswan.conf").write_text(LAB_STRONGSWAN_CONF)
+    (etc / "swanctl/swanctl.conf").write_text(
+        f"connections {{\n lab {{\n  version = {_setting(block, 'version')}\n  local_addrs = {peer}\n"
+        f"  remote_addrs = {local}\n  proposals = {_setting(block, 'proposals')}\n"
+        f"  local {{\n   auth = psk\n   id = {peer}\n  }}\n  remote {{\n   auth = psk\n   id = {local}\n  }}\n"
+        f"  children {{\n   lab {{\n    local_ts = {_setting(child, 'remote_ts')}\n"
+        f"    remote_ts = {_setting(child, 'local_ts')}\n    esp_proposals = {_setting(child, 'esp_proposals')}\n"
+        f"    start_action = trap\n   }}\n  }}\n }}\n}}\n"
+        f"secrets {{\n ike-lab {{\n  id-1 = {peer}\n  id-2 = {local}\n  secret = {secret}\n }}\n}}\n")
+    (etc / "swanctl/swanctl.conf").chmod(0o600)
+    _holder(state, node.name, ns, etc, "/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
+            "i=0; while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+            "swanctl --load-all --noprompt >/run/swanctl.log 2>&1", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
 
 
 def _start_host(state: State, node: Node, ns: str) -> None:
@@ -613,6 +701,6 @@ def start_router(tree_dir, router: str) -> None:
             _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
     for route in node.routes:
         _in(ns, "ip", "route", "replace", *route.split())
-    _in(ns, "iptables-restore", "--wait=10", str(node.tree / "etc/iptables/rules.v4"))
+    load_rules(ns, node.tree)
     shutil.rmtree(state.dir / "ovl" / router, ignore_errors=True)
     _start_router(p, state, node, ns)
