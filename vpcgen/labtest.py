@@ -174,6 +174,9 @@ class Runner:
             self.check(r, f"master {master} stopped: the backup takes over",
                        lambda: self._one_master(vpc, wait))
             self.check(r, "every connection works again", lambda: self._all_reach(vpc, targets, True, retry=5))
+            for peer_name, peer in sorted(v["vpn_peers"].items()):
+                self.check(r, f"VPN {peer_name} comes up on the new master",
+                           lambda n=peer_name, pe=peer: self._site_to_site(vpc, n, pe))
             survivor = (self.masters(vpc) or [None])[0]
             self.check(r, "forwarding rules removed: connections fail",
                        lambda: self._without_forwarding(vpc, survivor, targets))
