@@ -202,6 +202,14 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
                               links=[Link("eth0", segment, [f"{hop}/24", f"{peer['peer']}/32"])],
                               routes=[f"default via {PEERS_GATEWAY} src {peer['peer']}"],
                               loopback=[f"{ipaddress.ip_network(c).network_address + 1}/32" for c in peer["peer_cidrs"]]))
+    # remote-access VPN clients: out on the internet, beyond the internet side as well
+    for vpc_name, vpc in vpcs.items():
+        if vpc.get("remote_access"):
+            segment = f"{vpc['zone']}/peers"
+            segments.add(segment)
+            hop = f"{PEERS_NET.rsplit('.', 1)[0]}.{100 + len([n for n in nodes if n.kind == 'client'])}"
+            nodes.append(Node(f"{vpc_name}-ra-client", "client", vpc=vpc_name,
+                              links=[Link("eth0", segment, [f"{hop}/24"])], routes=[f"default via {PEERS_GATEWAY}"]))
     # the internet side of each zone: its public gateway, and beyond it the VPN peers
     for zone_name in sorted(zones_used):
         zone = site["zones"][zone_name]
@@ -215,7 +223,7 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
                                                                     [f"{public['gateway']}/{prefix}"])],
                             tcp="80", whoami=WHOAMI_PORT, loopback=internet_sources(site, zone_name))
                 peers = [n for n in nodes if n.kind == "peer" and site["vpcs"][n.vpc]["zone"] == zone_name]
-                if peers:
+                if peers or any(n.kind == "client" for n in nodes):
                     inet.links.append(Link("eth1", f"{zone_name}/peers", [f"{PEERS_GATEWAY}/24"]))
                     inet.routes += [f"{n.links[0].addresses[1].split('/')[0]}/32 via "
                                     f"{n.links[0].addresses[0].split('/')[0]}" for n in peers]
@@ -374,6 +382,8 @@ def _build(p: Plan, state: State, progress) -> None:
             _start_core(p, state, node, ns)
         elif node.kind == "peer":
             _start_peer(p, state, node, ns)
+        elif node.kind == "client":
+            _start_client(p, state, node, ns)
         if node.tcp or node.udp:
             _start_host(state, node, ns)
     state.save()
@@ -547,6 +557,31 @@ def _start_peer(p: Plan, state: State, node: Node, ns: str) -> None:
         f"    remote_ts = {_setting(child, 'local_ts')}\n    esp_proposals = {_setting(child, 'esp_proposals')}\n"
         f"    start_action = trap\n   }}\n  }}\n }}\n}}\n"
         f"secrets {{\n ike-lab {{\n  id-1 = {peer}\n  id-2 = {local}\n  secret = {secret}\n }}\n}}\n")
+    (etc / "swanctl/swanctl.conf").chmod(0o600)
+    _holder(state, node.name, ns, etc, "/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
+            "i=0; while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+            "swanctl --load-all --noprompt >/run/swanctl.log 2>&1", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
+
+
+def _start_client(p: Plan, state: State, node: Node, ns: str) -> None:
+    """A remote-access VPN user: IKEv2, EAP-MSCHAPv2 with the first user's password, trusting the
+    router's certificate, asking for a virtual address from the pool."""
+    router = next(n for n in p.nodes if n.kind == "router" and n.vpc == node.vpc)
+    swanctl = router.tree / "etc/swanctl"
+    block = _block((swanctl / "swanctl.conf").read_text(), "ra")
+    server, local_ts = _setting(block, "local_addrs"), _setting(_block(block, "children"), "local_ts")
+    user = p.site["vpcs"][node.vpc]["remote_access"]["users"][0]
+    secret = _setting(_block((swanctl / "vpcgen-secrets.conf").read_text(), f"eap-{user}"), "secret")
+    etc = state.dir / "etc" / node.name
+    for sub in ("swanctl/x509ca", "vpcgen-lab"):
+        (etc / sub).mkdir(parents=True, exist_ok=True)
+    (etc / "vpcgen-lab/strongswan.conf").write_text(LAB_STRONGSWAN_CONF)
+    shutil.copy(swanctl / "x509/vpcgen-ra.pem", etc / "swanctl/x509ca/router.pem")
+    (etc / "swanctl/swanctl.conf").write_text(
+        f"connections {{\n ra {{\n  version = 2\n  remote_addrs = {server}\n  vips = 0.0.0.0\n"
+        f"  local {{\n   auth = eap-mschapv2\n   eap_id = {user}\n  }}\n  remote {{\n   auth = pubkey\n   id = %any\n  }}\n"
+        f"  children {{\n   ra {{\n    remote_ts = {local_ts}\n    start_action = start\n   }}\n  }}\n }}\n}}\n"
+        f"secrets {{\n eap-user {{\n  id = {user}\n  secret = {secret}\n }}\n}}\n")
     (etc / "swanctl/swanctl.conf").chmod(0o600)
     _holder(state, node.name, ns, etc, "/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
             "i=0; while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "

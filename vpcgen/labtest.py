@@ -316,6 +316,9 @@ class Runner:
             for peer_name, peer in sorted(v["vpn_peers"].items()):
                 self.check(r, f"site-to-site VPN {peer_name}: tier host <-> peer network, no source NAT",
                            lambda n=peer_name, pe=peer: self._site_to_site(vpc, n, pe))
+            if v.get("remote_access"):
+                self.check(r, "remote-access VPN: the client gets a pool address and reaches a tier as its list allows",
+                           lambda: self._remote_access(vpc))
             if v["kind"] == "routed":
                 self.check(r, "the OSPF core learns the VPC's prefix from the master",
                            lambda: self._ospf_learned(vpc))
@@ -435,6 +438,34 @@ class Runner:
         ok = got == node and seen == host[1] and not wrong
         return ok, (f"{host[0]} -> {target}: {got}, seen as {seen}; back from {target}: "
                     + ("; ".join(wrong) or f"{len(back)} probes as the tier's list decides"))
+
+    def _remote_access(self, vpc: str) -> tuple[bool, str]:
+        client = f"{vpc}-ra-client"
+        pool = ipaddress.ip_network(self.vpcs[vpc]["remote_access"]["pool"])
+        deadline, vip = time.monotonic() + 20, None
+        while vip is None and time.monotonic() < deadline:
+            lab.exec_in(self.data, client, "swanctl --initiate --child ra --timeout 5 >/dev/null 2>&1")
+            out = netns.run(["ip", "-n", self.data["nodes"][client]["ns"], "-o", "-4", "addr"]).stdout
+            vip = next((a.split("/")[0] for a in out.split() if "/" in a
+                        and ipaddress.ip_address(a.split("/")[0]) in pool), None)
+            if vip is None:
+                time.sleep(1)
+        if vip is None:
+            return False, f"no address from {pool} on the client"
+        results = []
+        for tier_name, tier in sorted(self.vpcs[vpc]["tiers"].items()):
+            node, address = self.hosts(vpc, tier_name)[0]
+            rules = self.site["acls"][tier["acl"]]
+            for proto, port in self._probes_for([rules]):
+                if proto != "tcp":
+                    continue
+                want = decide(rules, "ingress", proto, port, vip)
+                got = self.probe(client, address, port, proto, source=vip)
+                results.append((f"{tier_name} tcp/{port}", want, got == node, got))
+        wrong = [f"{w} expected {'allow' if want else 'deny'}, got {got}" for w, want, ok, got in results if ok != want]
+        allowed = [w for w, want, ok, _ in results if want and ok]
+        return not wrong and bool(allowed), (f"client holds {vip}; " + ("; ".join(wrong) or
+                                             f"{len(results)} probes as the lists decide, reached {', '.join(allowed)}"))
 
     def _local_ts(self, vpc: str, name: str) -> list[str]:
         router = self.tree_dir / next(iter(self.vpcs[vpc]["routers"]))
