@@ -442,6 +442,8 @@ class Runner:
     def _remote_access(self, vpc: str) -> tuple[bool, str]:
         client = f"{vpc}-ra-client"
         pool = ipaddress.ip_network(self.vpcs[vpc]["remote_access"]["pool"])
+        # a fresh connection to whichever router is master now (a client reconnects after a failover)
+        lab.exec_in(self.data, client, "swanctl --terminate --ike ra --timeout 5 >/dev/null 2>&1")
         deadline, vip = time.monotonic() + 20, None
         while vip is None and time.monotonic() < deadline:
             lab.exec_in(self.data, client, "swanctl --initiate --child ra --timeout 5 >/dev/null 2>&1")
