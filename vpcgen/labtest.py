@@ -519,23 +519,21 @@ class Runner:
             udp = next((pf for pf in v["port_forwarding"] if pf["protocol"] == "udp"), None)
             if udp is None:
                 continue
-            gaps = []
-            for i in range(runs):
-                gap = self._interruption(vpc, udp)
-                if gap is not None:
-                    gaps.append(gap)
-            median = statistics.median(gaps) if gaps else None
-            self.figures[vpc] = {"advert_interval_ms": v["vrrp"]["advert_interval_ms"], "interruptions_ms": gaps,
-                                 "median_interruption_ms": median}
             limit = 500 if v["vrrp"]["advert_interval_ms"] <= 100 else 4000
-            self.check(f"failover {vpc}", f"traffic interruption, median of {len(gaps)}",
-                       lambda: (median is not None and median < limit,
-                                f"{median:.0f} ms (target < {limit} ms); runs: {', '.join(f'{g:.0f}' for g in gaps)}"
-                                if median is not None else "no measurement"))
-            survived = self._tcp_survives(vpc)
-            self.figures[vpc]["tcp_survives"] = survived[0]
+            self.check(f"failover {vpc}", f"traffic interruption, median of {runs} (target < {limit} ms)",
+                       lambda: self._measure(vpc, udp, runs, limit))
             self.check(f"failover {vpc}", "an established TCP connection through source NAT survives",
-                       lambda: survived)
+                       lambda: self._tcp_survives(vpc))
+
+    def _measure(self, vpc: str, udp: dict, runs: int, limit: int) -> tuple[bool, str]:
+        gaps = [g for g in (self._interruption(vpc, udp) for _ in range(runs)) if g is not None]
+        median = statistics.median(gaps) if gaps else None
+        self.figures.setdefault(vpc, {}).update({
+            "advert_interval_ms": self.vpcs[vpc]["vrrp"]["advert_interval_ms"], "interruptions_ms": gaps,
+            "median_interruption_ms": median})
+        if median is None:
+            return False, "no measurement"
+        return median < limit, f"{median:.0f} ms; runs: {', '.join(f'{g:.0f}' for g in gaps)}"
 
     def _ospf_failover(self, vpc: str) -> tuple[bool, str]:
         learned, route = self._ospf_learned(vpc)
@@ -602,6 +600,7 @@ class Runner:
         self.reload_data()
         time.sleep(3 * self.advert_s(vpc) + 2)
         last = out.strip().splitlines()[-1] if out.strip() else "no output"
+        self.figures.setdefault(vpc, {})["tcp_survives"] = last.startswith("SURVIVED")
         return last.startswith("SURVIVED"), last
 
 
