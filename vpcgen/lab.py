@@ -465,6 +465,10 @@ LAB_STRONGSWAN_CONF = """charon {
 
 
 LAB_STRONGSWAN_PATH = "/etc/vpcgen-lab/strongswan.conf"  # written into the router's /etc overlay only
+# charon in the foreground of a holder's shell, then every connection and secret of /etc/swanctl
+CHARON_START = ("/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
+                "i=0; while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+                "swanctl --load-all --noprompt >/run/swanctl.log 2>&1")
 
 
 def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
@@ -478,9 +482,7 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
         parts.append(_FRR_START)
     if (etc / "swanctl/swanctl.conf").exists():
         parts.append(f"mkdir -p /etc/vpcgen-lab; printf %s {shlex.quote(LAB_STRONGSWAN_CONF)} > {LAB_STRONGSWAN_PATH}; "
-                     "/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
-                     "i=0; while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
-                     "swanctl --load-all --noprompt >/run/swanctl.log 2>&1")
+                     + CHARON_START)
     if (etc / "haproxy/haproxy.cfg").exists():
         # -n: this machine's file-descriptor limit is below what the router's maxconn needs
         parts.append("haproxy -D -n 4096 -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg")
@@ -558,9 +560,7 @@ def _start_peer(p: Plan, state: State, node: Node, ns: str) -> None:
         f"    start_action = trap\n   }}\n  }}\n }}\n}}\n"
         f"secrets {{\n ike-lab {{\n  id-1 = {peer}\n  id-2 = {local}\n  secret = {secret}\n }}\n}}\n")
     (etc / "swanctl/swanctl.conf").chmod(0o600)
-    _holder(state, node.name, ns, etc, "/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
-            "i=0; while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
-            "swanctl --load-all --noprompt >/run/swanctl.log 2>&1", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
+    _holder(state, node.name, ns, etc, CHARON_START, env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
 
 
 def _start_client(p: Plan, state: State, node: Node, ns: str) -> None:
@@ -583,9 +583,7 @@ def _start_client(p: Plan, state: State, node: Node, ns: str) -> None:
         f"  children {{\n   ra {{\n    remote_ts = {local_ts}\n    start_action = start\n   }}\n  }}\n }}\n}}\n"
         f"secrets {{\n eap-user {{\n  id = {user}\n  secret = {secret}\n }}\n}}\n")
     (etc / "swanctl/swanctl.conf").chmod(0o600)
-    _holder(state, node.name, ns, etc, "/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
-            "i=0; while [ ! -S /run/charon.vici ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
-            "swanctl --load-all --noprompt >/run/swanctl.log 2>&1", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
+    _holder(state, node.name, ns, etc, CHARON_START, env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
 
 
 def _start_host(state: State, node: Node, ns: str) -> None:

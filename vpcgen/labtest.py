@@ -559,47 +559,43 @@ class Runner:
             self.reload_data()
         return want in routes and routes.count("via") == 1, f"{routes.strip() or 'no route'} after {took:.0f} s"
 
-    def _interruption(self, vpc: str, pf: dict) -> float | None:
-        """Milliseconds without answers from a port-forwarded UDP service while the master dies."""
+    def _during_failover(self, vpc: str, node: str, script: str, lead_s: float, timeout: float) -> str | None:
+        """The output of ``script`` run in ``node`` while the VPC's master dies ``lead_s`` seconds in;
+        the dead router is started again afterwards and given time to settle as backup."""
         wait = 3 * self.advert_s(vpc) + 2
         master = self.wait_one_master(vpc, wait)
         if len(master) != 1:
             return None
-        address = self.vpcs[vpc]["public_ips"][pf["public_ip"]]
-        script = UDP_STREAM.replace("ADDRESS", address).replace("PORT", str(pf["public_port"][0]))
-        inet = self.data["nodes"][self.inet(vpc)]["ns"]
-        proc = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-c", script],
-                                      stdout=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        proc = subprocess.Popen(["ip", "netns", "exec", self.data["nodes"][node]["ns"], sys.executable, "-c", script],
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(lead_s)
         lab.stop_router(self.data, master[0])
         self.data["nodes"][master[0]].pop("holder", None)
-        out, _ = proc.communicate(timeout=30)
-        lab.start_router(self.tree_dir, master[0])
-        self.reload_data()
-        time.sleep(wait)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        finally:
+            lab.start_router(self.tree_dir, master[0])
+            self.reload_data()
+            time.sleep(wait)
+        return out
+
+    def _interruption(self, vpc: str, pf: dict) -> float | None:
+        """Milliseconds without answers from a port-forwarded UDP service while the master dies."""
+        address = self.vpcs[vpc]["public_ips"][pf["public_ip"]]
+        script = UDP_STREAM.replace("ADDRESS", address).replace("PORT", str(pf["public_port"][0]))
+        out = self._during_failover(vpc, self.inet(vpc), script, 1.0, 30)
         try:
             return float(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
+        except (AttributeError, ValueError, IndexError):
             return None
 
     def _tcp_survives(self, vpc: str) -> tuple[bool, str]:
         v = self.vpcs[vpc]
         others = [n for t in sorted(v["tiers"]) for n, a in self.hosts(vpc, t) if a not in v["static_nat"].values()]
-        master = self.wait_one_master(vpc, 3 * self.advert_s(vpc) + 2)
-        if not others or len(master) != 1:
-            return False, "no host or no master"
-        script = TCP_STREAM.replace("ADDRESS", self.inet_address(vpc))
-        ns = self.data["nodes"][others[0]]["ns"]
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", script],
-                                      stdout=subprocess.PIPE, text=True)
-        time.sleep(2.0)
-        lab.stop_router(self.data, master[0])
-        self.data["nodes"][master[0]].pop("holder", None)
-        out, _ = proc.communicate(timeout=60)
-        lab.start_router(self.tree_dir, master[0])
-        self.reload_data()
-        time.sleep(3 * self.advert_s(vpc) + 2)
-        last = out.strip().splitlines()[-1] if out.strip() else "no output"
+        if not others:
+            return False, "no host behind source NAT"
+        out = self._during_failover(vpc, others[0], TCP_STREAM.replace("ADDRESS", self.inet_address(vpc)), 2.0, 60)
+        last = out.strip().splitlines()[-1] if out and out.strip() else "no output (or no master)"
         self.figures.setdefault(vpc, {})["tcp_survives"] = last.startswith("SURVIVED")
         return last.startswith("SURVIVED"), last
 
