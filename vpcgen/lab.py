@@ -67,7 +67,6 @@ class Plan:
     site: dict
     nodes: list[Node]
     segments: list[str]
-    pairs: list[tuple[str, str]]  # (ns a, ns b) veth links between two nodes outside bridges
 
 
 # --- what to build, from the tree only ------------------------------------------------------
@@ -144,7 +143,6 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
     name = lab_name(tree_dir)
     nodes: list[Node] = []
     segments: set[str] = set()
-    pairs: list[tuple[str, str]] = []
     zones_used: dict[str, set[str]] = {}
     for vpc_name, vpc in vpcs.items():
         zone = vpc["zone"]
@@ -234,7 +232,7 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
                 nodes.append(Node(f"core-{zone_name}", "core", tcp="22,80",
                                   links=[Link("eth0", segment, [f"{core}/{transit.split('/')[1]}"])],
                                   loopback=["192.0.2.254/32"]))
-    return Plan(name, tree_dir, site, nodes, sorted(segments), pairs)
+    return Plan(name, tree_dir, site, nodes, sorted(segments))
 
 
 def _transit_ifname(tree_dir: Path, vpcs: dict, zone: str) -> str:
@@ -243,7 +241,7 @@ def _transit_ifname(tree_dir: Path, vpcs: dict, zone: str) -> str:
             router = tree_dir / next(iter(vpc["routers"]))
             text = (router / "etc/frr/frr.conf").read_text()
             return re.search(r"^interface (eth1\S*)", text, re.M).group(1)
-    return "\0"  # no routed VPC in the zone
+    return "\0"  # no routed VPC in the zone: matches no segment
 
 
 # --- state -----------------------------------------------------------------------------------
@@ -301,7 +299,7 @@ def up(tree_dir, only_vpc: str | None = None, progress=lambda m: None) -> Plan:
         _build(p, state, progress)
         _wait_ready(p, state.data, progress)
     except BaseException:
-        down(tree_dir, quiet=True)
+        down(tree_dir)
         raise
     return p
 
@@ -339,7 +337,7 @@ def _build(p: Plan, state: State, progress) -> None:
     state.add_namespace(sw)
     _in(sw, "ip", "link", "set", "lo", "up")
     bridges = {}
-    for i, segment in enumerate(p.segments + sorted({l.segment for n in p.nodes for l in n.links} - set(p.segments))):
+    for i, segment in enumerate(sorted(set(p.segments) | {link.segment for n in p.nodes for link in n.links})):
         bridges[segment] = f"b{i}"
         _in(sw, "ip", "link", "add", f"b{i}", "type", "bridge")
         _in(sw, "ip", "link", "set", f"b{i}", "up")
@@ -603,7 +601,7 @@ def _start_host(state: State, node: Node, ns: str) -> None:
 
 # --- down ------------------------------------------------------------------------------------
 
-def down(tree_dir, quiet: bool = False) -> list[str]:
+def down(tree_dir) -> list[str]:
     """Remove every namespace (and with it every link and bridge) and process of the lab."""
     name = lab_name(Path(tree_dir))
     state = State(name)
