@@ -71,27 +71,9 @@ class Plan:
 
 # --- what to build, from the tree only ------------------------------------------------------
 
-_IFACE = re.compile(r"^\s*iface\s+(\S+)\s+inet\s+(\S+)")
-_ADDRESS = re.compile(r"^\s*address\s+(\S+)")
-_UP_ADDR = re.compile(r"^\s*up\s+ip\s+addr\s+add\s+(\S+)\s+dev\s+(\S+)")
-_UP_ROUTE = re.compile(r"^\s*up\s+ip\s+route\s+replace\s+(.+)$")
-
-
 def router_interfaces(tree: Path) -> tuple[dict[str, list[str]], list[str]]:
     """Interfaces (name -> addresses) and routes of a router, from its interfaces file."""
-    ifaces: dict[str, list[str]] = {}
-    routes: list[str] = []
-    current = None
-    for line in (tree / "etc/network/interfaces.d/vpcgen").read_text().splitlines():
-        if m := _IFACE.match(line):
-            current = m.group(1)
-            ifaces.setdefault(current, [])
-        elif (m := _ADDRESS.match(line)) and current:
-            ifaces[current].append(m.group(1))
-        elif m := _UP_ADDR.match(line):
-            ifaces.setdefault(m.group(2), []).append(m.group(1))
-        elif m := _UP_ROUTE.match(line):
-            routes.append(m.group(1))
+    ifaces, routes = netns.parse_interfaces(tree)
     # parents of VLAN sub-interfaces only carry the tags: in the lab the sub-interfaces are veths
     for parent in ("eth1", "eth2"):
         if not ifaces.get(parent) and any(n.startswith(parent + ".") for n in ifaces):

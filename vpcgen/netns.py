@@ -71,20 +71,31 @@ _ADDRESS = re.compile(r"^\s*address\s+(\S+)")
 _UP_ADDR = re.compile(r"^\s*up\s+ip\s+addr\s+add\s+(\S+)\s+dev\s+(\S+)")
 
 
-def interfaces_of(tree: Path) -> dict[str, list[str]]:
-    """Interfaces and addresses declared in a router tree's ifupdown file, plus eth0."""
-    out: dict[str, list[str]] = {"eth0": []}
-    path = Path(tree) / "etc/network/interfaces.d/vpcgen"
+_UP_ROUTE = re.compile(r"^\s*up\s+ip\s+route\s+replace\s+(.+)$")
+
+
+def parse_interfaces(tree: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """Interfaces (name -> addresses) and `ip route replace` arguments of a router tree's
+    ifupdown file: what check and lab build a router's namespace from."""
+    ifaces: dict[str, list[str]] = {}
+    routes: list[str] = []
     current = None
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in (Path(tree) / "etc/network/interfaces.d/vpcgen").read_text(encoding="utf-8").splitlines():
         if m := _IFACE.match(line):
             current = m.group(1)
-            out.setdefault(current, [])
+            ifaces.setdefault(current, [])
         elif (m := _ADDRESS.match(line)) and current:
-            out[current].append(m.group(1))
+            ifaces[current].append(m.group(1))
         elif m := _UP_ADDR.match(line):
-            out.setdefault(m.group(2), []).append(m.group(1))
-    return out
+            ifaces.setdefault(m.group(2), []).append(m.group(1))
+        elif m := _UP_ROUTE.match(line):
+            routes.append(m.group(1))
+    return ifaces, routes
+
+
+def interfaces_of(tree: Path) -> dict[str, list[str]]:
+    """Interfaces and addresses declared in a router tree's ifupdown file, plus eth0."""
+    return {"eth0": [], **parse_interfaces(tree)[0]}
 
 
 def run_in_tree(ns: str, tree: Path, script: str, timeout: float = 30) -> subprocess.CompletedProcess:
