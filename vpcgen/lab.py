@@ -518,6 +518,21 @@ def _setting(block: str, key: str) -> str:
     return re.search(rf"^\s*{key} = (.+)$", block, re.M).group(1).strip()
 
 
+def _start_charon(state: State, node: Node, ns: str, files: dict[str, Path], swanctl_conf: str) -> None:
+    """A lab-only charon (VPN peer, remote-access client): its own /etc/swanctl (0600, it holds the
+    secrets) and the lab's strongswan.conf, in a holder like a router's."""
+    etc = state.dir / "etc" / node.name
+    (etc / "vpcgen-lab").mkdir(parents=True, exist_ok=True)
+    (etc / "vpcgen-lab/strongswan.conf").write_text(LAB_STRONGSWAN_CONF)
+    for rel, source in files.items():
+        (etc / "swanctl" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, etc / "swanctl" / rel)
+    (etc / "swanctl").mkdir(parents=True, exist_ok=True)
+    (etc / "swanctl/swanctl.conf").write_text(swanctl_conf)
+    (etc / "swanctl/swanctl.conf").chmod(0o600)
+    _holder(state, node.name, ns, etc, CHARON_START, env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
+
+
 def _start_peer(p: Plan, state: State, node: Node, ns: str) -> None:
     """The far end of a site-to-site VPN: charon with the router's connection mirrored."""
     conn = "s2s-" + node.name.split("-peer-", 1)[1]
@@ -527,20 +542,14 @@ def _start_peer(p: Plan, state: State, node: Node, ns: str) -> None:
     block = _block(conf, conn)
     child = _block(block, "children")
     peer, local = _setting(block, "remote_addrs"), _setting(block, "local_addrs")
-    etc = state.dir / "etc" / node.name
-    (etc / "swanctl").mkdir(parents=True, exist_ok=True)
-    (etc / "vpcgen-lab").mkdir(parents=True, exist_ok=True)
-    (etc / "vpcgen-lab/strongswan.conf").write_text(LAB_STRONGSWAN_CONF)
-    (etc / "swanctl/swanctl.conf").write_text(
+    _start_charon(state, node, ns, {}, (
         f"connections {{\n lab {{\n  version = {_setting(block, 'version')}\n  local_addrs = {peer}\n"
         f"  remote_addrs = {local}\n  proposals = {_setting(block, 'proposals')}\n"
         f"  local {{\n   auth = psk\n   id = {peer}\n  }}\n  remote {{\n   auth = psk\n   id = {local}\n  }}\n"
         f"  children {{\n   lab {{\n    local_ts = {_setting(child, 'remote_ts')}\n"
         f"    remote_ts = {_setting(child, 'local_ts')}\n    esp_proposals = {_setting(child, 'esp_proposals')}\n"
         f"    start_action = trap\n   }}\n  }}\n }}\n}}\n"
-        f"secrets {{\n ike-lab {{\n  id-1 = {peer}\n  id-2 = {local}\n  secret = {secret}\n }}\n}}\n")
-    (etc / "swanctl/swanctl.conf").chmod(0o600)
-    _holder(state, node.name, ns, etc, CHARON_START, env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
+        f"secrets {{\n ike-lab {{\n  id-1 = {peer}\n  id-2 = {local}\n  secret = {secret}\n }}\n}}\n"))
 
 
 def _start_client(p: Plan, state: State, node: Node, ns: str) -> None:
@@ -552,18 +561,11 @@ def _start_client(p: Plan, state: State, node: Node, ns: str) -> None:
     server, local_ts = _setting(block, "local_addrs"), _setting(_block(block, "children"), "local_ts")
     user = p.site["vpcs"][node.vpc]["remote_access"]["users"][0]
     secret = _setting(_block((swanctl / "vpcgen-secrets.conf").read_text(), f"eap-{user}"), "secret")
-    etc = state.dir / "etc" / node.name
-    for sub in ("swanctl/x509ca", "vpcgen-lab"):
-        (etc / sub).mkdir(parents=True, exist_ok=True)
-    (etc / "vpcgen-lab/strongswan.conf").write_text(LAB_STRONGSWAN_CONF)
-    shutil.copy(swanctl / "x509/vpcgen-ra.pem", etc / "swanctl/x509ca/router.pem")
-    (etc / "swanctl/swanctl.conf").write_text(
+    _start_charon(state, node, ns, {"x509ca/router.pem": swanctl / "x509/vpcgen-ra.pem"}, (
         f"connections {{\n ra {{\n  version = 2\n  remote_addrs = {server}\n  vips = 0.0.0.0\n"
         f"  local {{\n   auth = eap-mschapv2\n   eap_id = {user}\n  }}\n  remote {{\n   auth = pubkey\n   id = %any\n  }}\n"
         f"  children {{\n   ra {{\n    remote_ts = {local_ts}\n    start_action = start\n   }}\n  }}\n }}\n}}\n"
-        f"secrets {{\n eap-user {{\n  id = {user}\n  secret = {secret}\n }}\n}}\n")
-    (etc / "swanctl/swanctl.conf").chmod(0o600)
-    _holder(state, node.name, ns, etc, CHARON_START, env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
+        f"secrets {{\n eap-user {{\n  id = {user}\n  secret = {secret}\n }}\n}}\n"))
 
 
 def _start_host(state: State, node: Node, ns: str) -> None:
