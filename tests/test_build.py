@@ -53,6 +53,7 @@ LB = ("haproxy/haproxy.cfg",)
 VPN = ("swanctl/swanctl.conf", "swanctl/vpcgen-secrets.conf", "swanctl/x509/vpcgen-ra.pem",
        "swanctl/private/vpcgen-ra.pem")
 FRR = ("frr/daemons", "frr/frr.conf")
+SUMS = ("vpcgen/secret-sums.json",)  # routers with secret-bearing (0600) files
 
 
 def _layout(routers: dict[str, tuple]) -> list[str]:
@@ -60,10 +61,10 @@ def _layout(routers: dict[str, tuple]) -> list[str]:
 
 
 EXPECTED_LAYOUT = {
-    "example": _layout({"blog-r1": (), "shop-r1": HA + LB + VPN, "shop-r2": HA + LB + VPN,
-                        "left-r1": HA + FRR, "left-r2": HA + FRR, "right-r1": FRR}),
+    "example": _layout({"blog-r1": (), "shop-r1": HA + LB + VPN + SUMS, "shop-r2": HA + LB + VPN + SUMS,
+                        "left-r1": HA + FRR + SUMS, "left-r2": HA + FRR + SUMS, "right-r1": FRR + SUMS}),
     "edge": _layout({"s": (), "router-with-a-name-of-32-chars-1": HA, "router-with-a-name-of-32-chars-2": HA}),
-    "services": _layout({"solo-r1": LB + VPN, "rp-1": HA + FRR, "rp-2": HA + FRR}),
+    "services": _layout({"solo-r1": LB + VPN + SUMS, "rp-1": HA + FRR, "rp-2": HA + FRR}),
 }
 
 
@@ -88,9 +89,14 @@ def test_file_modes_and_manifest(trees):
     assert [s["name"] for s in manifest["services"]] == ["networking", "sysctl", "iptables", "conntrackd", "keepalived",
                                                          "haproxy", "strongswan"]
     import hashlib
+    sums = json.loads((tree / "etc/vpcgen/secret-sums.json").read_text())
+    assert stat.S_IMODE((tree / "etc/vpcgen/secret-sums.json").stat().st_mode) == 0o600
     for entry in manifest["files"]:
         path = tree / entry["path"]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+        # the world-readable manifest never holds the hash of a secret-bearing file (no offline oracle)
+        assert ("sha256" in entry) == (entry["mode"] != "0600") == (entry.get("secret") is None)
+        digest = entry["sha256"] if "sha256" in entry else sums[entry["path"]]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
         assert f"{stat.S_IMODE(path.stat().st_mode):04o}" == entry["mode"]
     assert stat.S_IMODE((tree / "etc/keepalived/notify.sh").stat().st_mode) == 0o755
     for secret_file in ("etc/swanctl/vpcgen-secrets.conf", "etc/swanctl/private/vpcgen-ra.pem",

@@ -6,20 +6,19 @@ text out; every decision (order, addresses, names) is made in the feature module
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Callable
 
 import jinja2
 
-from . import firewall, ha, lb, ospf, vpn
+from . import firewall, ha, lb, ospf, tree, vpn
 from .topology import RouterView
 
-TEXT_MODE, SECRET_MODE, SCRIPT_MODE = 0o644, 0o600, 0o755
+from .tree import GENERATED, MANIFEST, SCRIPT_MODE, SECRET_MODE, SECRET_SUMS, TEXT_MODE, dump_json, \
+    manifest_entries
 
 # services in dependency order: deploy reloads what changed in this order
-SERVICE_ORDER = ("networking", "sysctl", "iptables", "conntrackd", "keepalived", "haproxy", "strongswan", "frr")
+SERVICE_ORDER = tree.SERVICES
 
 SYSCTL = (
     ("net.ipv4.ip_forward", 1),
@@ -47,14 +46,17 @@ SYSCTL = (
 
 @dataclass(frozen=True)
 class Daemon:
-    name: str
+    name: str  # its key in tree.GENERATED, which holds its path in the router's tree
     template: str
-    path: str  # inside the router's tree
     mode: int | Callable[[RouterView], int]
     needed: Callable[[RouterView], bool]
     context: Callable[[RouterView, dict], dict]  # (view, secrets) -> template context
     service: str  # reloaded (deploy) when the file changes
     check: str | None  # key of the checker in vpcgen.check
+
+    @property
+    def path(self) -> str:
+        return GENERATED[self.name]
 
 
 def _always(view: RouterView) -> bool:
@@ -85,32 +87,32 @@ def _ra_secret(field: str, what: str) -> Callable[[RouterView, dict], dict]:
 
 
 DAEMONS = (
-    Daemon("interfaces", "network/interfaces.j2", "etc/network/interfaces.d/vpcgen", TEXT_MODE, _always,
+    Daemon("interfaces", "network/interfaces.j2", TEXT_MODE, _always,
            _interfaces_ctx, "networking", None),
-    Daemon("sysctl", "sysctl/90-vpcgen.conf.j2", "etc/sysctl.d/90-vpcgen.conf", TEXT_MODE, _always,
+    Daemon("sysctl", "sysctl/90-vpcgen.conf.j2", TEXT_MODE, _always,
            lambda v, s: {"sysctl": SYSCTL}, "sysctl", None),
-    Daemon("iptables", "iptables/rules.v4.j2", "etc/iptables/rules.v4", TEXT_MODE, _always,
+    Daemon("iptables", "iptables/rules.v4.j2", TEXT_MODE, _always,
            lambda v, s: {"tables": firewall.build_tables(v)}, "iptables", "iptables"),
-    Daemon("conntrackd", "conntrackd/conntrackd.conf.j2", "etc/conntrackd/conntrackd.conf", TEXT_MODE, _redundant,
+    Daemon("conntrackd", "conntrackd/conntrackd.conf.j2", TEXT_MODE, _redundant,
            lambda v, s: {"ct": ha.conntrackd_context(v)}, "conntrackd", "conntrackd"),
-    Daemon("keepalived", "keepalived/keepalived.conf.j2", "etc/keepalived/keepalived.conf", TEXT_MODE, _redundant,
+    Daemon("keepalived", "keepalived/keepalived.conf.j2", TEXT_MODE, _redundant,
            lambda v, s: {"ka": ha.keepalived(v)}, "keepalived", "keepalived"),
-    Daemon("keepalived-notify", "keepalived/notify.sh.j2", "etc/keepalived/notify.sh", SCRIPT_MODE, _redundant,
+    Daemon("keepalived-notify", "keepalived/notify.sh.j2", SCRIPT_MODE, _redundant,
            lambda v, s: ha.notify_context(v), "keepalived", "notify"),
-    Daemon("haproxy", "haproxy/haproxy.cfg.j2", "etc/haproxy/haproxy.cfg", TEXT_MODE, _has_lb,
+    Daemon("haproxy", "haproxy/haproxy.cfg.j2", TEXT_MODE, _has_lb,
            lambda v, s: {"listeners": lb.listeners(v), "cookie": lb.COOKIE}, "haproxy", "haproxy"),
-    Daemon("swanctl", "swanctl/swanctl.conf.j2", "etc/swanctl/swanctl.conf", TEXT_MODE, vpn.has_vpn,
+    Daemon("swanctl", "swanctl/swanctl.conf.j2", TEXT_MODE, vpn.has_vpn,
            vpn.context, "strongswan", "strongswan"),
-    Daemon("swanctl-secrets", "swanctl/secrets.conf.j2", f"etc/swanctl/{vpn.SECRETS_FILE}", SECRET_MODE, vpn.has_vpn,
+    Daemon("swanctl-secrets", "swanctl/secrets.conf.j2", SECRET_MODE, vpn.has_vpn,
            vpn.context, "strongswan", None),
-    Daemon("ra-cert", "swanctl/pem.j2", f"etc/swanctl/x509/{vpn.RA_CERT}", SECRET_MODE, _has_ra,
+    Daemon("ra-cert", "swanctl/pem.j2", SECRET_MODE, _has_ra,
            _ra_secret("server_cert", "remote-access VPN server certificate"), "strongswan", None),
-    Daemon("ra-key", "swanctl/pem.j2", f"etc/swanctl/private/{vpn.RA_CERT}", SECRET_MODE, _has_ra,
+    Daemon("ra-key", "swanctl/pem.j2", SECRET_MODE, _has_ra,
            _ra_secret("server_key", "remote-access VPN server private key"), "strongswan", None),
-    Daemon("frr", "frr/frr.conf.j2", "etc/frr/frr.conf",
+    Daemon("frr", "frr/frr.conf.j2",
            lambda v: SECRET_MODE if ospf.uses_secret(v) else TEXT_MODE, lambda v: v.routed, ospf.context, "frr",
            "frr"),
-    Daemon("frr-daemons", "frr/daemons.j2", "etc/frr/daemons", TEXT_MODE, lambda v: v.routed,
+    Daemon("frr-daemons", "frr/daemons.j2", TEXT_MODE, lambda v: v.routed,
            lambda v, s: ospf.daemons_context(v), "frr", None),
 )
 
@@ -198,7 +200,7 @@ def environment() -> jinja2.Environment:
 def render_router(env: jinja2.Environment, view: RouterView, secrets: dict[str, str], deployable: bool,
                   site_digest: str) -> dict:
     """path -> (bytes, mode) for one router, manifest included."""
-    files: dict[str, tuple[bytes, int]] = {}
+    files: dict[str, tuple[bytes, int, str]] = {}
     services = set()
     for daemon in DAEMONS:
         if not daemon.needed(view):
@@ -206,9 +208,10 @@ def render_router(env: jinja2.Environment, view: RouterView, secrets: dict[str, 
         context = {"view": view, "paths": router_paths(view), **daemon.context(view, secrets)}
         text = env.get_template(daemon.template).render(context)
         mode = daemon.mode(view) if callable(daemon.mode) else daemon.mode
-        files[daemon.path] = (text.encode("utf-8"), mode)
+        files[daemon.path] = (text.encode("utf-8"), mode, daemon.service)
         services.add(daemon.service)
     commands = reload_commands(view)
+    listed, secret_sums = manifest_entries(files)
     manifest = {
         "_generated": "by vpcgen; do not edit",
         "site": view.site.name,
@@ -217,15 +220,15 @@ def render_router(env: jinja2.Environment, view: RouterView, secrets: dict[str, 
         "mgmt": view.mgmt,
         "deployable": deployable,
         "site_digest": site_digest,
-        "files": [{"path": path, "sha256": hashlib.sha256(data).hexdigest(), "mode": f"{mode:04o}",
-                   "service": next(d.service for d in DAEMONS if d.path == path)}
-                  for path, (data, mode) in sorted(files.items())],
+        "files": listed,
         "services": [{"name": s, "reload": commands[s]} for s in SERVICE_ORDER if s in services],
         "deploy": deploy_settings(view, services),
     }
-    files["etc/vpcgen/manifest.json"] = (to_json(manifest), TEXT_MODE)
-    return files
+    out = {path: (data, mode) for path, (data, mode, _) in files.items()}
+    out[MANIFEST] = (dump_json(manifest), TEXT_MODE)
+    if secret_sums:
+        out[SECRET_SUMS] = (dump_json(secret_sums), SECRET_MODE)
+    return out
 
 
-def to_json(data) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+to_json = dump_json

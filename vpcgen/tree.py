@@ -1,0 +1,230 @@
+"""The built tree's contract: what `vpcgen build` writes and what check, deploy and lab may read.
+
+A built site is ``site.json`` (+ ``known_hosts``) and one folder per router laid out like the
+router's ``/``. Every router folder holds ``etc/vpcgen/manifest.json`` (world-readable: paths, modes,
+services, sha256 of every file that holds no secret) and, when the router has secret-bearing files,
+``etc/vpcgen/secret-sums.json`` (0600: their sha256). The hashes of secret-bearing files never sit in
+a world-readable file: with the rest of such a file known (a placeholder build shows it), a hash
+would let anyone test guesses of a short secret offline.
+
+A built tree is untrusted input (it may come from a pull request's artifact, or be edited after the
+build): ``read_router`` refuses any tree that its manifest does not describe exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import VpcgenError
+
+MANIFEST = "etc/vpcgen/manifest.json"
+SECRET_SUMS = "etc/vpcgen/secret-sums.json"
+SITE_JSON = "site.json"
+KNOWN_HOSTS = "known_hosts"
+
+TEXT_MODE, SECRET_MODE, SCRIPT_MODE = 0o644, 0o600, 0o755
+MODES = {TEXT_MODE, SECRET_MODE, SCRIPT_MODE}
+
+# every file a router tree may hold (manifest and secret sums aside), as vpcgen generates them
+GENERATED = {
+    "interfaces": "etc/network/interfaces.d/vpcgen",
+    "sysctl": "etc/sysctl.d/90-vpcgen.conf",
+    "iptables": "etc/iptables/rules.v4",
+    "conntrackd": "etc/conntrackd/conntrackd.conf",
+    "keepalived": "etc/keepalived/keepalived.conf",
+    "keepalived-notify": "etc/keepalived/notify.sh",
+    "haproxy": "etc/haproxy/haproxy.cfg",
+    "swanctl": "etc/swanctl/swanctl.conf",
+    "swanctl-secrets": "etc/swanctl/vpcgen-secrets.conf",
+    "ra-cert": "etc/swanctl/x509/vpcgen-ra.pem",
+    "ra-key": "etc/swanctl/private/vpcgen-ra.pem",
+    "frr": "etc/frr/frr.conf",
+    "frr-daemons": "etc/frr/daemons",
+}
+SERVICES = ("networking", "sysctl", "iptables", "conntrackd", "keepalived", "haproxy", "strongswan", "frr")
+
+_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_FILE = 64 * 1024 * 1024  # no generated file comes near this; a bigger one is not ours
+
+
+class TreeError(VpcgenError):
+    """A built tree that is missing, broken, or not exactly what its manifest describes."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    mode: int
+    service: str
+    sha256: str
+    secret: bool
+
+
+@dataclass
+class RouterTree:
+    name: str
+    dir: Path
+    manifest: dict
+    manifest_bytes: bytes
+    entries: list[Entry]
+    secret_sums_bytes: bytes | None  # content of SECRET_SUMS, when the router has secret files
+
+    def paths(self) -> list[str]:
+        """Every file deploy ships: the generated files, the manifest and the secret sums."""
+        extra = [MANIFEST] + ([SECRET_SUMS] if self.secret_sums_bytes is not None else [])
+        return [e.path for e in self.entries] + extra
+
+    def mode_of(self, path: str) -> int:
+        if path == SECRET_SUMS:
+            return SECRET_MODE
+        return next((e.mode for e in self.entries if e.path == path), TEXT_MODE)
+
+    def sums(self) -> dict[str, str]:
+        return {e.path: e.sha256 for e in self.entries}
+
+
+def manifest_entries(files: dict[str, tuple[bytes, int, str]]) -> tuple[list[dict], dict[str, str]]:
+    """The manifest's file list and the secret sums for ``path -> (data, mode, service)``."""
+    listed, secret = [], {}
+    for path, (data, mode, service) in sorted(files.items()):
+        digest = hashlib.sha256(data).hexdigest()
+        entry = {"path": path, "mode": f"{mode:04o}", "service": service}
+        if mode == SECRET_MODE:
+            entry["secret"] = True
+            secret[path] = digest
+        else:
+            entry["sha256"] = digest
+        listed.append(entry)
+    return listed, secret
+
+
+def dump_json(data) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _read_json(path: Path, shown: str) -> tuple[object, bytes]:
+    raw = _read_regular(path, shown)
+    try:
+        return json.loads(raw.decode("utf-8")), raw
+    except UnicodeDecodeError:
+        raise TreeError(f"{shown}: not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise TreeError(f"{shown}:{exc.lineno}:{exc.colno}: error: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise TreeError(f"{shown}: nested too deeply") from None
+
+
+def _read_regular(path: Path, shown: str) -> bytes:
+    """A regular file's bytes, never through a symlink and never more than MAX_FILE."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        reason = "is a symlink" if exc.errno == 40 else (exc.strerror or str(exc))
+        raise TreeError(f"{shown}: cannot read: {reason}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TreeError(f"{shown}: not a regular file")
+        if info.st_size > MAX_FILE:
+            raise TreeError(f"{shown}: larger than {MAX_FILE // (1024 * 1024)} MiB: not a generated file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(MAX_FILE + 1)
+    finally:
+        os.close(fd)
+
+
+def _require(ok: bool, shown: str, what: str) -> None:
+    if not ok:
+        raise TreeError(f"{shown}: {what}")
+
+
+def _entries(manifest, secret_sums: dict, shown: str) -> list[Entry]:
+    _require(isinstance(manifest, dict), shown, "the manifest must be a JSON object")
+    files = manifest.get("files")
+    _require(isinstance(files, list), shown, "'files' must be a list")
+    allowed = set(GENERATED.values())
+    out, seen = [], set()
+    for i, f in enumerate(files):
+        where = f"files[{i}]"
+        _require(isinstance(f, dict), shown, f"{where} must be an object")
+        path, mode, service = f.get("path"), f.get("mode"), f.get("service")
+        _require(isinstance(path, str) and path in allowed, shown,
+                 f"{where}: {path!r} is not a file vpcgen generates")
+        _require(path not in seen, shown, f"{where}: {path} is listed twice")
+        seen.add(path)
+        _require(isinstance(mode, str) and mode in {f"{m:04o}" for m in MODES}, shown,
+                 f"{where}: mode {mode!r} is not one vpcgen writes")
+        _require(isinstance(service, str) and service in SERVICES, shown, f"{where}: unknown service {service!r}")
+        secret = f.get("secret", False) is True
+        digest = secret_sums.get(path) if secret else f.get("sha256")
+        _require(isinstance(digest, str) and _HEX64.match(digest) is not None, shown,
+                 f"{where}: no valid sha256 for {path}")
+        _require(secret == (int(mode, 8) == SECRET_MODE), shown, f"{where}: secret files are exactly the 0600 ones")
+        out.append(Entry(path, int(mode, 8), service, digest, secret))
+    for key, kind in (("router", str), ("vpc", str), ("mgmt", str), ("deployable", bool), ("services", list),
+                      ("deploy", dict)):
+        _require(isinstance(manifest.get(key), kind), shown, f"'{key}' is missing or of the wrong type")
+    return out
+
+
+def read_router(router_dir: Path, verify: bool = True) -> RouterTree:
+    """A router's tree, checked against its manifest: only generated paths, only regular files, no
+    symlinks, no file the manifest does not list, and (with ``verify``) every checksum right."""
+    router_dir = Path(router_dir)
+    name = router_dir.name
+    shown = str(router_dir / MANIFEST)
+    if not _NAME.match(name):
+        raise TreeError(f"{router_dir}: not a router name")
+    manifest, raw = _read_json(router_dir / MANIFEST, shown)
+    secret_sums: dict = {}
+    sums_bytes = None
+    if (router_dir / SECRET_SUMS).exists() or os.path.islink(router_dir / SECRET_SUMS):
+        secret_sums, sums_bytes = _read_json(router_dir / SECRET_SUMS, str(router_dir / SECRET_SUMS))
+        _require(isinstance(secret_sums, dict), str(router_dir / SECRET_SUMS), "must be a JSON object")
+    entries = _entries(manifest, secret_sums, shown)
+    _require(manifest.get("router") == name, shown, f"describes router {manifest.get('router')!r}, not {name}")
+    listed = {e.path for e in entries} | {MANIFEST} | ({SECRET_SUMS} if sums_bytes is not None else set())
+    _require(set(secret_sums) == {e.path for e in entries if e.secret}, str(router_dir / SECRET_SUMS),
+             "does not list exactly the manifest's secret files")
+    for dirpath, dirnames, filenames in os.walk(router_dir):
+        for entry in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, entry)
+            rel = os.path.relpath(full, router_dir)
+            if os.path.islink(full):
+                raise TreeError(f"{full}: a symlink in a built tree: refusing it")
+            if entry in filenames and rel not in listed:
+                raise TreeError(f"{full}: not listed in {shown}: refusing a tree its manifest does not describe")
+            if entry in dirnames and not any(p.startswith(rel + "/") for p in listed):
+                raise TreeError(f"{full}: not part of a built router tree: refusing it")
+    if verify:
+        for e in entries:
+            data = _read_regular(router_dir / e.path, str(router_dir / e.path))
+            if hashlib.sha256(data).hexdigest() != e.sha256:
+                raise TreeError(f"{router_dir / e.path} does not match its manifest: the tree was changed after "
+                                "the build; build it again")
+    return RouterTree(name, router_dir, manifest, raw, entries, sums_bytes)
+
+
+def router_dirs(tree_dir: Path) -> dict[str, Path]:
+    """Router name -> folder of a built site (every folder holding a manifest)."""
+    tree_dir = Path(tree_dir)
+    if not (tree_dir / SITE_JSON).is_file():
+        raise TreeError(f"{tree_dir}: not a built site (run `vpcgen build` first)")
+    found = {p.name: p for p in sorted(tree_dir.iterdir())
+             if p.is_dir() and not p.is_symlink() and (p / MANIFEST).exists()}
+    if not found:
+        raise TreeError(f"{tree_dir}: no router trees found (expected <router>/{MANIFEST})")
+    return found
+
+
+def read_site_json(tree_dir: Path) -> dict:
+    data, _ = _read_json(Path(tree_dir) / SITE_JSON, str(Path(tree_dir) / SITE_JSON))
+    _require(isinstance(data, dict), str(Path(tree_dir) / SITE_JSON), "must be a JSON object")
+    return data
