@@ -192,7 +192,8 @@ def test_schema_command_and_pre_commit_hook(tmp_path):
     assert code == 0 and json.loads(out)["$id"] == "https://vpcgen.dev/schemas/v1/vpc.schema.json"
     code, out, _ = run_cli("schema", "--output", tmp_path / "s")
     assert code == 0 and sorted(p.name for p in (tmp_path / "s").iterdir()) == [
-        "acl.schema.json", "defs.schema.json", "site.schema.json", "vpc.schema.json", "zone.schema.json"]
+        "acl.schema.json", "defs.schema.json", "lock.schema.json", "site.schema.json", "vpc.schema.json",
+        "zone.schema.json"]
     assert run_cli("schema", "nope")[0] == 2
     hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     hook = next(h for h in hooks if h["id"] == "vpcgen-validate")

@@ -20,10 +20,10 @@ from .intent import Site, build_intent
 from .loader import LOCK_FILE, SiteFiles, load_site
 from .schema import validate_document
 from .secrets import resolve
+from .tree import KNOWN_HOSTS
 from .topology import router_views, site_json
-from .write import promote_tree, write_file_atomic
+from .write import StagedFile, check_output_target, promote_tree
 
-KNOWN_HOSTS = "known_hosts"
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def validate_site(site_dir) -> Validated:
 
 def _validate_site(site_dir) -> Validated:
     files, problems = load_site(site_dir)
-    for doc in files.documents():
+    for doc in files.documents() + ([files.lock] if files.lock else []):
         problems += validate_document(doc)
     _raise_if(problems + verify.check_files(files))
     site = build_intent(files)
@@ -114,9 +114,8 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     digest = hashlib.sha256(site_bytes).hexdigest()
     env = render.environment()
     tree: dict[str, tuple[bytes, int]] = {"site.json": (site_bytes, render.TEXT_MODE)}
-    known_hosts = v.files.root / KNOWN_HOSTS
-    if known_hosts.is_file():  # deploy checks host keys against it: the built tree carries it along
-        tree[KNOWN_HOSTS] = (known_hosts.read_bytes(), render.TEXT_MODE)
+    if v.files.known_hosts is not None:  # deploy checks host keys against it: the tree carries it along
+        tree[KNOWN_HOSTS] = (v.files.known_hosts.encode("utf-8"), render.TEXT_MODE)
     for view in views:
         for path, entry in render.render_router(env, view, secrets, not options.placeholder_secrets, digest).items():
             tree[f"{view.name}/{path}"] = entry
@@ -127,8 +126,18 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
 def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:
     """Promote the tree into OUTPUT/<site>/ and record the lock; the old tree stays until then."""
     target = Path(options.output) / result.site
-    promote_tree(result.tree, target)
-    if result.lock_changed:
-        write_file_atomic(Path(site_dir) / LOCK_FILE, result.lock_text.encode("utf-8"), 0o644)
+    check_output_target(target, Path(site_dir))
+    # the lock is written (and flushed) first, beside its place: a site folder that cannot take it
+    # fails the build before the output changes; it is renamed into place right after the promote
+    lock = StagedFile(Path(site_dir) / LOCK_FILE, result.lock_text.encode("utf-8"), 0o644) \
+        if result.lock_changed else None
+    try:
+        promote_tree(result.tree, target)
+    except BaseException:
+        if lock is not None:
+            lock.discard()
+        raise
+    if lock is not None:
+        lock.commit()
     result.output_dir = target
     return result

@@ -230,7 +230,7 @@ def graph(
 
 @app.command()
 def schema(
-    kind: Optional[str] = typer.Argument(None, help="site, zone, vpc, acl or defs."),
+    kind: Optional[str] = typer.Argument(None, help="site, zone, vpc, acl, lock or defs."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every schema into this folder."),
 ) -> None:
     """Print a JSON Schema of the site files (Draft 2020-12), or write them all for editors."""

@@ -8,6 +8,7 @@ while every value's and key's position is recorded under its JSON path.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,44 +77,119 @@ class SiteFiles:
 
 _constructor = yaml.constructor.SafeConstructor()
 
+_STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+# the only value types a site document has (no schema takes a fraction, a date, a set or bytes)
+_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "bool", "null", "float")}
 
-_STR = "tag:yaml.org,2002:str"
+# Bounds that hold whatever the input: a site file is small text, so anything far beyond these is
+# an attack (or an accident) that must end in a located error, not in memory or time exhaustion.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 32  # the deepest site document nests 8 levels
+MAX_ALIAS_VALUES = 100_000  # values an alias may add by repeating a subtree ("billion laughs")
+MAX_SCALAR = 16 * 1024  # characters of one value; free text is at most 256
+MAX_INT_DIGITS = 20
+# characters that have no place in any value: a trailing newline would pass a `$`-anchored pattern
+# and reach a generated file (a router name inside a shell script's comment, a folder name)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class _Bound(Exception):
+    def __init__(self, node, message: str, code: str):
+        self.node, self.message, self.code = node, message, code
 
 
 class _Converter:
+    """Node tree -> plain values, with every bound of the input enforced as it goes."""
+
     def __init__(self, doc: Document):
         self.doc = doc
         self.problems: list[Diagnostic] = []
+        self.sizes: dict[int, int] = {}  # id(collection node) -> values it holds, once converted
+        self.open: set[int] = set()  # collection nodes being converted (an alias to one is a cycle)
+        self.values = 0  # values converted so far
+        self.alias_values = 0
 
-    def convert(self, node):
+    def run(self, node):
+        try:
+            return self.convert(node, 0)
+        except _Bound as exc:
+            self._problem(exc.node, exc.message, exc.code)
+            return None
+
+    def convert(self, node, depth: int):
+        self.values += 1
         if isinstance(node, yaml.ScalarNode):
-            if node.tag == _STR:  # the common case, without the constructor's overhead
-                return node.value
-            if node.tag.startswith("tag:yaml.org,2002:") and node.tag != "tag:yaml.org,2002:merge":
-                try:
-                    return _scalar(node)
-                except yaml.YAMLError as exc:
-                    self._problem(node, f"invalid value: {exc}", "yaml-value")
-                    return None
+            return self.scalar(node)
+        if depth >= MAX_DEPTH:
+            raise _Bound(node, f"nested deeper than {MAX_DEPTH} levels", "yaml-too-deep")
+        key = id(node)
+        if key in self.open:
+            raise _Bound(node, "an alias refers to a collection that contains it (recursive alias)",
+                         "yaml-recursive-alias")
+        if key in self.sizes:  # converted before: this is an alias repeating it
+            self.alias_values += self.sizes[key]
+            if self.alias_values > MAX_ALIAS_VALUES:
+                raise _Bound(node, f"aliases expand to more than {MAX_ALIAS_VALUES} values", "yaml-alias-bomb")
+        if node.tag not in (_SEQ, _MAP):  # !!set, !!omap, !!pairs, local tags
+            raise _Bound(node, f"unsupported YAML tag {node.tag}", "yaml-tag")
+        self.open.add(key)
+        start = self.values
+        if isinstance(node, yaml.SequenceNode):
+            result = [self.convert(item, depth + 1) for item in node.value]
+        else:
+            result = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self._problem(key_node, "mapping keys must be plain strings", "yaml-key")
+                    continue
+                name = key_node.value  # keys are names: `80:` is the string "80"
+                if _CONTROL.search(name) or len(name) > MAX_SCALAR:
+                    self._problem(key_node, f"key {_shown(name)} holds a control character or is too long",
+                                  "yaml-control-character")
+                    continue
+                if name in result:
+                    self._problem(key_node, f"duplicate key '{name}'", "yaml-duplicate-key")
+                    continue
+                result[name] = self.convert(value_node, depth + 1)
+        self.open.discard(key)
+        self.sizes.setdefault(key, self.values - start)  # what repeating it costs, nested aliases included
+        return result
+
+    def scalar(self, node):
+        value = node.value
+        if len(value) > MAX_SCALAR:
+            raise _Bound(node, f"value longer than {MAX_SCALAR} characters", "yaml-too-long")
+        if _CONTROL.search(value):
+            where = _CONTROL.search(value)
+            self._problem(node, f"{_shown(value)} holds a control character ({value[where.start()]!r}); values are "
+                          "single lines of printable text", "yaml-control-character")
+            return None
+        if node.tag == _STR:  # the common case, without the constructor's overhead
+            return value
+        if node.tag not in _TAGS:
             self._problem(node, f"unsupported YAML tag {node.tag}", "yaml-tag")
             return None
-        if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item) for item in node.value]
-        result = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                self._problem(key_node, "mapping keys must be plain strings", "yaml-key")
-                continue
-            key = key_node.value  # keys are names: `80:` is the string "80"
-            if key in result:
-                self._problem(key_node, f"duplicate key '{key}'", "yaml-duplicate-key")
-                continue
-            result[key] = self.convert(value_node)
+        if node.tag.endswith(":int") and len(value.lstrip("+-").replace("_", "")) > MAX_INT_DIGITS:
+            self._problem(node, f"number {_shown(value)} is too large", "yaml-value")
+            return None
+        try:
+            result = _scalar(node)
+        except Exception:  # any constructor failure (`!!int dc1`) is the input's fault
+            self._problem(node, f"{_shown(value)} is not a valid {node.tag.rsplit(':', 1)[1]}", "yaml-value")
+            return None
+        if isinstance(result, float):  # no field takes a fraction; 17.0 must not pass as 17
+            self._problem(node, f"{_shown(value)} is not a whole number", "yaml-float")
+            return None
         return result
 
     def _problem(self, node, message: str, code: str) -> None:
         mark = node.start_mark
         self.problems.append(Diagnostic(Location(self.doc.file, mark.line + 1, mark.column + 1), message, code))
+
+
+def _shown(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _scalar(node):
@@ -123,9 +199,16 @@ def _scalar(node):
     return constructor(_constructor, node)
 
 
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
 def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Diagnostic]]:
     """Parse one file's bytes into a Document; problems are returned, never raised."""
     doc = Document(kind=kind, file=file, data=None)
+    if len(text) > MAX_FILE_BYTES:
+        return doc, [Diagnostic(Location(file, 1, 1), f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB",
+                                "file-too-large")]
     try:
         decoded = text.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -145,8 +228,14 @@ def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Di
             message = f"{exc.context}{started}: {message}"
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
         return doc, [Diagnostic(loc, f"invalid YAML: {message}", "yaml-syntax")]
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
+        line, column = _line_col(decoded, exc.position) if isinstance(exc.position, int) else (1, 1)
+        return doc, [Diagnostic(Location(file, line, column), f"invalid YAML: character {exc.character!r} is not "
+                                "allowed", "yaml-syntax")]
     except yaml.YAMLError as exc:
-        return doc, [Diagnostic(Location(file), f"invalid YAML: {exc}", "yaml-syntax")]
+        return doc, [Diagnostic(Location(file, 1, 1), f"invalid YAML: {exc}", "yaml-syntax")]
+    except RecursionError:  # a parser without its own nesting limit
+        return doc, [Diagnostic(Location(file, 1, 1), "invalid YAML: nested too deeply", "yaml-too-deep")]
     nodes = [n for n in nodes if n is not None]
     if not nodes:
         return doc, [Diagnostic(Location(file, 1, 1), "file is empty: it must hold one document", "empty-file")]
@@ -156,8 +245,23 @@ def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Di
                                 "file holds more than one YAML document", "multiple-documents")]
     converter = _Converter(doc)
     doc.node = nodes[0]
-    doc.data = converter.convert(nodes[0])
+    doc.data = converter.run(nodes[0])
     return doc, converter.problems
+
+
+def read_inside(root: Path, path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file of the site, never through a symlink that leads outside the site folder (a pull
+    request could point one at the CI runner's credentials), and never more than ``limit`` bytes."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise OSError(f"{path.name} is a symlink that leads outside the site folder: refusing to read it")
+    if not real.is_file():
+        raise OSError(f"{path.name} is not a regular file")
+    with open(real, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(f"larger than {limit // (1024 * 1024)} MiB")
+    return data
 
 
 def display_path(path: Path, root_arg: Path, root: Path) -> str:
@@ -176,9 +280,9 @@ def load_site(site_dir: str | os.PathLike) -> tuple[SiteFiles, list[Diagnostic]]
     def read(path: Path, kind: str) -> Document | None:
         shown = display_path(path, root_arg, root)
         try:
-            raw = path.read_bytes()
+            raw = read_inside(root, path)
         except OSError as exc:
-            problems.append(Diagnostic(Location(shown), f"cannot read: {exc.strerror}", "unreadable"))
+            problems.append(Diagnostic(Location(shown), f"cannot read: {exc.strerror or exc}", "unreadable"))
             return None
         doc, found = parse_document(raw, shown, kind)
         problems.extend(found)
@@ -200,7 +304,10 @@ def load_site(site_dir: str | os.PathLike) -> tuple[SiteFiles, list[Diagnostic]]
     for folder, kind in sorted(KIND_DIRS.items()):
         docs: list[Document] = []
         directory = root / folder
-        if directory.is_dir():
+        if directory.exists() and not directory.is_dir():
+            problems.append(Diagnostic(Location(display_path(directory, root_arg, root)),
+                                       f"{folder} must be a folder of *.yaml files", "bad-file-name"))
+        elif directory.is_dir():
             for path in sorted(directory.iterdir()):
                 if path.name.startswith("."):
                     continue
@@ -219,8 +326,14 @@ def load_site(site_dir: str | os.PathLike) -> tuple[SiteFiles, list[Diagnostic]]
     if lock_path.is_file():
         lock = read(lock_path, "lock")
     known_hosts = None
-    if (root / "known_hosts").is_file():
-        known_hosts = (root / "known_hosts").read_text(encoding="utf-8", errors="replace")
+    if (root / "known_hosts").is_file() or (root / "known_hosts").is_symlink():
+        shown = display_path(root / "known_hosts", root_arg, root)
+        try:
+            known_hosts = read_inside(root, root / "known_hosts").decode("utf-8")
+        except OSError as exc:
+            problems.append(Diagnostic(Location(shown), f"cannot read: {exc.strerror or exc}", "unreadable"))
+        except UnicodeDecodeError:
+            problems.append(Diagnostic(Location(shown), "file is not valid UTF-8", "not-utf8"))
 
     files = SiteFiles(root=root, site=site, zones=kinds["zone"], vpcs=kinds["vpc"], acls=kinds["acl"],
                       lock=lock, known_hosts=known_hosts)

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from .errors import Diagnostic
 from .loader import Document
 
-KINDS = ("site", "zone", "vpc", "acl")
+KINDS = ("site", "zone", "vpc", "acl", "lock")  # lock: allocations.lock.yaml, untrusted like the rest
 
 
 def schema_text(kind: str) -> str:
@@ -32,6 +32,8 @@ def _inline(node, defs: dict):
             name = ref.split("#/$defs/", 1)[1]
             target = _inline(copy.deepcopy(defs[name]), defs)
             rest = {k: _inline(v, defs) for k, v in node.items() if k != "$ref"}
+            if "pattern" in target and "description" in target:  # what a value must look like, for errors
+                rest["x-pattern-hint"] = target["description"]
             return {**target, **rest}
         return {k: _inline(v, defs) for k, v in node.items()}
     if isinstance(node, list):
@@ -60,9 +62,13 @@ def validate_document(doc: Document) -> list[Diagnostic]:
     try:
         fast(doc.data)
         return []
-    except fastjsonschema.JsonSchemaException:
-        pass
-    return [_diagnostic(doc, error) for error in exact.iter_errors(doc.data)]
+    except fastjsonschema.JsonSchemaException as exc:
+        rejected = exc
+    found = [_diagnostic(doc, error) for error in exact.iter_errors(doc.data)]
+    if not found:  # the two validators disagree: the document is still refused, never passed
+        path = tuple(int(p) if p.isdigit() else p for p in (getattr(rejected, "path", None) or [])[1:])
+        found = [Diagnostic(doc.loc(path), f"{_describe(path)}: {rejected.message}", "schema-rejected")]
+    return found
 
 
 def _describe(path) -> str:
@@ -124,7 +130,7 @@ def _diagnostic(doc: Document, error) -> Diagnostic:
 
 
 def _pattern_hint(schema: dict) -> str:
-    return schema.get("description") or f"expected to match {schema['pattern']}"
+    return schema.get("x-pattern-hint") or schema.get("description") or f"expected to match {schema['pattern']}"
 
 
 def _article(word: str) -> str:

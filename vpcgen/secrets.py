@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import Diagnostic
 from .intent import Site, Src
+from .loader import read_inside
 
 PLACEHOLDER = "vpcgen-placeholder-not-a-secret"
 
@@ -40,6 +41,18 @@ KINDS = {
             lambda v: any(_is_pem(v, f"{k}PRIVATE KEY") for k in ("", "RSA ", "EC ")),
             "a PEM private key (-----BEGIN PRIVATE KEY-----)"),
 }
+
+
+MAX_SECRET = 1024 * 1024
+
+
+def _is_text(value: str) -> bool:
+    """UTF-8 text (a file's undecodable bytes and the environment's arrive as surrogates)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def env_name(name: str) -> str:
@@ -75,13 +88,22 @@ def resolve(site: Site, site_root: Path, environ: dict, placeholder: bool) -> tu
             value = values[name] = make_placeholder()
         elif env_name(name) in environ:
             value = values[name] = environ[env_name(name)]
-        elif (site_root / "secrets" / name).is_file():
-            value = values[name] = (site_root / "secrets" / name).read_text(encoding="utf-8").rstrip("\n")
+        elif (site_root / "secrets" / name).is_file() or (site_root / "secrets" / name).is_symlink():
+            try:
+                raw = read_inside(site_root, site_root / "secrets" / name, MAX_SECRET)
+            except OSError as exc:
+                problems.append(Diagnostic(src.loc(), f"secret '{name}': cannot read secrets/{name}: "
+                                           f"{exc.strerror or exc}", "bad-secret"))
+                continue
+            value = values[name] = raw.decode("utf-8", "surrogateescape").rstrip("\n")
         else:
             problems.append(Diagnostic(src.loc(), f"secret '{name}' is missing: set {env_name(name)} or create "
                                        f"secrets/{name} (or build with --placeholder-secrets)", "missing-secret"))
             continue
-        if not valid(value):
+        if not _is_text(value):
+            problems.append(Diagnostic(src.loc(), f"secret '{name}' must be UTF-8 text (value not shown)",
+                                       "bad-secret"))
+        elif not valid(value):
             problems.append(Diagnostic(src.loc(), f"secret '{name}' must be {shape} (value not shown)",
                                        "bad-secret"))
     return values, problems
