@@ -202,3 +202,33 @@ def test_schema_command_and_pre_commit_hook(tmp_path):
     files = [EXAMPLE / "vpcs/shop.yaml", EXAMPLE / "acls/web.yaml"]
     code, out, _ = run_cli("validate", *files)
     assert code == 0 and out.count("valid (") == 1
+
+
+def test_diff_never_hides_config_behind_a_secret_nor_reveals_a_short_one(repo, monkeypatch):
+    """A secret equal to config text must not mask that text; a one-letter OSPF key must not show
+    through the redaction's context (the old search-and-replace did both)."""
+    site = repo / "sites/example"
+    (site / "secrets/hq-psk").write_text("10.10.0.0/24")
+    (site / "secrets/ospf-zone1").write_text("k")
+    commit = ["-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qam"]
+    git(repo, *commit, "secrets")
+    acl = site / "acls/db.yaml"
+    acl.write_text(acl.read_text().replace("cidrs: [10.10.0.0/24]", "cidrs: [0.0.0.0/0]"))
+    zone = site / "zones/zone1.yaml"
+    zone.write_text(zone.read_text().replace("hello_interval_s: 10", "hello_interval_s: 5")
+                    .replace("dead_interval_s: 40", "dead_interval_s: 20"))
+    git(repo, *commit, "open db, faster hellos")
+    monkeypatch.chdir(repo)
+    code, text, err = run_cli("diff", "sites/example", "--base", "HEAD~1")
+    assert code == 0, text + err
+    assert re.search(r"^--A ACL_INBOUND_\S+ -s 10\.10\.0\.0/24 -p tcp -m tcp --dport 5432 ", text, re.M), text
+    assert re.search(r"^\+-A ACL_INBOUND_\S+ -p tcp -m tcp --dport 5432 ", text, re.M), text
+    assert "+ ip ospf hello-interval 5" in text
+    # only a secret's own place is redacted, never text around it that happens to contain it
+    assert "md5 k" not in text and "<redacted>" not in text.replace("md5 <redacted>", "")
+    assert "a secret value changed" not in text
+    # what a reviewer sees of a secret-bearing file differs from it in the secret's place only
+    from vpcgen.api import BuildOptions, build_site
+    built = build_site(site, BuildOptions(redacted_view=True, environ={}))
+    real = built.tree["left-r1/etc/frr/frr.conf"][0].decode()
+    assert built.redacted["left-r1/etc/frr/frr.conf"].decode() == real.replace("md5 k\n", "md5 <redacted>\n")

@@ -19,8 +19,8 @@ from .errors import Diagnostic, DiagnosticsError
 from .intent import Site, build_intent
 from .loader import LOCK_FILE, SiteFiles, load_site
 from .schema import validate_document
-from .secrets import resolve
-from .tree import KNOWN_HOSTS
+from .secrets import REDACTED, resolve
+from .tree import KNOWN_HOSTS, SECRET_SUMS
 from .topology import router_views, site_json
 from .write import StagedFile, check_output_target, promote_tree
 
@@ -31,6 +31,7 @@ class BuildOptions:
     output: Path = Path("output")
     locked: bool = False
     placeholder_secrets: bool = False
+    redacted_view: bool = False  # also render the secret-bearing files with every secret as <redacted>
     environ: dict = field(default_factory=lambda: dict(os.environ), compare=False)
 
 
@@ -50,7 +51,9 @@ class BuildResult:
     routers: list[str]
     output_dir: Path | None = None
     intent: Site | None = field(default=None, repr=False)
-    secret_values: tuple[str, ...] = field(default=(), repr=False)  # for redaction (diff), never written
+    # secret-bearing files rendered with every secret value as <redacted> (redacted_view): what a
+    # person may see of them; never written
+    redacted: dict = field(default_factory=dict, repr=False)
 
 
 @contextmanager
@@ -116,11 +119,17 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     tree: dict[str, tuple[bytes, int]] = {"site.json": (site_bytes, render.TEXT_MODE)}
     if v.files.known_hosts is not None:  # deploy checks host keys against it: the tree carries it along
         tree[KNOWN_HOSTS] = (v.files.known_hosts.encode("utf-8"), render.TEXT_MODE)
+    redacted: dict[str, bytes] = {}
+    markers = {name: REDACTED for name in secrets}
     for view in views:
         for path, entry in render.render_router(env, view, secrets, not options.placeholder_secrets, digest).items():
             tree[f"{view.name}/{path}"] = entry
+        if options.redacted_view and secrets:
+            for path, (data, mode) in render.render_router(env, view, markers, False, digest).items():
+                if mode == render.SECRET_MODE and path != SECRET_SUMS:
+                    redacted[f"{view.name}/{path}"] = data
     return BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views], intent=site,
-                       secret_values=tuple(secrets.values()))
+                       redacted=redacted)
 
 
 def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:

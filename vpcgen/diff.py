@@ -2,8 +2,8 @@
 
 The base revision is read with `git archive` (the working tree is never touched) and built in a
 temporary folder; the working tree is built in memory. Both builds are compared per router
-file, the intents are compared object by object, the lock files key by key. Every secret value
-(and its base64 form) is replaced by <redacted> before anything is compared or shown.
+file, the intents are compared object by object, the lock files key by key. Secret-bearing files
+are shown as rendered with every secret value as <redacted>; their real contents are only compared.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import yaml
 from .api import BuildOptions, BuildResult, build_site
 from .errors import DiagnosticsError, VpcgenError
 from .intent import Site
-from .vpn import encode
-
-REDACTED = "<redacted>"
+from .secrets import REDACTED
+from .tree import MANIFEST, SECRET_SUMS
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters
 
 
@@ -77,7 +76,7 @@ def extract_base(site_dir: Path, ref: str, into: Path) -> Path | None:
 
 
 def _build(site_dir: Path, environ: dict, placeholder: bool) -> BuildResult:
-    return build_site(site_dir, BuildOptions(placeholder_secrets=placeholder, environ=environ))
+    return build_site(site_dir, BuildOptions(placeholder_secrets=placeholder, environ=environ, redacted_view=True))
 
 
 def diff_site(site_dir, base_ref: str, environ: dict | None = None) -> Report:
@@ -88,7 +87,7 @@ def diff_site(site_dir, base_ref: str, environ: dict | None = None) -> Report:
         if base_dir is not None and (site_dir / "secrets").is_dir() and not (base_dir / "secrets").exists():
             # secrets are not committed: the base is built with today's values, so only what the
             # change itself does to a secret shows up
-            shutil.copytree(site_dir / "secrets", base_dir / "secrets")
+            shutil.copytree(site_dir / "secrets", base_dir / "secrets", symlinks=True)
         placeholder = False
         try:
             head = _build(site_dir, environ, False)
@@ -110,43 +109,29 @@ def diff_site(site_dir, base_ref: str, environ: dict | None = None) -> Report:
     if placeholder:
         report.notes.append("some secrets are not available here: both revisions were built with placeholder "
                             "secrets, so changes of secret values cannot show")
+    elif base is not None:
+        report.notes.append("secret values are not in git: both revisions were built with today's secrets, so a "
+                            "rotated secret does not show here (`vpcgen deploy --dry-run` shows it per router)")
     if base is None:
         report.notes.append(f"the site does not exist at '{base_ref}': everything is new")
-    secrets = set(head.secret_values) | set(base.secret_values if base else ())
     report.intent = intent_changes(base.intent if base else None, head.intent)
     report.allocations = lock_changes(base.lock_text if base else "", head.lock_text)
-    _router_changes(report, base.tree if base else {}, head.tree, secrets)
+    _router_changes(report, base.tree if base else {}, head.tree, base.redacted if base else {}, head.redacted)
     return report
 
 
 # --- secrets ---------------------------------------------------------------------------------
 
-def redact(text: str, secrets: set[str]) -> str:
-    """Every secret value, in clear or in swanctl's base64 form, replaced by <redacted>."""
-    forms = set()
-    for value in secrets:
-        if value:
-            forms.add(value)
-            forms.add(value.strip())
-            forms.add(encode(value))
-    for form in sorted((f for f in forms if f), key=len, reverse=True):
-        text = text.replace(form, REDACTED)
-    return text
-
-
-def _is_secret_file(path: str, data: bytes) -> bool:
-    return b"-----BEGIN" in data and ("/private/" in path or "/x509/" in path)
-
-
-def _text(path: str, data: bytes, secrets: set[str]) -> str:
-    if _is_secret_file(path, data):
-        return REDACTED + "\n"
-    return redact(data.decode("utf-8", "replace"), secrets)
+def _text(path: str, data: bytes, redacted: dict) -> str:
+    """What a reviewer may see of a file: a secret-bearing one as rendered with every secret value
+    as <redacted> (no search-and-replace of values, which could hide config text equal to a secret
+    or reveal a short one by its context); any other file holds no secret and is shown as is."""
+    return redacted.get(path, data).decode("utf-8", "replace")
 
 
 # --- routers ---------------------------------------------------------------------------------
 
-def _router_changes(report: Report, base: dict, head: dict, secrets: set[str]) -> None:
+def _router_changes(report: Report, base: dict, head: dict, base_redacted: dict, head_redacted: dict) -> None:
     def by_router(tree: dict) -> dict[str, dict]:
         out: dict[str, dict] = {}
         for path, (data, _mode) in tree.items():
@@ -160,13 +145,13 @@ def _router_changes(report: Report, base: dict, head: dict, secrets: set[str]) -
         old, new = before.get(router, {}), after.get(router, {})
         changes = []
         for rel in sorted(set(old) | set(new)):
-            if rel == "etc/vpcgen/manifest.json":
+            if rel in (MANIFEST, SECRET_SUMS):
                 continue  # hashes of the other files: their own diffs say it better
             a, b = old.get(rel), new.get(rel)
             if a == b:
                 continue
-            ta = _text(rel, a, secrets) if a is not None else ""
-            tb = _text(rel, b, secrets) if b is not None else ""
+            ta = _text(f"{router}/{rel}", a, base_redacted) if a is not None else ""
+            tb = _text(f"{router}/{rel}", b, head_redacted) if b is not None else ""
             kind = "added" if a is None else "removed" if b is None else "changed"
             if kind == "changed" and ta == tb:
                 changes.append(FileChange(rel, "secret", f"a secret value changed ({REDACTED})"))

@@ -17,6 +17,7 @@ from .intent import Site, Src
 from .loader import read_inside
 
 PLACEHOLDER = "vpcgen-placeholder-not-a-secret"
+REDACTED = "<redacted>"  # what a view for people (diff) shows in place of every secret value
 
 # kind -> (placeholder value, check of a real value, what the value must be)
 _OSPF_KEY = re.compile(r"[!-~]{1,16}")  # FRR message-digest keys: one word of at most 16 characters

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
+from .secrets import REDACTED
 from .topology import RouterView
 
 SECRETS_FILE = "vpcgen-secrets.conf"  # next to swanctl.conf, mode 0600
@@ -48,6 +49,8 @@ class RemoteAccessConn:
 
 
 def encode(value: str) -> str:
+    if value == REDACTED:  # the diff's view of a secret file: the marker itself, readable
+        return value
     return "0s" + base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
