@@ -162,6 +162,8 @@ def test_init_scaffolds_a_repository_that_builds(tmp_path, monkeypatch):
             for step in job["steps"]:
                 if "uses" in step:  # every action pinned to a full commit
                     assert re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
+                if step.get("uses", "").startswith("actions/checkout@"):  # no token left for later steps
+                    assert step["with"]["persist-credentials"] is False
         used |= set(vpcgen_commands(data))
     assert used == {"validate", "build", "check", "diff", "deploy"} and used <= COMMANDS
     result = actionlint(*workflows)
@@ -175,6 +177,10 @@ def test_init_scaffolds_a_repository_that_builds(tmp_path, monkeypatch):
     # a second init refuses to overwrite the site
     code, _, err = run_cli("init", "sites/prod")
     assert code == 1 and "not empty" in err
+    # a folder name that is no site name would break the workflows it is written into
+    for bad in ("Prod", "prod$(id)", "p_q", "-p"):
+        code, _, err = run_cli("init", f"sites/{bad}")
+        assert code == 1 and "site name" in err and not (tmp_path / "sites" / bad).exists()
 
 
 def test_project_workflow_runs_the_readme_test_command():

@@ -8,6 +8,7 @@ The site goes to SITE_DIR; the repository files (workflows, pre-commit, editor s
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import jinja2
@@ -17,6 +18,7 @@ from .errors import VpcgenError
 from .schema import KINDS, schema_text
 
 SCHEMAS = ".vpcgen/schemas"
+SITE_NAME = re.compile(r"^([a-z]|[a-z][a-z0-9-]{0,30}[a-z0-9])\Z")
 
 # template -> path (site files relative to the site folder, repository files to its root)
 SITE_FILES = {
@@ -52,6 +54,9 @@ def repository_root(site_dir: Path) -> Path:
 def scaffold(site_dir) -> list[str]:
     site_dir = Path(site_dir)
     name = site_dir.name
+    if not SITE_NAME.match(name):  # it is written into workflow files and shell lines as is
+        raise VpcgenError(f"{site_dir}: a site folder's name is a site name: a single letter, or lower-case "
+                          "letters, digits and '-', starting with a letter, at most 32 characters")
     if site_dir.exists() and any(site_dir.iterdir()):
         raise VpcgenError(f"{site_dir} exists and is not empty: vpcgen init only creates new sites")
     root = repository_root(site_dir)

@@ -372,9 +372,19 @@ def _check_private_gateways(c: Checker, site: Site, vpc: Vpc) -> None:
         if g.acl not in site.acls:
             c.err(g.src, ("acl",), f"ACL list '{g.acl}' does not exist", "unknown-acl")
         network = str(addr.net(g.address).cidr)
-        if not addr.in_net(g.gateway, network) or g.gateway == g.address.split("/")[0]:
+        # a /31 (RFC 3021) has no network or broadcast address
+        low, high = addr.usable(network) if addr.net(network).prefixlen <= 30 else (addr.net(network).first,
+                                                                                   addr.net(network).last)
+        own = g.address.split("/")[0]
+        if not low <= int(addr.ip(own)) <= high:
+            c.err(g.src, ("address",), f"{own} is not a usable host address of {network} (network or broadcast "
+                  "address)", "address-not-usable")
+        if not addr.in_net(g.gateway, network) or g.gateway == own:
             c.err(g.src, ("gateway",), f"gateway {g.gateway} must be another address in {network}",
                   "gateway-outside")
+        elif not low <= int(addr.ip(g.gateway)) <= high:
+            c.err(g.src, ("gateway",), f"gateway {g.gateway} is not a usable host address of {network} (network "
+                  "or broadcast address)", "address-not-usable")
         if vpc.cidr and addr.is_canonical(vpc.cidr) and addr.overlaps(network, vpc.cidr):
             c.err(g.src, ("address",), f"private gateway network {network} overlaps the VPC cidr {vpc.cidr}",
                   "cidr-overlap")
