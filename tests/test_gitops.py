@@ -238,3 +238,14 @@ def test_diff_never_hides_config_behind_a_secret_nor_reveals_a_short_one(repo, m
     built = build_site(site, BuildOptions(redacted_view=True, environ={}))
     real = built.tree["left-r1/etc/frr/frr.conf"][0].decode()
     assert built.redacted["left-r1/etc/frr/frr.conf"].decode() == real.replace("md5 k\n", "md5 <redacted>\n")
+
+
+def test_version_from_the_command_and_the_module():
+    import subprocess
+    import sys
+
+    import vpcgen
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.strip() == f"vpcgen {vpcgen.__version__}"
+    module = subprocess.run([sys.executable, "-m", "vpcgen", "--version"], capture_output=True, text=True)
+    assert module.returncode == 0 and module.stdout.strip() == f"vpcgen {vpcgen.__version__}"

@@ -51,11 +51,16 @@ def _run(fn):
         _fail([f"error: internal error: {type(exc).__name__}: {exc} (please report this as a vpcgen bug)"])
 
 
-@app.callback()
-def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         typer.echo(f"vpcgen {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                      callback=_print_version)) -> None:
+    """Compile a YAML repository of VPCs into checked, deployable router configuration trees."""
 
 
 def _site_of(path: Path) -> Path:
