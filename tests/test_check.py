@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLE, FIXTURE_SITES, copy_site, run_cli
+from vpcgen import check, lab, netns
 from vpcgen.check import CHECK_FILES
+from vpcgen.tree import MANIFEST, SECRET_SUMS, TreeError, dump_json
 
 
-def netns_list() -> set[str]:
-    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+def netns_list(prefix: str = f"vpcgen-chk-{os.getpid()}-") -> set[str]:
+    """This test process's namespaces (others may run tests on the machine at the same time)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith(prefix)}
 
 
 DAEMONS = ("charon", "conntrackd", "keepalived", "haproxy", "zebra", "ospfd")
@@ -28,6 +35,23 @@ def built(site: Path, tmp_path: Path, *extra: str) -> Path:
     code, out, err = run_cli("build", copy_site(site, tmp_path / site.name), "--output", tmp_path / "out", *extra)
     assert code == 0, out + err
     return next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+
+
+def rehash(router: Path, add: dict[str, str] | None = None) -> None:
+    """Make a router's manifest describe its edited files again (as a hostile artifact would), listing
+    the extra ``add`` paths (path -> service) too."""
+    manifest = json.loads((router / MANIFEST).read_text())
+    manifest["files"] += [{"path": p, "mode": "0644", "service": s} for p, s in (add or {}).items()]
+    sums = json.loads((router / SECRET_SUMS).read_text()) if (router / SECRET_SUMS).exists() else {}
+    for entry in manifest["files"]:
+        digest = hashlib.sha256((router / entry["path"]).read_bytes()).hexdigest()
+        if entry.get("secret"):
+            sums[entry["path"]] = digest
+        else:
+            entry["sha256"] = digest
+    (router / MANIFEST).write_bytes(dump_json(manifest))
+    if sums:
+        (router / SECRET_SUMS).write_bytes(dump_json(sums))
 
 
 # each daemon file -> the checkers that must have run on it
@@ -71,7 +95,7 @@ BREAKAGES = [
      "esp_proposals = aes999-modp2048"),
     ("strongswan", "etc/swanctl/swanctl.conf", "        mobike = no\n", "        mobike = no\n        mobile = no\n"),
     ("strongswan", "etc/swanctl/swanctl.conf", "include vpcgen-secrets.conf", "include vpcgen-secret.conf"),
-    ("strongswan", "etc/swanctl/vpcgen-secrets.conf", "    eap-alice {", "    eap-alice {{"),
+    ("strongswan", "etc/swanctl/vpcgen-secrets.conf", "    eap-1 {", "    eap-1 {{"),
     ("strongswan", "etc/swanctl/private/vpcgen-ra.pem", "-----BEGIN PRIVATE KEY-----\nM",
      "-----BEGIN PRIVATE KEY-----\nX"),
 ]
@@ -92,6 +116,7 @@ def test_check_fails_on_broken_files(router, checker, rel, old, new, tmp_path):
     text = path.read_text()
     assert old in text
     path.write_text(text.replace(old, new, 1))
+    rehash(tree / router)
     before = netns_list()
     code, stdout, stderr = run_cli("check", tree, "--router", router)
     assert code == 1
@@ -104,3 +129,137 @@ def test_check_unknown_router(tmp_path):
     tree = built(EXAMPLE, tmp_path)
     code, _, stderr = run_cli("check", tree, "--router", "nope")
     assert code == 1 and "no router nope" in stderr
+
+
+# --- a built tree is untrusted input: check and lab refuse what its manifest does not describe ---
+
+def refused(tree: Path, *command: str) -> str:
+    """stderr of a refused command (one line, exit 1); it must have created no namespace and no lab."""
+    before = netns_list()
+    code, stdout, stderr = run_cli(*command, tree)
+    assert code == 1, stdout + stderr
+    assert len(stderr.strip().splitlines()) == 1 and "internal error" not in stderr and "Traceback" not in stderr
+    assert netns_list() == before and not netns_list(lab.lab_name(tree))
+    assert not (lab.RUN_ROOT / lab.lab_name(tree)).exists()
+    return stderr
+
+
+def test_check_and_lab_refuse_an_unlisted_file(tmp_path):
+    # an ld.so.preload overlaid on /etc would be loaded into every checker and daemon, as root
+    tree = built(EXAMPLE, tmp_path)
+    preload = tree / "shop-r1/etc/ld.so.preload"
+    preload.write_text(f"{tmp_path}/evil.so\n")
+    for command in (("check",), ("lab", "up")):
+        assert f"{preload}: not listed in" in refused(tree, *command)
+
+
+def test_check_and_lab_refuse_a_file_changed_after_the_build(tmp_path):
+    tree = built(EXAMPLE, tmp_path)
+    cfg = tree / "shop-r1/etc/haproxy/haproxy.cfg"
+    cfg.write_text(cfg.read_text() + "# edited\n")
+    for command in (("check",), ("lab", "up")):
+        assert f"{cfg} does not match its manifest" in refused(tree, *command)
+
+
+def test_check_and_lab_refuse_a_broken_manifest_naming_it(tmp_path):
+    tree = built(EXAMPLE, tmp_path)
+    manifest = tree / "blog-r1" / MANIFEST
+    manifest.write_text("{")
+    for command in (("check",), ("lab", "up")):
+        assert str(manifest) in refused(tree, *command)
+
+
+def test_check_and_lab_refuse_a_symlink(tmp_path):
+    tree = built(EXAMPLE, tmp_path)
+    cfg = tree / "shop-r1/etc/haproxy/haproxy.cfg"
+    same = tmp_path / "haproxy.cfg"  # same content, so only the link itself is wrong
+    same.write_bytes(cfg.read_bytes())
+    cfg.unlink()
+    cfg.symlink_to(same)
+    for command in (("check",), ("lab", "up")):
+        assert "symlink" in refused(tree, *command)
+
+
+def test_check_and_lab_refuse_a_manifest_path_outside_the_tree(tmp_path):
+    tree = built(EXAMPLE, tmp_path)
+    (tree.parent / "x").write_text("outside\n")
+    rehash(tree / "blog-r1", add={"../../x": "networking"})
+    for command in (("check",), ("lab", "up")):
+        assert "'../../x' is not a file vpcgen generates" in refused(tree, *command)
+
+
+LUA = """-- a hostile tree's code, run by haproxy -c when it parses lua-load
+local uid = io.popen("id -u"):read("*l")
+local marker = io.open("/etc/vpcgen-lua-marker", "w")
+print("lua ran as uid " .. uid .. (marker and ", marker written" or ", marker refused"))
+"""
+
+
+def hostile_haproxy(tree: Path) -> Path:
+    """shop-r1's haproxy config loading Lua code the tree carries in a listed file, re-hashed."""
+    router = tree / "shop-r1"
+    (router / "etc/frr").mkdir()
+    (router / "etc/frr/daemons").write_text(LUA)
+    cfg = router / "etc/haproxy/haproxy.cfg"
+    cfg.write_text(cfg.read_text().replace("global\n", "global\n    lua-load /etc/frr/daemons\n", 1))
+    rehash(router, add={"etc/frr/daemons": "frr"})
+    return cfg
+
+
+def test_check_and_lab_refuse_haproxy_lua_load(tmp_path):
+    tree = built(EXAMPLE, tmp_path)
+    cfg = hostile_haproxy(tree)
+    line = cfg.read_text().splitlines().index("    lua-load /etc/frr/daemons") + 1
+    for command in (("check",), ("lab", "up")):
+        assert f"{cfg}:{line}: error: haproxy: 'lua-load' runs code" in refused(tree, *command)
+
+
+@pytest.mark.parametrize("line", ["    lua-prepend-path /x/?.lua", "    option external-check",
+                                  "    external-check command /bin/sh", "    acl a src -f /etc/shadow",
+                                  "    http-request set-header X %[src,map(/etc/shadow)]",
+                                  "    http-request use-service lua.x", "    setenv LD_PRELOAD /x.so"])
+def test_haproxy_directives_that_run_code_or_read_files_are_refused(line, tmp_path):
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(f"global\n    maxconn 10\n{line}\n")
+    with pytest.raises(TreeError, match=rf"{cfg}:3: error: haproxy: "):
+        check.refuse_unsafe_haproxy(cfg, str(cfg))
+
+
+def test_haproxy_check_runs_unprivileged_in_a_namespace(tmp_path):
+    # even a config that got past the refusal cannot act as root: haproxy -c runs as nobody
+    tree = built(EXAMPLE, tmp_path)
+    hostile_haproxy(tree)
+    router = check.load_routers(tree, ["shop-r1"])["shop-r1"]
+    staged = netns.stage(router, tmp_path / "staged")
+    before = netns_list()
+    ok, output = check._haproxy(staged)
+    assert "lua ran as uid 65534, marker refused" in output, output
+    assert netns_list() == before
+
+
+def test_lab_refuses_a_sysctl_that_is_not_per_namespace(tmp_path):
+    tree = built(EXAMPLE, tmp_path)
+    conf = tree / "shop-r1/etc/sysctl.d/90-vpcgen.conf"
+    swappiness = Path("/proc/sys/vm/swappiness").read_text()
+    want = "1" if swappiness.strip() != "1" else "2"
+    conf.write_text(conf.read_text() + f"vm.swappiness = {want}\n")
+    rehash(tree / "shop-r1")
+    line = len(conf.read_text().splitlines())
+    assert f"{conf}:{line}: error: 'vm.swappiness = {want}'" in refused(tree, "lab", "up")
+    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness
+
+
+def test_lab_sysctl_allowlist(tmp_path):
+    built_conf = (built(EXAMPLE, tmp_path) / "shop-r1/etc/sysctl.d/90-vpcgen.conf")
+    assert ("net.ipv4.ip_forward", "1") in lab.sysctls(built_conf, built_conf)
+    conf = tmp_path / "sysctl.conf"
+    for good in ("net.ipv4.conf.eth2/1200.rp_filter = 1", "net.ipv6.conf.lo.disable_ipv6 = 0",
+                 "net.ipv4.tcp_syncookies = 1", "net.ipv4.ip_nonlocal_bind = 1"):
+        conf.write_text(good + "\n")
+        assert lab.sysctls(conf, conf) == [tuple(x.strip() for x in good.split("="))]
+    for bad in ("vm.swappiness = 1", "kernel.core_pattern = |/x", "net.core.rmem_max = 1",
+                "net.ipv4.conf.//.x = 1", "net.ipv4.ip_forward = 1; reboot", "net.ipv4.tcp_rmem = 1 2 3",
+                "-net.ipv4.ip_forward = 1"):
+        conf.write_text(bad + "\n")
+        with pytest.raises(TreeError, match="only per-namespace sysctls"):
+            lab.sysctls(conf, conf)

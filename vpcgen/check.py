@@ -1,16 +1,19 @@
 """`vpcgen check`: each daemon's own checker run against a built router tree.
 
 An exit code of 0 is not trusted alone where a checker prints errors and still exits 0: the
-output is read too. Checks needing interfaces or kernel state run in scratch namespaces.
+output is read too. Every checker runs in a scratch network namespace with a private mount
+namespace. A built tree is untrusted input: it must be exactly what its manifest describes
+(``tree.read_router``), only a staged copy of its listed files is ever laid over /etc, and
+checkers that only parse a file run as nobody.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,8 +22,9 @@ from pathlib import Path
 from . import netns
 from .errors import VpcgenError
 from .render import DAEMONS
+from .tree import GENERATED, RouterTree, TreeError, read_router, router_dirs
 
-MANIFEST = "etc/vpcgen/manifest.json"
+AS_NOBODY = netns.UNPRIVILEGED
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ def _iptables(tree: Path) -> tuple[bool, str]:
     # --test misses jumps to missing chains on nf_tables: load for real, in a scratch namespace
     rules = tree / "etc/iptables/rules.v4"
     with netns.scratch_netns() as ns:
-        r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10", str(rules)])
+        r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10"], input=rules.read_text())
         out = (r.stdout + r.stderr).strip()
         if r.returncode != 0 or out:
             return False, out or f"iptables-restore exited {r.returncode}"
@@ -53,7 +57,8 @@ def _keepalived(tree: Path) -> tuple[bool, str]:
     with netns.scratch_netns() as ns:
         netns.add_interfaces(ns, netns.interfaces_of(tree))
         # keepalived writes its findings to the --config-test log, and exits 0 on some of them
-        r = netns.run_in_tree(ns, tree, "keepalived --config-test=/run/kt.log -f /etc/keepalived/keepalived.conf; "
+        r = netns.run_in_tree(ns, tree, f"{AS_NOBODY} keepalived --config-test=/run/kt.log "
+                                        "-f /etc/keepalived/keepalived.conf; "
                                         "rc=$?; cat /run/kt.log 2>/dev/null; exit $rc")
         out = (r.stdout + r.stderr).strip()
         return r.returncode == 0 and not out, out or f"keepalived -t exited {r.returncode}"
@@ -80,13 +85,35 @@ def _conntrackd(tree: Path) -> tuple[bool, str]:
         return r.returncode == 0, out or "conntrackd started and answered a stats query"
 
 
+def _unprivileged(tree: Path, command: str) -> subprocess.CompletedProcess:
+    """``command`` as nobody in a scratch namespace, on the staged tree laid over /etc."""
+    with netns.scratch_netns() as ns:
+        return netns.run_in_tree(ns, tree, f"{AS_NOBODY} {command}")
+
+
 def _notify(tree: Path) -> tuple[bool, str]:
-    r = netns.run(["sh", "-n", str(tree / "etc/keepalived/notify.sh")])
+    r = _unprivileged(tree, "sh -n /etc/keepalived/notify.sh")
     return r.returncode == 0 and not r.stderr, r.stderr.strip() or "sh -n ok"
 
 
+# haproxy directives vpcgen never writes that run code or read files: a config holding one is refused
+# before haproxy sees it (haproxy -c itself runs lua-load'ed code, as nobody here)
+HAPROXY_UNSAFE = re.compile(
+    r"(?<![\w.-])(lua-load(?:-per-thread)?|lua-prepend-path|lua\.[\w.-]+|external-check|insecure-fork-wanted|"
+    r"insecure-setuid-wanted|program|command|setenv|presetenv|resetenv|unsetenv|ssl-engine|crt(?:-list|-base)?|"
+    r"ca-file|ca-base|crl-file|key-base|errorfile|server-state-(?:file|base)|spoe|[\w-]+-(?:data|json)-file|"
+    r"h1-case-adjust-file|-f|map(?:_\w+)?(?=\())(?![\w.-])")
+
+
+def refuse_unsafe_haproxy(path: Path, shown: str) -> None:
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if m := HAPROXY_UNSAFE.search(line.split("#", 1)[0]):
+            raise TreeError(f"{shown}:{number}: error: haproxy: {m.group(1)!r} runs code or reads files, and "
+                            "vpcgen never generates it: refusing the tree")
+
+
 def _haproxy(tree: Path) -> tuple[bool, str]:
-    r = netns.run(["haproxy", "-c", "-f", str(tree / "etc/haproxy/haproxy.cfg")])
+    r = _unprivileged(tree, "haproxy -c -f /etc/haproxy/haproxy.cfg")
     out = (r.stdout + r.stderr).strip()
     # a warning is a defect of the generated file too
     problems = [line for line in out.splitlines() if "[WARNING]" in line or "[ALERT]" in line]
@@ -94,8 +121,13 @@ def _haproxy(tree: Path) -> tuple[bool, str]:
 
 
 def _frr(tree: Path) -> tuple[bool, str]:
-    # ospfd -C exits 0 on unknown commands; vtysh's dry run of the integrated config does not
-    r = netns.run(["vtysh", "--dryrun", "-f", str(tree / "etc/frr/frr.conf")])
+    # ospfd -C exits 0 on unknown commands; vtysh's dry run of the integrated config does not. As
+    # nobody: root reads the (0600) file into a pipe of nobody's own, and vtysh reads an empty
+    # vtysh.conf of its own instead of the machine's
+    with netns.scratch_netns() as ns:
+        r = netns.run_in_tree(ns, tree, "mkdir -p /run/vtysh && : > /run/vtysh/vtysh.conf && chmod -R a+rX /run/vtysh; "
+                                        f"{AS_NOBODY} sh -c 'cat | vtysh --config_dir /run/vtysh --dryrun "
+                                        "-f /dev/stdin' < /etc/frr/frr.conf")
     out = (r.stdout + r.stderr).strip()
     return r.returncode == 0 and not out, out or "vtysh --dryrun ok"
 
@@ -175,40 +207,47 @@ CHECKERS = {"iptables": _iptables, "keepalived": _keepalived, "conntrackd": _con
 CHECK_FILES = {d.check: d.path for d in DAEMONS if d.check}
 
 
-def routers_in(tree_dir: Path) -> dict[str, Path]:
-    tree_dir = Path(tree_dir)
-    if not tree_dir.is_dir():
-        raise VpcgenError(f"{tree_dir}: not a built site (run `vpcgen build` first)")
-    found = {p.name: p for p in sorted(tree_dir.iterdir()) if (p / MANIFEST).is_file()}
-    if not found:
-        raise VpcgenError(f"{tree_dir}: no router trees found (expected <router>/{MANIFEST})")
-    return found
-
-
-def check_tree(tree_dir, only: list[str] | None = None, workers: int = 4) -> list[CheckResult]:
-    if os.geteuid() != 0:
-        raise VpcgenError("vpcgen check needs root: its checkers run in network namespaces")
-    routers = routers_in(Path(tree_dir))
+def load_routers(tree_dir, only: list[str] | None = None) -> dict[str, RouterTree]:
+    """The routers of a built site (or only the named ones), each verified against its manifest
+    before anything runs."""
+    routers = router_dirs(Path(tree_dir))
     if only:
         unknown = sorted(set(only) - set(routers))
         if unknown:
             raise VpcgenError(f"no router {', '.join(unknown)} in {tree_dir} (routers: {', '.join(routers)})")
         routers = {k: v for k, v in routers.items() if k in only}
-    jobs = []
-    for name, tree in routers.items():
-        json.loads((tree / MANIFEST).read_text(encoding="utf-8"))  # a broken manifest fails loudly
-        for checker, rel in sorted(CHECK_FILES.items()):
-            if (tree / rel).is_file():
-                jobs.append((name, checker, tree, rel))
+    return {name: read_router(path) for name, path in routers.items()}
 
-    def one(job) -> CheckResult:
-        name, checker, tree, rel = job
-        start = time.monotonic()
-        try:
-            ok, output = CHECKERS[checker](tree)
-        except (OSError, subprocess.SubprocessError) as exc:
-            ok, output = False, str(exc)
-        return CheckResult(name, checker, str(tree / rel), ok, output, time.monotonic() - start)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, jobs))
+def stage_routers(routers: dict[str, RouterTree], dest: Path) -> dict[str, Path]:
+    """Each verified router's listed files copied to ``dest/<router>``; what was verified is what
+    is used from then on, never the tree itself. A haproxy config that runs code is refused."""
+    staged = {}
+    for name, router in routers.items():
+        staged[name] = netns.stage(router, Path(dest) / name)
+        if (staged[name] / GENERATED["haproxy"]).is_file():
+            refuse_unsafe_haproxy(staged[name] / GENERATED["haproxy"], str(router.dir / GENERATED["haproxy"]))
+    return staged
+
+
+def check_tree(tree_dir, only: list[str] | None = None, workers: int = 4) -> list[CheckResult]:
+    if os.geteuid() != 0:
+        raise VpcgenError("vpcgen check needs root: its checkers run in network namespaces")
+    routers = load_routers(tree_dir, only)
+    with tempfile.TemporaryDirectory(prefix="vpcgen-check-") as staging:
+        staged = stage_routers(routers, Path(staging))
+        jobs = [(name, checker, staged[name], router.dir / rel)
+                for name, router in routers.items() for checker, rel in sorted(CHECK_FILES.items())
+                if (staged[name] / rel).is_file()]
+
+        def one(job) -> CheckResult:
+            name, checker, tree, shown = job
+            start = time.monotonic()
+            try:
+                ok, output = CHECKERS[checker](tree)
+            except (OSError, subprocess.SubprocessError) as exc:
+                ok, output = False, str(exc)
+            return CheckResult(name, checker, str(shown), ok, output, time.monotonic() - start)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            return list(pool.map(one, jobs))

@@ -8,6 +8,10 @@ eth2.<vlan> is a veth of that exact name whose peer sits in the VLAN's bridge (t
 no VLAN devices). Test hosts, the internet side, VPN peers and OSPF core routers are namespaces
 too. Nothing is connected to the machine's own namespace.
 
+A built tree is untrusted input: before anything runs, every router is verified against its
+manifest and its listed files (with site.json) are copied to the lab's run folder; the lab only
+ever uses that copy. Only per-namespace sysctls are applied, and only in the router's namespace.
+
 Everything a lab creates is recorded under /run/vpcgen-lab/<lab>/ as it is created, and every
 name starts with the lab's prefix, so `lab down` removes it all by handle, also after a crash.
 """
@@ -28,11 +32,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import netns
+from . import check, netns
 from .errors import VpcgenError
+from .tree import _NAME, GENERATED, TreeError, read_site_json
 
 RUN_ROOT = Path("/run/vpcgen-lab")
-MANIFEST = "etc/vpcgen/manifest.json"
 
 
 def lab_name(tree_dir: Path) -> str:
@@ -114,11 +118,16 @@ def _host_addresses(cidr: str, wanted: list[str], count: int = 2) -> list[str]:
     return out
 
 
+def staged_root(tree_dir: Path) -> Path:
+    """The lab's verified copy of a built site: the only place the lab reads a tree from."""
+    return RUN_ROOT / lab_name(tree_dir) / "trees"
+
+
 def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
+    """What to build for a lab whose verified copy has been staged (``up`` does that)."""
     tree_dir = Path(tree_dir)
-    if not (tree_dir / "site.json").is_file():
-        raise VpcgenError(f"{tree_dir}: not a built site (run `vpcgen build` first)")
-    site = json.loads((tree_dir / "site.json").read_text())
+    root = staged_root(tree_dir)
+    site = json.loads((root / "site.json").read_text())
     vpcs = {k: v for k, v in site["vpcs"].items() if only_vpc in (None, k)}
     if only_vpc and not vpcs:
         raise VpcgenError(f"no VPC {only_vpc} in {tree_dir} (VPCs: {', '.join(site['vpcs'])})")
@@ -129,7 +138,7 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
     for vpc_name, vpc in vpcs.items():
         zone = vpc["zone"]
         for router in vpc["routers"]:
-            tree = tree_dir / router
+            tree = root / router
             ifaces, routes = router_interfaces(tree)
             node = Node(router, "router", tree=tree, vpc=vpc_name, routes=routes)
             for ifname, addresses in sorted(ifaces.items()):
@@ -208,7 +217,7 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
                     inet.routes += [f"{n.links[0].addresses[1].split('/')[0]}/32 via "
                                     f"{n.links[0].addresses[0].split('/')[0]}" for n in peers]
                 nodes.append(inet)
-            if zone.get("ospf_transit") and segment.endswith(_transit_ifname(tree_dir, vpcs, zone_name)):
+            if zone.get("ospf_transit") and segment.endswith(_transit_ifname(root, vpcs, zone_name)):
                 transit = zone["ospf_transit"]
                 core = str(ipaddress.ip_network(transit).network_address + 1)
                 nodes.append(Node(f"core-{zone_name}", "core", tcp="22,80",
@@ -217,10 +226,10 @@ def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
     return Plan(name, tree_dir, site, nodes, sorted(segments))
 
 
-def _transit_ifname(tree_dir: Path, vpcs: dict, zone: str) -> str:
+def _transit_ifname(root: Path, vpcs: dict, zone: str) -> str:
     for vpc in vpcs.values():
         if vpc["zone"] == zone and vpc["kind"] == "routed":
-            router = tree_dir / next(iter(vpc["routers"]))
+            router = root / next(iter(vpc["routers"]))
             text = (router / "etc/frr/frr.conf").read_text()
             return re.search(r"^interface (eth1\S*)", text, re.M).group(1)
     return "\0"  # no routed VPC in the zone: matches no segment
@@ -271,19 +280,50 @@ def _in(ns: str, *cmd: str, check: bool = True, timeout: float = 30) -> subproce
 def up(tree_dir, only_vpc: str | None = None, progress=lambda m: None) -> Plan:
     if os.geteuid() != 0:
         raise VpcgenError("vpcgen lab needs root: it creates network namespaces")
-    p = plan(Path(tree_dir), only_vpc)
-    state = State(p.name)
+    tree_dir = Path(tree_dir)
+    state = State(lab_name(tree_dir))
     if state.file.exists():
-        raise VpcgenError(f"lab {p.name} for {tree_dir} is already up: run `vpcgen lab down {tree_dir}` first")
-    state.data["tree"] = str(Path(tree_dir).resolve())
+        raise VpcgenError(f"lab {state.data['name']} for {tree_dir} is already up: "
+                          f"run `vpcgen lab down {tree_dir}` first")
+    routers = check.load_routers(tree_dir)  # every router verified against its manifest, before anything
+    state.data["tree"] = str(tree_dir.resolve())
     state.save()
     try:
+        stage(tree_dir, routers)
+        p = plan(tree_dir, only_vpc)
         _build(p, state, progress)
         _wait_ready(p, state.data, progress)
     except BaseException:
         down(tree_dir)
         raise
     return p
+
+
+def stage(tree_dir: Path, routers: dict) -> None:
+    """Copy the verified routers and site.json to the lab's run folder, refusing what the lab must
+    not run: a haproxy config that runs code, a sysctl that is not per namespace, a name in
+    site.json that is no name (names become namespace and file names), a router without a tree."""
+    root = staged_root(tree_dir)
+    shutil.rmtree(root, ignore_errors=True)  # ours: a run folder that a crash left behind
+    site = read_site_json(tree_dir)
+    shown = str(tree_dir / "site.json")
+    try:
+        names = [*site["zones"], *site["vpcs"]]
+        for vpc in site["vpcs"].values():
+            names += [*vpc["routers"], *vpc["tiers"], *vpc["private_gateways"], *vpc["vpn_peers"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TreeError(f"{shown}: not a site.json vpcgen writes ({type(exc).__name__}: {exc})") from None
+    for n in names:
+        if not isinstance(n, str) or not _NAME.match(n):
+            raise TreeError(f"{shown}: {n!r} is not a vpcgen name: refusing the tree")
+    for vpc in site["vpcs"].values():
+        for router in vpc["routers"]:
+            if router not in routers:
+                raise TreeError(f"{tree_dir / router}: no router tree for {router} of {shown}")
+    staged = check.stage_routers(routers, root)
+    for tree in staged.values():
+        sysctls(tree / GENERATED["sysctl"], tree_dir / tree.name / GENERATED["sysctl"])
+    (root / "site.json").write_text(json.dumps(site), encoding="utf-8")
 
 
 def _wait_ready(p: Plan, data: dict, progress, timeout: float = 20) -> None:
@@ -395,12 +435,32 @@ def load_rules(ns: str, tree: Path, text: str | None = None) -> None:
             _in(ns, "iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", "lab only: libipsec")
 
 
-def _sysctls(ns: str, tree: Path) -> None:
-    for line in (tree / "etc/sysctl.d/90-vpcgen.conf").read_text().splitlines():
+# the sysctls a network namespace has of its own (PLATFORM.md): anything else (vm.*, kernel.*,
+# net.core.*) would change the machine itself. An interface name's dots are written as slashes.
+_IFACE_KEY = r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*"
+NAMESPACED_SYSCTL = re.compile(rf"^(net\.ipv4\.(?:ip_forward|ip_nonlocal_bind|tcp_syncookies"
+                               rf"|conf\.{_IFACE_KEY}\.\w+)|net\.ipv6\.conf\.{_IFACE_KEY}\.\w+)$")
+
+
+def sysctls(path: Path, shown: Path | str) -> list[tuple[str, str]]:
+    """(key, value) of a router's sysctl file; any setting that is not per namespace is refused."""
+    out = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
-        if not line or line.startswith("#"):
+        if not line or line.startswith(("#", ";")):
             continue
-        key, value = (x.strip() for x in line.split("=", 1))
+        key, eq, value = (x.strip() for x in line.partition("="))
+        if not (eq and NAMESPACED_SYSCTL.match(key) and re.fullmatch(r"-?\d+", value)):
+            raise TreeError(f"{shown}:{number}: error: {line!r}: the lab applies only per-namespace sysctls "
+                            "(net.ipv4.ip_forward, net.ipv4.conf.*, net.ipv4.ip_nonlocal_bind, "
+                            "net.ipv4.tcp_syncookies, net.ipv6.conf.*) with a number: refusing the tree")
+        out.append((key, value))
+    return out
+
+
+def _sysctls(ns: str, tree: Path) -> None:
+    # checked when the tree was staged; checked again, as it is what is written
+    for key, value in sysctls(tree / GENERATED["sysctl"], tree / GENERATED["sysctl"]):
         _in(ns, "sysctl", "-q", "-w", f"{key}={value}")
 
 
@@ -560,7 +620,9 @@ def _start_client(p: Plan, state: State, node: Node, ns: str) -> None:
     block = _block((swanctl / "swanctl.conf").read_text(), "ra")
     server, local_ts = _setting(block, "local_addrs"), _setting(_block(block, "children"), "local_ts")
     user = p.site["vpcs"][node.vpc]["remote_access"]["users"][0]
-    secret = _setting(_block((swanctl / "vpcgen-secrets.conf").read_text(), f"eap-{user}"), "secret")
+    secrets = (swanctl / "vpcgen-secrets.conf").read_text()  # a user's section is eap-<n>, holding its id
+    secret = next(_setting(section, "secret") for section in re.findall(r" eap-\d+ \{([^}]*)\}", secrets)
+                  if _setting(section, "id") == user)
     _start_charon(state, node, ns, {"x509ca/router.pem": swanctl / "x509/vpcgen-ra.pem"}, (
         f"connections {{\n ra {{\n  version = 2\n  remote_addrs = {server}\n  vips = 0.0.0.0\n"
         f"  local {{\n   auth = eap-mschapv2\n   eap_id = {user}\n  }}\n  remote {{\n   auth = pubkey\n   id = %any\n  }}\n"

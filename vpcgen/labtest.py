@@ -35,7 +35,8 @@ class Runner:
     def __init__(self, tree_dir, progress=lambda m: None):
         self.tree_dir = Path(tree_dir)
         self.data = lab.status(tree_dir)
-        self.site = json.loads((self.tree_dir / "site.json").read_text())
+        self.trees = lab.staged_root(self.tree_dir)  # the lab's verified copy, never the tree itself
+        self.site = json.loads((self.trees / "site.json").read_text())
         self.checks: list[Check] = []
         self.figures: dict = {}
         self.say = progress
@@ -211,7 +212,7 @@ class Runner:
         return not bad, "; ".join(bad) or f"{len(targets)} targets {'reached' if expect else 'refused'}"
 
     def _apply_rules(self, router: str, drop_forwarding: bool) -> None:
-        tree = self.tree_dir / router
+        tree = self.trees / router
         drop = ("port forwarding", "static nat", "load balancer") if drop_forwarding else ()
         if self.state(router) == "MASTER":
             drop += ("vpcgen-ha-guard",)  # what notify.sh apply-firewall does on a master
@@ -470,7 +471,7 @@ class Runner:
                                              f"{len(results)} probes as the lists decide, reached {', '.join(allowed)}"))
 
     def _local_ts(self, vpc: str, name: str) -> list[str]:
-        router = self.tree_dir / next(iter(self.vpcs[vpc]["routers"]))
+        router = self.trees / next(iter(self.vpcs[vpc]["routers"]))
         text = (router / "etc/swanctl/swanctl.conf").read_text()
         return lab._setting(lab._block(lab._block(text, f"s2s-{name}"), "children"), "local_ts").replace(" ", "").split(",")
 

@@ -1,10 +1,13 @@
 """Scratch network namespaces, and running commands inside a router's tree as if it were its /.
 
 Everything created here is removed by its own handle (namespace name, process id), also on failure.
+A built tree is untrusted: only a staged copy of the files its manifest lists (``stage``) is ever
+laid over /etc, and checkers that can run unprivileged do (``UNPRIVILEGED``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import re
@@ -15,6 +18,9 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from . import tree as tree_contract
+from .tree import RouterTree, TreeError
 
 _counter = itertools.count(1)
 
@@ -98,19 +104,52 @@ def interfaces_of(tree: Path) -> dict[str, list[str]]:
     return {"eth0": [], **parse_interfaces(tree)[0]}
 
 
-def run_in_tree(ns: str, tree: Path, script: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run ``script`` (sh) in ``ns`` with the tree's etc/ laid over /etc and a private /run.
+# prefix of a command that must not run as root: what a hostile file makes it do, it does as nobody
+UNPRIVILEGED = ("setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all --bounding-set=-all "
+                "--no-new-privs")
 
-    A private mount namespace holds the overlay, so nothing of the machine's /etc or /run changes.
+
+def stage(router: RouterTree, dest: Path) -> Path:
+    """Copy exactly the files a verified router tree lists (and its manifest) into ``dest`` and
+    return it: all of a tree that a checker or a lab router ever sees. Each copy's sha256 is checked
+    again, so a tree changed after ``read_router`` verified it cannot slip anything in."""
+    dest = Path(dest)
+    dest.mkdir(mode=0o700, parents=True)
+    for e in router.entries:
+        source = router.dir / e.path
+        data = tree_contract._read_regular(source, str(source))  # never through a symlink
+        if hashlib.sha256(data).hexdigest() != e.sha256:
+            raise TreeError(f"{source} does not match its manifest: the tree changed while it was read")
+        _write(dest / e.path, data, e.mode)
+    _write(dest / tree_contract.MANIFEST, router.manifest_bytes, tree_contract.TEXT_MODE)
+    if router.secret_sums_bytes is not None:
+        _write(dest / tree_contract.SECRET_SUMS, router.secret_sums_bytes, tree_contract.SECRET_MODE)
+    return dest
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, mode)  # whatever the umask
+
+
+def run_in_tree(ns: str, staged: Path, script: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run ``script`` (sh) in ``ns`` with a staged tree's etc/ laid over /etc, a private /run and
+    private, empty /tmp, /var/tmp and /dev/shm (the only places an unprivileged checker could write).
+
+    A private mount namespace holds the mounts, so nothing of the machine's /etc or /run changes.
     """
     scratch = Path(tempfile.mkdtemp(prefix="vpcgen-root-"))
-    etc = shlex.quote(str(Path(tree).resolve() / "etc"))
+    etc = shlex.quote(str(Path(staged).resolve() / "etc"))
     s = shlex.quote(str(scratch))
     setup = (
         "set -e; "
         f"mount -t tmpfs vpcgen {s}; mkdir -p {s}/upper {s}/work; "
         f"mount -t overlay overlay -o lowerdir={etc}:/etc,upperdir={s}/upper,workdir={s}/work /etc; "
         "mount -t tmpfs vpcgen-run /run; mkdir -p /run/lock; "
+        "for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs vpcgen-tmp $d; done; "
         "set +e; "
     )
     try:
