@@ -3,14 +3,22 @@ over its own loopback address, with the site's service commands logging what the
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import stat
+import subprocess
+import tarfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import FIXTURE_SITES, run_cli
 from sshd import Sshd, keygen
@@ -74,6 +82,34 @@ class Lab:
     def set_state(self, router: str, state: str) -> None:
         self.root(router).mkdir(parents=True, exist_ok=True)
         (self.root(router) / "vrrp.state").write_text(state + "\n")
+
+    def command(self, kind: str, service: str, command: str) -> None:
+        """Replace one of the site's service commands (reload, check, health)."""
+        site = yaml.safe_load((self.site / "site.yaml").read_text())
+        site["defaults"]["deploy"]["commands"].setdefault(kind, {})[service] = command
+        (self.site / "site.yaml").write_text(yaml.safe_dump(site))
+
+    def change_acl(self, port: int) -> None:
+        acl = self.site / "acls/web.yaml"
+        acl.write_text(re.sub(r"ports: \d+", f"ports: {port}", acl.read_text()))
+
+    def pending(self, router: str) -> Path:
+        return self.root(router) / "var/lib/vpcgen/pending"
+
+    def complete(self, router: str) -> str:
+        """The current release's name, after checking it is complete: every file matches its sum
+        (secret ones included) and every link of the router leads to it."""
+        current = self.current(router)
+        assert current is not None and current.parent.name == "releases", current
+        manifest = json.loads((current / "etc/vpcgen/manifest.json").read_text())
+        sums_file = current / "etc/vpcgen/secret-sums.json"
+        secret = json.loads(sums_file.read_text()) if sums_file.exists() else {}
+        for entry in manifest["files"]:
+            data = (current / entry["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == (entry.get("sha256") or secret[entry["path"]]), entry
+            link = self.root(router) / entry["path"]
+            assert link.is_symlink() and link.read_bytes() == data, link
+        return current.name
 
 
 @pytest.fixture
@@ -270,3 +306,290 @@ def test_parallel_deploy_and_release_pruning(lab):
         code, out, err = lab.deploy("--parallel", "2")
         assert code == 0 and set(results(out).values()) == {"changed"}, out + err
     assert all(len(lab.releases(r)) == 2 for r in ROUTERS)  # keep_releases: 2
+
+
+# --- faults: every one must end with a truthful result and the router on a complete release ---
+
+def wait_idle(path: Path, timeout: float = 10.0) -> None:
+    """Wait until no process has ``path`` in its command line: the router's side of a cut session
+    may run on for a moment after the client has gone."""
+    needle = str(path).encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                try:
+                    if needle in (proc / "cmdline").read_bytes():
+                        busy.append(proc.name)
+                except OSError:
+                    pass
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"processes still using {path}: {busy}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def tmpfs(path: Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        try:
+            wait_idle(path)
+        finally:
+            if subprocess.run(["umount", str(path)]).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=True)  # still busy: detach it anyway
+
+
+@contextmanager
+def immutable(path: Path):
+    """A folder not even root can add to (chattr +i)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_disk_full_fails_and_keeps_the_previous_release(lab):
+    lab.build()
+    releases = lab.root("solo-r1") / "var/lib/vpcgen/releases"
+    with tmpfs(releases, "1m"):
+        assert lab.deploy("--router", "solo-r1")[0] == 0
+        first = lab.complete("solo-r1")
+        info = os.statvfs(releases)
+        used = (info.f_blocks - info.f_bfree) * info.f_frsize
+        # room for one more page: the next release cannot fit
+        subprocess.run(["mount", "-o", f"remount,size={used + 4096}", str(releases)], check=True)
+        lab.change_acl(8080)
+        lab.build()
+        lab.clear_log()
+        code, out, err = lab.deploy("--router", "solo-r1")
+        assert code == 1 and results(out) == {"solo-r1": "failed"}, out + err
+        assert "upload failed" in out and "No space left on device" in out
+        assert lab.complete("solo-r1") == first and lab.releases("solo-r1") == [first]  # the partial is gone
+        assert lab.log() == [] and not lab.pending("solo-r1").exists()
+
+
+def test_read_only_link_folder_is_not_reported_as_changed(lab):
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    # the new release brings a file into a folder the router does not let vpcgen write
+    vpc = lab.site / "vpcs/solo.yaml"
+    vpc.write_text(vpc.read_text() + "public_ips:\n  - {name: www}\nload_balancers:\n  - {name: www, public_ip: www, "
+                   "public_port: 80, protocol: tcp, members: [10.2.0.10]}\n")
+    lab.build()
+    with immutable(lab.root("solo-r1") / "etc/haproxy"):
+        code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 1 and results(out) == {"solo-r1": "rolled back"}, out + err
+    assert "switching releases failed" in out
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
+    assert not (lab.root("solo-r1") / "etc/haproxy/haproxy.cfg").is_symlink()
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert (lab.root("solo-r1") / "etc/haproxy/haproxy.cfg").is_file()
+
+
+def test_client_dying_mid_upload_leaves_no_release(lab, monkeypatch):
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    lab.change_acl(8080)
+    lab.build()
+    real_run = deploy_module.Remote.run
+
+    def die_during_upload(self, command, data=b"", timeout=deploy_module.COMMAND_TIMEOUT):
+        if data and "tar -x" in command:
+            channel = self.conn.client.get_transport().open_session()
+            channel.exec_command(command)
+            # every file but the last (the manifest) arrives whole: the checkers would pass
+            channel.sendall(data[: data.index(b'"_generated"') + 100])
+            self.conn.client.get_transport().close()  # the deployer's side of the connection dies
+            raise EOFError("deployer killed")
+        return real_run(self, command, data, timeout)
+
+    monkeypatch.setattr(deploy_module.Remote, "run", die_during_upload)
+    code, out, _ = lab.deploy("--router", "solo-r1")
+    assert code == 1 and results(out) == {"solo-r1": "failed"}
+    wait_idle(lab.root("solo-r1"))  # what the router does after the client has gone
+    assert [r for r in lab.releases("solo-r1") if not r.startswith(".partial-")] == [first]
+    assert lab.complete("solo-r1") == first
+    monkeypatch.setattr(deploy_module.Remote, "run", real_run)
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert lab.complete("solo-r1") != first and not [r for r in lab.releases("solo-r1") if r.startswith(".")]
+
+
+def test_session_lost_after_the_switch_is_finished_later(lab, server):
+    # the iptables reload cuts the deploy's connection (the router's sshd child dies) before it runs
+    lab.command("reload", "iptables", f"[ ! -e {{root}}/drop-session ] || {{ rm {{root}}/drop-session; "
+                f"kill -9 $(pgrep -P {server.proc.pid}) 0; }}; "
+                f"echo {{router}} iptables $(readlink -f {{root}}/var/lib/vpcgen/current) >> {lab.routers}/log")
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    lab.change_acl(8080)
+    lab.build()
+    (lab.root("solo-r1") / "drop-session").write_text("")
+    lab.clear_log()
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 1 and results(out) == {"solo-r1": "failed"}, out + err
+    wait_idle(lab.root("solo-r1"))
+    second = lab.complete("solo-r1")
+    assert second != first and lab.log() == []  # switched, never reloaded
+    assert lab.pending("solo-r1").read_text().split()[:2] == [second, first]
+    # the next deploy of the same tree knows it is not done: not "skipped"
+    code, out, _ = lab.deploy("--router", "solo-r1", "--dry-run")
+    assert results(out) == {"solo-r1": "planned"} and "reload: iptables" in out
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert "finishing the interrupted deploy" in out
+    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
+    assert lab.complete("solo-r1") == second and not lab.pending("solo-r1").exists()
+    code, out, _ = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "skipped"}
+
+
+def test_traversal_and_broken_manifests_are_refused(lab, tmp_path):
+    tree = lab.build()
+    manifest_path = tree / "solo-r1/etc/vpcgen/manifest.json"
+    good = manifest_path.read_text()
+    evil = "../../../escape/pwned.conf"
+    outside = tmp_path / "escape/pwned.conf"  # where the entry points from the tree
+    outside.parent.mkdir()
+    outside.write_text("read from outside the tree\n")
+    manifest = json.loads(good)
+    manifest["files"].append({"path": evil, "mode": "0644", "service": "iptables",
+                              "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()})
+    manifest_path.write_text(json.dumps(manifest))
+    try:
+        code, out, err = lab.deploy("--router", "solo-r1")
+        assert code == 1 and str(manifest_path) in err and "not a file vpcgen generates" in err, out + err
+        assert not (lab.root("solo-r1") / evil).exists() and not (lab.root("solo-r1") / "var").exists()
+    finally:
+        (lab.root("solo-r1") / evil).unlink(missing_ok=True)  # only there if the traversal worked
+    for broken, message in (('{"files": [', "not valid JSON"), ("[]", "must be a JSON object"),
+                            (good.replace('"root"', '"rooot"'), "deploy.root")):
+        manifest_path.write_text(broken)
+        code, out, err = lab.deploy("--router", "solo-r1")
+        assert code == 1 and str(manifest_path) in err and message in err and "internal error" not in err, err
+    assert not (lab.root("solo-r1") / "var").exists()
+
+
+def test_health_check_failing_rolls_back(lab):
+    lab.command("health", "iptables", "test ! -e {root}/fail-health")
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    (lab.root("solo-r1") / "fail-health").write_text("")
+    lab.change_acl(8080)
+    lab.build()
+    lab.clear_log()
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 1 and results(out) == {"solo-r1": "rolled back"}, out + err
+    assert "iptables is not healthy" in out
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
+    # reloaded on the new release, then on the restored one
+    assert [(s, Path(r).name) for _, s, r in lab.log()][-1] == ("iptables", first) and len(lab.log()) == 2
+    (lab.root("solo-r1") / "fail-health").unlink()
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert lab.complete("solo-r1") != first
+
+
+def test_failed_rollback_says_so_and_is_finished_later(lab):
+    # an unhealthy new release, and a reload that then fails on the restored one too
+    lab.command("health", "iptables", "test ! -e {root}/fail-health || { touch {root}/fail-restore; false; }")
+    lab.command("reload", "iptables", f"echo {{router}} iptables $(readlink -f {{root}}/var/lib/vpcgen/current) >> "
+                f"{lab.routers}/log && test ! -e {{root}}/fail-restore")
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    (lab.root("solo-r1") / "fail-health").write_text("")
+    lab.change_acl(8080)
+    lab.build()
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 1 and results(out) == {"solo-r1": "failed"}, out + err
+    assert f"restoring {first} failed too" in out and f"current release is {first}" in out
+    assert lab.complete("solo-r1") == first and lab.pending("solo-r1").exists()
+    # back to the first tree: the router runs it on disk, but not confirmed, so it is applied again
+    for marker in ("fail-health", "fail-restore"):
+        (lab.root("solo-r1") / marker).unlink()
+    lab.change_acl(80)
+    lab.build()
+    lab.clear_log()
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"} and "finishing the interrupted deploy" in out, out
+    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
+
+
+def test_pruning_ignores_the_clock(lab, monkeypatch):
+    """Releases named by a deployer whose clock was years ahead are pruned like any other."""
+    lab.build()
+    real_name = deploy_module.release_name
+    names = []
+    for port, future in ((81, True), (82, True), (83, False), (84, False)):
+        monkeypatch.setattr(deploy_module, "release_name",
+                            lambda t, taken, f=future: ("2999" if f else "") + real_name(t, taken)[4 if f else 0:])
+        lab.change_acl(port)
+        lab.build()
+        code, out, err = lab.deploy("--router", "solo-r1")
+        assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+        names.append(lab.complete("solo-r1"))
+        # what stays is what was current and the release before it, whatever their names say
+        assert lab.releases("solo-r1") == sorted(names[-2:]), names
+
+
+def test_displaced_operator_files_keep_every_version(lab):
+    lab.build()
+    rules = lab.root("solo-r1") / "etc/iptables/rules.v4"
+    rules.parent.mkdir(parents=True)
+    rules.write_text("operator's first\n")
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    rules.unlink()
+    rules.write_text("operator's second\n")  # edited by hand over vpcgen's link
+    lab.change_acl(8080)
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    lab.complete("solo-r1")
+    displaced = lab.root("solo-r1") / "var/lib/vpcgen/displaced/etc/iptables"
+    assert sorted(p.read_text() for p in displaced.iterdir()) == ["operator's first\n", "operator's second\n"]
+
+
+def test_changed_secret_is_deployed(lab, monkeypatch):
+    tree = lab.build()
+    assert lab.deploy()[0] == 0
+    monkeypatch.setenv("VPCGEN_SECRET_HQ_PSK", "another secret")
+    lab.build()
+    lab.clear_log()
+    code, out, _ = lab.deploy("--dry-run")
+    assert results(out) == {"pair-r1": "planned", "pair-r2": "planned", "solo-r1": "unchanged"}
+    assert "etc/swanctl/vpcgen-secrets.conf" in out and "reload: strongswan" in out
+    code, out, err = lab.deploy()
+    assert code == 0 and results(out) == {"pair-r1": "changed", "pair-r2": "changed", "solo-r1": "skipped"}, out + err
+    assert {service for _, service, _ in lab.log()} == {"strongswan"}
+    for router in ("pair-r1", "pair-r2"):
+        lab.complete(router)
+        secret = lab.root(router) / "etc/swanctl/vpcgen-secrets.conf"
+        assert secret.read_bytes() == (tree / router / "etc/swanctl/vpcgen-secrets.conf").read_bytes()
+        assert base64.b64encode(b"another secret") in secret.read_bytes()
+
+
+def test_upload_verifies_every_file_secret_ones_included(lab):
+    tree = lab.build()
+    target = deploy_module.load_targets(tree, ["pair-r1"])[0]
+    with tarfile.open(fileobj=io.BytesIO(deploy_module.tar_of(target))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        sums = dict(reversed(line.split("  ")) for line in
+                    tar.extractfile(deploy_module.SUMS).read().decode().splitlines())
+        for path in target.files():
+            data = tar.extractfile(path).read()
+            assert sums[path] == hashlib.sha256(data).hexdigest() and data == (tree / "pair-r1" / path).read_bytes()
+            assert stat.S_IMODE(members[path].mode) == stat.S_IMODE((tree / "pair-r1" / path).stat().st_mode)
+    assert set(sums) == set(target.files()) and {"etc/swanctl/vpcgen-secrets.conf", "etc/vpcgen/secret-sums.json"} <= set(sums)

@@ -5,11 +5,15 @@ On the router, under its deploy root R:
     R/var/lib/vpcgen/releases/<id>/...   one complete tree per deploy (modes preserved)
     R/var/lib/vpcgen/current -> releases/<id>
     R/<path> -> R/var/lib/vpcgen/current/<path>   for every file of the tree
+    R/var/lib/vpcgen/pending              a deploy switched to but not yet confirmed healthy
+    R/var/lib/vpcgen/history              confirmed releases, oldest first (what pruning keeps)
 
 so switching ``current`` (a rename over the old link) switches every file of every daemon at
-once. Per router: lock, compare manifests, upload into a partial directory, verify checksums,
-run the daemons' checkers on the new release, switch, reload what changed in dependency
-order, check health; on any failure switch back and reload the previous release.
+once. Per router: lock, compare, upload into a partial directory, verify checksums, run the
+daemons' checkers, name the release, mark the deploy pending, switch, reload what changed in
+dependency order, check health, confirm (drop the mark, prune); on any failure switch back and
+reload the previous release. A mark left by a deploy that died half-way makes the next deploy
+apply its release again (or undo it), never skip the router.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import shlex
 import tarfile
@@ -32,20 +37,35 @@ from fabric import Connection
 
 from .errors import VpcgenError
 from .render import SERVICE_ORDER
+from .tree import GENERATED, MANIFEST, SECRET_SUMS, RouterTree, TreeError, read_router, router_dirs
 
-MANIFEST = "etc/vpcgen/manifest.json"
 STATE_DIR = "var/lib/vpcgen"
 COMMAND_TIMEOUT = 120.0
+SUMS = ".vpcgen-sums"  # the upload's checksum list: in the tar stream, never on a command line
+SHIPPED = set(GENERATED.values()) | {MANIFEST, SECRET_SUMS}
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a release id that is safe in a path
+_ROOT = re.compile(r"^/(([A-Za-z0-9._-])+/?)*$")
 
 
 @dataclass
 class Target:
-    name: str
-    vpc: str
-    mgmt: str
-    tree: Path
-    manifest: dict
-    manifest_bytes: bytes
+    tree: RouterTree
+
+    @property
+    def name(self) -> str:
+        return self.tree.name
+
+    @property
+    def manifest(self) -> dict:
+        return self.tree.manifest
+
+    @property
+    def vpc(self) -> str:
+        return self.manifest["vpc"]
+
+    @property
+    def mgmt(self) -> str:
+        return self.manifest["mgmt"]
 
     @property
     def settings(self) -> dict:
@@ -60,7 +80,46 @@ class Target:
         return f"{self.root}/{STATE_DIR}"
 
     def files(self) -> list[str]:
-        return [f["path"] for f in self.manifest["files"]] + [MANIFEST]
+        return self.tree.paths()
+
+    def sums(self) -> dict[str, str]:
+        """sha256 of every file shipped: secret ones, the manifest and the secret sums included."""
+        out = self.tree.sums() | {MANIFEST: _sha(self.tree.manifest_bytes)}
+        if self.tree.secret_sums_bytes is not None:
+            out[SECRET_SUMS] = _sha(self.tree.secret_sums_bytes)
+        return out
+
+    def state(self) -> "State":
+        return State(self.manifest, {e.path: e.sha256 for e in self.tree.entries if e.secret})
+
+
+@dataclass
+class State:
+    """What a release holds, as far as deploy compares releases: its manifest and secret sums."""
+    manifest: dict
+    secret_sums: dict
+
+    def files(self) -> dict[str, tuple]:
+        return {f["path"]: (f.get("sha256") or self.secret_sums.get(f["path"]), f["mode"], f["service"])
+                for f in self.manifest["files"]}
+
+    def paths(self) -> set[str]:
+        return set(self.files()) | {MANIFEST} | ({SECRET_SUMS} if self.secret_sums else set())
+
+    def key(self) -> str:
+        """Equal for two releases that deploy the same (secret files included)."""
+        return json.dumps([_router_part(self.manifest), self.secret_sums], sort_keys=True)
+
+    @staticmethod
+    def parse(manifest: str, secret_sums: str) -> "State | None":
+        """A release's state as read on the router; None when it is missing or not one vpcgen wrote."""
+        try:
+            state = State(json.loads(manifest), json.loads(secret_sums) if secret_sums.strip() else {})
+            ok = set(state.files()) <= SHIPPED and isinstance(state.secret_sums, dict) and all(
+                isinstance(s["name"], str) and isinstance(s["reload"], str) for s in state.manifest["services"])
+            return state if ok else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
 
 
 @dataclass
@@ -77,30 +136,60 @@ class RemoteError(Exception):
     pass
 
 
+class SessionLost(RemoteError):
+    """The router's side of a command ended without an exit status (connection cut, sshd killed)."""
+
+
+CONNECTION_ERRORS = (RemoteError, paramiko.SSHException, OSError, EOFError)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _settings_problem(m: dict) -> str | None:
+    """The first malformed deploy setting of a manifest (deploy runs them as root on the router)."""
+    d = m["deploy"]
+
+    def commands(items, *keys) -> bool:
+        return isinstance(items, list) and all(isinstance(i, dict) and all(isinstance(i.get(k), str) for k in keys)
+                                               for i in items)
+
+    ssh, vrrp, keep = d.get("ssh"), d.get("vrrp"), d.get("keep_releases")
+    checks = {
+        "deploy.root": isinstance(d.get("root"), str) and _ROOT.match(d["root"]) is not None
+        and ".." not in d["root"].split("/"),
+        "deploy.ssh": isinstance(ssh, dict) and isinstance(ssh.get("user"), str)
+        and type(ssh.get("port")) is int and 0 < ssh["port"] < 65536,
+        "deploy.keep_releases": type(keep) is int and keep >= 1,
+        "deploy.checks": commands(d.get("checks"), "service", "command"),
+        "deploy.health": commands(d.get("health"), "service", "command"),
+        "deploy.vrrp": vrrp is None or (isinstance(vrrp, dict) and isinstance(vrrp.get("state"), str)
+                                        and type(vrrp.get("priority")) is int
+                                        and isinstance(vrrp.get("wait_s"), (int, float))),
+        "services": commands(m["services"], "name", "reload"),
+    }
+    return next((name for name, ok in checks.items() if not ok), None)
+
+
 def load_targets(tree_dir: Path, only: list[str] | None) -> list[Target]:
-    tree_dir = Path(tree_dir)
-    if not (tree_dir / "site.json").is_file():
-        raise VpcgenError(f"{tree_dir}: not a built site (run `vpcgen build` first)")
-    targets = []
-    for router_dir in sorted(p for p in tree_dir.iterdir() if (p / MANIFEST).is_file()):
-        data = (router_dir / MANIFEST).read_bytes()
-        manifest = json.loads(data)
-        targets.append(Target(router_dir.name, manifest["vpc"], manifest["mgmt"], router_dir, manifest, data))
+    """The routers of a built site, each checked against its manifest (tree.read_router: generated
+    paths only, no symlinks or unlisted files, every checksum right) and its deploy settings."""
+    dirs = router_dirs(Path(tree_dir))
     if only:
-        unknown = sorted(set(only) - {t.name for t in targets})
+        unknown = sorted(set(only) - set(dirs))
         if unknown:
             raise VpcgenError(f"no router {', '.join(unknown)} in {tree_dir}")
-        targets = [t for t in targets if t.name in only]
-    placeholder = [t.name for t in targets if not t.manifest.get("deployable")]
+        dirs = {name: path for name, path in dirs.items() if name in only}
+    targets = [Target(read_router(path)) for path in dirs.values()]
+    for t in targets:
+        problem = _settings_problem(t.manifest)
+        if problem:
+            raise TreeError(f"{t.tree.dir / MANIFEST}: '{problem}' is missing or malformed")
+    placeholder = [t.name for t in targets if not t.manifest["deployable"]]
     if placeholder:
         raise VpcgenError(f"{tree_dir} was built with --placeholder-secrets and cannot be deployed "
                           f"(routers: {', '.join(placeholder)}); build it with the real secrets")
-    for t in targets:
-        for f in t.manifest["files"]:
-            data = (t.tree / f["path"]).read_bytes()
-            if hashlib.sha256(data).hexdigest() != f["sha256"]:
-                raise VpcgenError(f"{t.tree / f['path']} does not match its manifest: the tree was changed "
-                                  "after the build; build it again")
     return targets
 
 
@@ -139,7 +228,12 @@ class Remote:
         self.conn = conn
         self.lock_channel = None
 
+    def active(self) -> bool:
+        transport = self.conn.client.get_transport()
+        return transport is not None and transport.is_active()
+
     def run(self, command: str, data: bytes = b"", timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
+        """(exit status, output); the status is -1 when the session ended without one."""
         channel = self.conn.client.get_transport().open_session(timeout=10)
         channel.settimeout(timeout)
         channel.set_combine_stderr(True)
@@ -159,19 +253,25 @@ class Remote:
 
     def steps(self, steps: list[tuple[str, str]], data: bytes = b"") -> tuple[str | None, int, str]:
         """Run named commands in order in one session (one round trip), stopping at the first failure:
-        (name of the failed step or None, its exit code, its output)."""
+        (name of the failed step or None, its exit code, its output). Each step runs in its own
+        `sh -e`: on the left of `||` a shell ignores `set -e`, so a step's failing command would
+        go unnoticed."""
         if not steps:
             return None, 0, ""
-        script = "".join(f"echo {shlex.quote('@@step ' + name)}\n( {command}\n) 2>&1 || "
-                         f"{{ rc=$?; echo {shlex.quote('@@failed ' + name)} $rc; exit 1; }}\n"
-                         for name, command in steps)
+        q = shlex.quote
+        script = "".join(f"echo {q('@@step ' + name)}\nsh -ec {q(command)} 2>&1 || "
+                         f"{{ echo {q('@@failed ' + name)} $?; exit 1; }}\n" for name, command in steps)
         rc, out = self.run(script, data)
         failed = re.search(r"^@@failed (\S+) (\d+)$", out, re.M)
         if failed is None and rc == 0:
             return None, 0, out
-        name = failed.group(1) if failed else "?"
+        if failed is None:
+            started = re.findall(r"^@@step (\S+)$", out, re.M)
+            raise SessionLost(f"the session on the router was cut during {started[-1] if started else steps[0][0]}"
+                              f"{'' if self.active() else ' (connection lost)'}")
+        name = failed.group(1)
         section = out.split(f"@@step {name}\n", 1)[-1].split(f"@@failed {name}", 1)[0].strip()
-        return name, int(failed.group(2)) if failed else rc, section or out
+        return name, int(failed.group(2)), section or out
 
     def lock(self, path: str) -> None:
         """Hold an flock on the router while this connection lives (released by the router's kernel
@@ -201,15 +301,25 @@ class Remote:
         self.conn.close()
 
 
+def _read_shipped(path: Path) -> bytes:
+    """A file of a checked tree, never through a symlink swapped in after the check."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
 def tar_of(target: Target) -> bytes:
-    """The router's tree as a tar stream: fixed owner and times, modes from the manifest."""
+    """The router's tree as a tar stream: fixed owner and times, modes from the tree, and first the
+    checksum list of every file (the router verifies them all, secret ones included)."""
     buf = io.BytesIO()
-    modes = {f["path"]: int(f["mode"], 8) for f in target.manifest["files"]}
+    known = {MANIFEST: target.tree.manifest_bytes, SECRET_SUMS: target.tree.secret_sums_bytes}
+    sums = "".join(f"{digest}  {path}\n" for path, digest in sorted(target.sums().items())).encode()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(target.files()):
-            data = (target.tree / path).read_bytes()
+        members = [(SUMS, sums, 0o600)] + [(path, known.get(path) or _read_shipped(target.tree.dir / path),
+                                            target.tree.mode_of(path)) for path in sorted(target.files())]
+        for path, data, mode in members:
             info = tarfile.TarInfo(path)
-            info.size, info.mode, info.mtime, info.uid, info.gid = len(data), modes.get(path, 0o644), 0, 0, 0
+            info.size, info.mode, info.mtime, info.uid, info.gid = len(data), mode, 0, 0, 0
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -219,14 +329,17 @@ def substitute(command: str, target: Target, release: str) -> str:
         "{router}", target.name)
 
 
-def affected_services(old: dict | None, new: dict) -> list[str]:
-    """Services whose files changed, were added or removed, in dependency order."""
-    if old is None:
-        return [s["name"] for s in new["services"]]
-    before = {f["path"]: (f["sha256"], f["mode"], f["service"]) for f in old.get("files", [])}
-    after = {f["path"]: (f["sha256"], f["mode"], f["service"]) for f in new["files"]}
-    touched = {v[2] for p, v in after.items() if before.get(p) != v} | \
-              {v[2] for p, v in before.items() if p not in after}
+def affected_services(olds: list[State | None], new: State) -> list[str]:
+    """Services of ``new`` whose files differ from any release the router may be running (None: not
+    known, so every service), in dependency order."""
+    after, touched = new.files(), set()
+    for old in olds:
+        if old is None:
+            touched |= {s["name"] for s in new.manifest["services"]}
+            continue
+        before = old.files()
+        touched |= {v[2] for p, v in after.items() if before.get(p) != v}
+        touched |= {v[2] for p, v in before.items() if p not in after}
     return [s for s in SERVICE_ORDER if s in touched]
 
 
@@ -236,9 +349,25 @@ def reload_commands(manifest: dict) -> dict[str, str]:
 
 @dataclass
 class Probe:
-    manifest: dict | None  # deployed now
-    release: str | None  # path of the current release
     vrrp: str | None  # MASTER, BACKUP, ... on a pair
+    current: str | None  # id of the current release
+    states: dict[str, State | None]  # release id -> what it holds
+    pending: list[str] | None  # mark of an unconfirmed deploy: its release, the fallback, others
+    releases: list[str]
+    history: list[str]  # confirmed releases, oldest first
+
+    def state(self, release_id: str | None) -> State | None:
+        return self.states.get(release_id) if release_id else None
+
+    def running(self) -> list[State | None]:
+        """What the router's services may be running now: the current release or, with a deploy
+        pending, any release that mark names."""
+        return [self.state(i) for i in self.pending] if self.pending else [self.state(self.current)]
+
+    def fallback(self) -> str | None:
+        """The last release known to be applied: what a failed deploy goes back to."""
+        release = (self.pending[1] if len(self.pending) > 1 else None) if self.pending else self.current
+        return release if self.state(release) is not None else None
 
 
 class RouterDeploy:
@@ -249,82 +378,148 @@ class RouterDeploy:
         self.t, self.r, self.say = target, remote, progress
         self.q = shlex.quote
 
-    def probe(self) -> Probe:
-        base, q = self.t.base, self.q
+    def release_path(self, release_id: str) -> str:
+        return f"{self.t.base}/releases/{release_id}"
+
+    def vrrp_command(self) -> str:
         vrrp = self.t.settings.get("vrrp")
-        state = substitute(vrrp["state"], self.t, "") if vrrp else "true"
-        rc, out = self.r.run(f"echo \"@@vrrp $({state} 2>/dev/null)\"; echo \"@@current $(readlink -f {q(base)}/current)\"; "
-                             f"cat {q(base)}/current/{MANIFEST} 2>/dev/null; true")
-        fields = dict(re.findall(r"^@@(vrrp|current) ?(.*)$", out, re.M))
-        text = out.split("\n", 2)[2] if out.count("\n") >= 2 else ""
-        try:
-            manifest = json.loads(text) if text.strip() else None
-        except ValueError:
-            manifest = None
-        current = fields.get("current", "").strip()
-        return Probe(manifest, current if manifest and current else None,
-                     fields.get("vrrp", "").strip().upper() or None if vrrp else None)
+        return substitute(vrrp["state"], self.t, "") if vrrp else "true"
+
+    def probe(self) -> Probe:
+        b = self.q(self.t.base)
+        # secret-sums.json is read as root: a changed secret file is a change too
+        script = (f"set -f; b={b}; echo \"@@vrrp $({self.vrrp_command()} 2>/dev/null)\"; "
+                  f"cur=$(readlink $b/current 2>/dev/null); cur=${{cur#releases/}}; echo \"@@current $cur\"; "
+                  f"echo @@releases; ls -1 $b/releases 2>/dev/null; echo @@history; cat $b/history 2>/dev/null; "
+                  f"echo @@pending; cat $b/pending 2>/dev/null; "
+                  f"for id in $cur $(cat $b/pending 2>/dev/null); do echo \"@@manifest $id\"; "
+                  f"cat \"$b/releases/$id/{MANIFEST}\" 2>/dev/null; echo; echo \"@@sums $id\"; "
+                  f"cat \"$b/releases/$id/{SECRET_SUMS}\" 2>/dev/null; echo; done; true")
+        _, out = self.r.run(script)
+        parts = re.split(r"^@@(\w+) ?(.*)$", out, flags=re.M)
+        sections = [(parts[i], parts[i + 1].strip(), parts[i + 2].strip("\n")) for i in range(1, len(parts), 3)]
+        single = {name: arg for name, arg, _ in sections}
+        lists = {name: body.split() for name, _, body in sections}
+        texts = {(name, arg): body for name, arg, body in sections if name in ("manifest", "sums")}
+        ids = [i for i in [single.get("current")] + lists.get("pending", []) if i and _ID.match(i)]
+        states = {i: State.parse(texts.get(("manifest", i), ""), texts.get(("sums", i), "")) for i in ids}
+        pending = lists.get("pending") or None
+        return Probe(single.get("vrrp", "").upper() or None if self.t.settings.get("vrrp") else None,
+                     single.get("current") if _ID.match(single.get("current", "")) else None, states, pending,
+                     [r for r in lists.get("releases", []) if _ID.match(r)], lists.get("history", []))
+
+    def vrrp_state(self) -> str | None:
+        _, out = self.r.run(f"{self.vrrp_command()} 2>/dev/null; true")
+        return out.strip().upper() or None
 
     def upload_and_check(self, release_id: str) -> str:
-        """Upload into a partial directory, verify every checksum, name the release, run the checkers."""
+        """Upload into a partial directory, verify every checksum, run the checkers on it, and only
+        then give it its final name: a named release is always complete, verified and on disk."""
         base, q = self.t.base, self.q
         partial = f"{base}/releases/.partial-{release_id}"
-        release = f"{base}/releases/{release_id}"
         data = tar_of(self.t)
-        checks = [(f"check:{e['service']}", substitute(e["command"], self.t, release))
+        checks = [(f"check:{e['service']}", substitute(e["command"], self.t, partial))
                   for e in self.t.settings["checks"]]
         self.say(self.t.name, f"uploading {len(self.t.files())} files ({len(data) // 1024} KiB), checking "
                  f"{', '.join(name[6:] for name, _ in checks) or 'nothing'}")
-        sums = "".join(f"{f['sha256']}  {f['path']}\n" for f in self.t.manifest["files"])
-        # leftovers of an interrupted upload are never activated; they are removed first. The
-        # release appears under its final name only once every file is in and verified.
-        upload = (f"set -e; umask 077; mkdir -p {q(base)}/releases; rm -rf {q(base)}/releases/.partial-*; "
+        # leftovers of an interrupted upload are never activated; they are removed first
+        upload = (f"umask 077; mkdir -p {q(base)}/releases; rm -rf {q(base)}/releases/.partial-*; "
                   f"mkdir {q(partial)}; tar -x -p -f - -C {q(partial)}; cd {q(partial)}; "
-                  f"printf %s {q(sums)} | sha256sum --quiet --strict -c -; mv -T {q(partial)} {q(release)}")
-        failed, rc, out = self.r.steps([("upload", upload)] + checks, data)
-        if failed == "upload":
+                  f"sha256sum --quiet --strict -c {SUMS}; rm {SUMS}; "
+                  "find . -exec sync -- {} +")  # every file and folder on disk before it is named
+        name = (f"mv -T {q(partial)} {q(self.release_path(release_id))}; sync {q(base)}/releases")
+        try:
+            failed, rc, out = self.r.steps([("upload", upload)] + checks + [("name", name)], data)
+        except SessionLost as exc:
+            raise RemoteError(f"{exc}: nothing was switched") from None
+        if failed:
+            try:  # a failed upload may have filled the disk: free it now, not at the next deploy
+                self.r.run(f"rm -rf {q(partial)}")
+            except CONNECTION_ERRORS:
+                pass
+        if failed in ("upload", "name"):
             raise RemoteError(f"upload failed (exit {rc}): {out[-500:]}")
         if failed:
             raise RemoteError(f"{failed[6:]} checker rejected the new release (exit {rc}): {out[-500:]}")
-        return release
+        return release_id
 
-    def switch_script(self, release: str, files: list[str], old_files: list[str]) -> str:
+    def mark_script(self, ids: list[str]) -> str:
+        """The pending mark: the release being activated, the one to fall back to ('-': none), and any
+        other release whose config services may still run; on disk before anything is switched."""
+        p, q = f"{self.t.base}/pending", self.q
+        return (f"printf '%s\\n' {' '.join(q(i) for i in ids)} > {q(p)}.new; sync {q(p)}.new; "
+                f"mv -f {q(p)}.new {q(p)}; sync {q(self.t.base)}")
+
+    def switch_script(self, release_id: str, files: set[str], stale: set[str]) -> str:
         """Point every file's link at current, then swap current in one rename."""
         base, root, q = self.t.base, self.t.root, self.q
-        lines = ["set -e"]
+        lines = []
         for path in sorted(files):
-            link, dest, aside = f"{root}/{path}", f"{base}/current/{path}", f"{base}/displaced/{path}"
-            # a file vpcgen did not put there is kept aside once, never overwritten
-            lines.append(f"mkdir -p $(dirname {q(link)}); if [ -e {q(link)} ] && [ ! -L {q(link)} ]; then "
-                         f"mkdir -p $(dirname {q(aside)}); mv {q(link)} {q(aside)}; fi; "
+            link, dest = f"{root}/{path}", f"{base}/current/{path}"
+            aside = f"{base}/displaced/{path}.{release_id}"
+            # a file vpcgen did not put there is kept aside, every version of it, never overwritten
+            lines.append(f"mkdir -p {q(os.path.dirname(link))}; if [ -e {q(link)} ] && [ ! -L {q(link)} ]; then "
+                         f"mkdir -p {q(os.path.dirname(aside))}; mv --backup=numbered {q(link)} {q(aside)}; fi; "
                          f"[ \"$(readlink {q(link)})\" = {q(dest)} ] || ln -sfn {q(dest)} {q(link)}")
-        lines.append(f"ln -sfn releases/$(basename {q(release)}) {q(base)}/current.new && "
-                     f"mv -T {q(base)}/current.new {q(base)}/current")
-        for path in sorted(set(old_files) - set(files)):
-            lines.append(f"rm -f {q(root + '/' + path)}")
+        lines.append("sync -- " + " ".join(sorted({q(os.path.dirname(f"{root}/{p}")) for p in files})))
+        lines.append(f"ln -sfn releases/{q(release_id)} {q(base)}/current.new; "
+                     f"mv -T {q(base)}/current.new {q(base)}/current; sync {q(base)}")
+        for path in sorted(stale - files):
+            link = q(f"{root}/{path}")
+            lines.append(f"if [ -L {link} ]; then rm -f {link}; fi")
         return "\n".join(lines)
 
-    def activate(self, release: str, manifest: dict, files: list[str], old_files: list[str], services: list[str],
-                 health: bool = True) -> None:
-        """Switch to ``release``, reload ``services`` in order, check health, prune old releases."""
-        commands = reload_commands(manifest)
-        reloads = [(f"reload:{s}", substitute(commands[s], self.t, release)) for s in services if s in commands]
-        self.say(self.t.name, f"switching to {Path(release).name}, reloading "
+    def reload_steps(self, release_id: str, state: State, services: list[str]) -> list[tuple[str, str]]:
+        commands = reload_commands(state.manifest)
+        return [(f"reload:{s}", substitute(commands[s], self.t, self.release_path(release_id)))
+                for s in services if s in commands]
+
+    def activate(self, release_id: str, state: State, stale: set[str], services: list[str], mark: list[str]) -> None:
+        """Mark the deploy pending, switch to the release, reload ``services`` in order, check health."""
+        reloads = self.reload_steps(release_id, state, services)
+        self.say(self.t.name, f"switching to {release_id}, reloading "
                  f"{', '.join(name[7:] for name, _ in reloads) or 'nothing'}")
-        steps = [("switch", self.switch_script(release, files, old_files))] + reloads
-        if health:
-            steps += [(f"health:{e['service']}", substitute(e["command"], self.t, release))
-                      for e in self.t.settings["health"]]
-            keep, q = self.t.settings["keep_releases"], self.q
-            steps.append(("prune", f"cd {q(self.t.base)}/releases && ls -1 | sort -r | tail -n +{keep + 1} | "
-                          f"grep -vx {q(Path(release).name)} | xargs -r rm -rf -- ; true"))
-        failed, rc, out = self.r.steps(steps)
-        if failed == "switch":
+        health = [(f"health:{e['service']}", substitute(e["command"], self.t, self.release_path(release_id)))
+                  for e in self.t.settings["health"]]
+        steps = [("mark", self.mark_script(mark)), ("switch", self.switch_script(release_id, state.paths(), stale))]
+        failed, rc, out = self.r.steps(steps + reloads + health)
+        if failed in ("mark", "switch"):
             raise RemoteError(f"switching releases failed (exit {rc}): {out[-500:]}")
         if failed and failed.startswith("reload:"):
             raise RemoteError(f"reloading {failed[7:]} failed (exit {rc}): {out[-500:]}")
         if failed:
             raise RemoteError(f"{failed[7:]} is not healthy after the reload (exit {rc}): {out[-300:]}")
+
+    def restore(self, release_id: str, state: State, others: list[State | None], stale: set[str]) -> None:
+        """Switch back to a release known to be applied, reload what may differ from it, drop the mark."""
+        reloads = self.reload_steps(release_id, state, affected_services(others, state))
+        self.say(self.t.name, f"restoring {release_id}, reloading {', '.join(n[7:] for n, _ in reloads) or 'nothing'}")
+        unmark = f"rm -f {self.q(self.t.base)}/pending; sync {self.q(self.t.base)}"
+        failed, rc, out = self.r.steps([("switch", self.switch_script(release_id, state.paths(), stale))] + reloads
+                                       + [("unmark", unmark)])
+        if failed:
+            raise RemoteError(f"{failed} failed (exit {rc}): {out[-300:]}")
+
+    def confirm(self, history: list[str], prune: list[str]) -> str:
+        """The release is applied and healthy: record it, drop the mark, remove releases not kept."""
+        base, q = self.q(self.t.base), self.q
+        record = (f"printf '%s\\n' {' '.join(q(i) for i in history)} > {base}/history.new; "
+                  f"mv -f {base}/history.new {base}/history; rm -f {base}/pending; sync {base}")
+        steps = [("confirm", record)]
+        if prune:
+            steps.append(("prune", f"cd {base}/releases; rm -rf -- {' '.join(q(i) for i in prune)}"))
+        failed, rc, out = self.r.steps(steps)
+        if failed == "confirm":
+            raise RemoteError(f"recording the release failed (exit {rc}): {out[-300:]}")
+        return f"; pruning old releases failed: {out[-200:]}" if failed else ""
+
+    def whereabouts(self) -> str:
+        """Which release the router is on now, for a report after a failure."""
+        try:
+            _, out = self.r.run(f"readlink {self.q(self.t.base)}/current; true", timeout=15)
+        except CONNECTION_ERRORS:
+            return "the router's current release is unknown (no connection)"
+        return f"the router's current release is {out.removeprefix('releases/') or 'none'}"
 
     def wait_vrrp(self) -> None:
         """A pair's router must be back in VRRP (MASTER or BACKUP) before its peer is touched."""
@@ -332,44 +527,71 @@ class RouterDeploy:
         if not vrrp:
             return
         deadline = time.monotonic() + vrrp["wait_s"]
-        while (state := self.probe().vrrp) not in ("MASTER", "BACKUP"):
+        while (state := self.vrrp_state()) not in ("MASTER", "BACKUP"):
             if time.monotonic() > deadline:
                 raise RemoteError(f"VRRP state is {state or 'unknown'} {vrrp['wait_s']} s after the reload "
                                   "(expected MASTER or BACKUP)")
             time.sleep(0.5)
 
 
-def release_name(target: Target) -> str:
-    digest = hashlib.sha256(target.manifest_bytes).hexdigest()[:12]
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{digest}"
+def release_name(target: Target, taken: list[str]) -> str:
+    name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{_sha(target.tree.manifest_bytes)[:12]}"
+    n = 1
+    while (unique := name if n == 1 else f"{name}-{n}") in taken:  # the same tree again within a second
+        n += 1
+    return unique
 
 
 def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, progress) -> Outcome:
     d = RouterDeploy(target, remote, progress)
-    old, old_release = probe.manifest, probe.release
-    services = affected_services(old, target.manifest)
-    changed_files = _changed_files(old, target.manifest)
-    if old is not None and _router_part(old) == _router_part(target.manifest):
+    new, current = target.state(), probe.state(probe.current)
+    if not probe.pending and current is not None and current.key() == new.key():
         return Outcome(target.name, "unchanged" if dry_run else "skipped", "same manifest as deployed")
+    running = probe.running()
+    services = affected_services(running, new)
+    changed_files = _changed_files(current, new)
+    note = (f"finishing the interrupted deploy of {probe.pending[0]}" if probe.pending
+            else "first deploy" if current is None else "")
     if dry_run:
-        return Outcome(target.name, "planned", "first deploy" if old is None else "", files=changed_files,
-                       services=services)
-    release = d.upload_and_check(release_name(target))
-    old_files = [f["path"] for f in old["files"]] + [MANIFEST] if old else []
+        return Outcome(target.name, "planned", note, files=changed_files, services=services)
+    fallback = probe.fallback()
+    if current is not None and current.key() == new.key():
+        release = probe.current  # switched to by a deploy that died before confirming it: apply it again
+    else:
+        release = d.upload_and_check(release_name(target, probe.releases))
+    stale = set().union(*(s.paths() for s in running if s is not None))
+    others = [i for i in (probe.pending or [probe.current]) if i and _ID.match(i) and i not in (release, fallback)]
     try:
-        d.activate(release, target.manifest, target.files(), old_files, services)
+        d.activate(release, new, stale, services, [release, fallback or "-"] + others)
         d.wait_vrrp()
-    except RemoteError as exc:
-        if old is None or old_release is None:
-            return Outcome(target.name, "failed", f"{exc}; no previous release to restore: the new one stays active")
-        progress(target.name, f"failed: {exc}; restoring {Path(old_release).name}")
+    except CONNECTION_ERRORS as exc:
+        reason = str(exc) or type(exc).__name__
+        if fallback is None:
+            return Outcome(target.name, "failed", f"{reason}; no previous release to restore: {d.whereabouts()}, "
+                           "not confirmed (the next deploy applies it again)")
+        if not remote.active():
+            return Outcome(target.name, "failed", f"{reason}; {fallback} could not be restored: the router may "
+                           f"run {release} or {fallback}; the next deploy finishes or undoes this one")
+        progress(target.name, f"failed: {reason}; restoring {fallback}")
         try:
-            d.activate(old_release, old, old_files, target.files(), services, health=False)
-        except RemoteError as again:
-            return Outcome(target.name, "failed", f"{exc}; restoring the previous release failed too: {again}")
-        return Outcome(target.name, "rolled back", str(exc), files=changed_files, services=services)
-    return Outcome(target.name, "changed", f"release {Path(release).name}", files=changed_files,
-                   services=services)
+            d.restore(fallback, probe.state(fallback), running + [new], stale | new.paths())
+        except CONNECTION_ERRORS as again:
+            return Outcome(target.name, "failed", f"{reason}; restoring {fallback} failed too: "
+                           f"{str(again) or type(again).__name__}; {d.whereabouts()}, its services may run "
+                           f"{release} or {fallback}; the next deploy finishes or undoes this one")
+        return Outcome(target.name, "rolled back", f"{reason}; {fallback} restored", files=changed_files,
+                       services=services)
+    # pruning keeps what was applied last (the release and the one before it), never by the names'
+    # times: a deployer's clock may be wrong
+    order = [i for i in probe.history if _ID.match(i) and i not in (fallback, release)]
+    kept = (order + [i for i in (fallback, release) if i])[-target.settings["keep_releases"]:]
+    try:
+        pruned = d.confirm(kept, [r for r in probe.releases if r not in kept and r != release])
+    except CONNECTION_ERRORS as exc:
+        return Outcome(target.name, "failed", f"release {release} is active and healthy but was not confirmed "
+                       f"({exc}); the next deploy applies it again")
+    return Outcome(target.name, "changed", f"release {release}" + (f" ({note})" if probe.pending else "") + pruned,
+                   files=changed_files, services=services)
 
 
 def _router_part(manifest: dict) -> str:
@@ -378,9 +600,8 @@ def _router_part(manifest: dict) -> str:
     return json.dumps({k: manifest.get(k) for k in ("files", "services", "deploy", "router", "mgmt")}, sort_keys=True)
 
 
-def _changed_files(old: dict | None, new: dict) -> list[str]:
-    before = {f["path"]: f["sha256"] for f in (old or {}).get("files", [])}
-    after = {f["path"]: f["sha256"] for f in new["files"]}
+def _changed_files(old: State | None, new: State) -> list[str]:
+    before, after = (old.files() if old else {}), new.files()
     return sorted({p for p in after if before.get(p) != after[p]} | {f"-{p}" for p in before if p not in after})
 
 
@@ -427,7 +648,7 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
                 if not options.dry_run:
                     remote.lock(f"{t.base}/lock")
                 remotes[t.name] = remote
-            except (RemoteError, paramiko.SSHException, OSError, EOFError) as exc:
+            except CONNECTION_ERRORS as exc:
                 if remote is not None:
                     remote.close()
                 say(t.name, f"failed: {exc}")
@@ -437,7 +658,7 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
         for t in list(order):
             try:
                 probes[t.name] = RouterDeploy(t, remotes[t.name], say).probe()
-            except (RemoteError, paramiko.SSHException, OSError, EOFError) as exc:
+            except CONNECTION_ERRORS as exc:
                 outcomes.append(Outcome(t.name, "failed", f"{exc}" or type(exc).__name__))
                 order.remove(t)
         if len(order) == 2:
@@ -449,7 +670,7 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
             start = time.monotonic()
             try:
                 outcome = deploy_one(t, remotes[t.name], probes[t.name], options.dry_run, say)
-            except (RemoteError, paramiko.SSHException, OSError, EOFError) as exc:
+            except CONNECTION_ERRORS as exc:
                 outcome = Outcome(t.name, "failed", f"{exc}" or type(exc).__name__)
             outcome.seconds = time.monotonic() - start
             say(t.name, f"{outcome.status}{': ' + outcome.detail if outcome.detail else ''}")
