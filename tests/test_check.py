@@ -125,6 +125,14 @@ def test_check_fails_on_broken_files(router, checker, rel, old, new, tmp_path):
     assert netns_list() == before
 
 
+def test_check_from_a_folder_the_checkers_cannot_see(tmp_path, monkeypatch):
+    # checkers get private, empty /tmp and /var/tmp; haproxy -c returns to the caller's folder
+    tree = built(EXAMPLE, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = run_cli("check", tree, "--router", "shop-r1")
+    assert code == 0, stdout + stderr
+
+
 def test_check_unknown_router(tmp_path):
     tree = built(EXAMPLE, tmp_path)
     code, _, stderr = run_cli("check", tree, "--router", "nope")

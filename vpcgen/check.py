@@ -4,7 +4,7 @@ An exit code of 0 is not trusted alone where a checker prints errors and still e
 output is read too. Every checker runs in a scratch network namespace with a private mount
 namespace. A built tree is untrusted input: it must be exactly what its manifest describes
 (``tree.read_router``), only a staged copy of its listed files is ever laid over /etc, and
-checkers that only parse a file run as nobody.
+checkers that only parse a file (haproxy -c, vtysh --dryrun, sh -n) run as nobody.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def _iptables(tree: Path) -> tuple[bool, str]:
 def _keepalived(tree: Path) -> tuple[bool, str]:
     with netns.scratch_netns() as ns:
         netns.add_interfaces(ns, netns.interfaces_of(tree))
-        # keepalived writes its findings to the --config-test log, and exits 0 on some of them
-        r = netns.run_in_tree(ns, tree, f"{AS_NOBODY} keepalived --config-test=/run/kt.log "
-                                        "-f /etc/keepalived/keepalived.conf; "
+        # keepalived writes its findings to the --config-test log, and exits 0 on some of them. As
+        # root (it runs no script when testing): its script security checks need the script user
+        r = netns.run_in_tree(ns, tree, "keepalived --config-test=/run/kt.log -f /etc/keepalived/keepalived.conf; "
                                         "rc=$?; cat /run/kt.log 2>/dev/null; exit $rc")
         out = (r.stdout + r.stderr).strip()
         return r.returncode == 0 and not out, out or f"keepalived -t exited {r.returncode}"

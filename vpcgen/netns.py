@@ -150,6 +150,7 @@ def run_in_tree(ns: str, staged: Path, script: str, timeout: float = 30) -> subp
         f"mount -t overlay overlay -o lowerdir={etc}:/etc,upperdir={s}/upper,workdir={s}/work /etc; "
         "mount -t tmpfs vpcgen-run /run; mkdir -p /run/lock; "
         "for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs vpcgen-tmp $d; done; "
+        "cd /; "  # the caller's folder may lie under a folder just hidden (haproxy returns to it)
         "set +e; "
     )
     try:
