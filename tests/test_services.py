@@ -122,10 +122,15 @@ def test_only_the_master_announces_a_routed_vpc(example_tree):
     assert re.search(r"^ area \d+ range 10\.128\.4\.0/22$", single, re.M)
     ids = [re.search(r"ospf router-id (\S+)", t).group(1) for t in pair + [single]]
     assert len(set(ids)) == 3 and all(i.startswith("100.64.0.") for i in ids)
-    notify = (example_tree / "left-r1/etc/keepalived/notify.sh").read_text()
-    master = notify.split("to_master() {", 1)[1].split("}", 1)[0]
-    backup = notify.split("to_backup() {", 1)[1].split("}", 1)[0]
-    assert "ospf_announce" in master and "ospf_withdraw" in backup
+    # a pair announces the VPC as the route keepalived installs on the master only, redistributed
+    for router, text in zip(("left-r1", "left-r2"), pair):
+        assert re.search(r"^ redistribute kernel route-map VPCGEN-ANNOUNCE$", text, re.M)
+        assert re.search(r"^ip prefix-list VPCGEN-ANNOUNCE seq 5 permit 10\.128\.0\.0/22$", text, re.M)
+        keepalived = (example_tree / router / "etc/keepalived/keepalived.conf").read_text()
+        routes = keepalived.split("virtual_routes {", 1)[1].split("}", 1)[0]
+        assert "blackhole 10.128.0.0/22" in routes
+        assert re.search(r"^ ip ospf bfd$", text, re.M) and "detect-multiplier 3" in text
+    assert "redistribute" not in single
     rules = (example_tree / "left-r1/etc/iptables/rules.v4").read_text()
     guard = chain_rules(rules, "raw", "VPCGEN_HA_GUARD")
     # the router's own traffic and OSPF pass before any drop: adjacencies and health checks survive on the backup
@@ -133,7 +138,7 @@ def test_only_the_master_announces_a_routed_vpc(example_tree):
     assert guard[1].startswith("-A VPCGEN_HA_GUARD -i eth1.99 -p 89 -j RETURN")
     manifest = json.loads((example_tree / "left-r1/etc/vpcgen/manifest.json").read_text())
     frr = next(s for s in manifest["services"] if s["name"] == "frr")
-    assert frr["reload"].endswith("notify.sh sync-ospf")
+    assert frr["reload"] == "systemctl reload frr"  # the announcement is a kernel route: nothing to replay
 
 
 def test_site_json_lists_the_services(example_tree):

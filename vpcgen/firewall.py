@@ -23,6 +23,7 @@ BUILTIN_CHAINS = {
 }
 NAMED_PROTOCOLS = frozenset({"tcp", "udp", "icmp"})
 OSPF_PROTO = 89
+BFD_PORT = 3784  # single-hop BFD control (RFC 5881)
 
 
 @dataclass
@@ -138,6 +139,8 @@ def _input(view: RouterView, filt: Table) -> None:
                  f"--dport {CONNTRACKD_PORT} -j ACCEPT", "conntrackd from the peer on the sync link")
     if view.transit:
         filt.add("INPUT", f"-i {view.transit.iface} -p {OSPF_PROTO} -j ACCEPT", "ospf on the transit link")
+        filt.add("INPUT", f"-i {view.transit.iface} -p udp -m udp --dport {BFD_PORT} -m ttl --ttl-eq 255 -j ACCEPT",
+                 "bfd on the transit link (single hop: ttl 255)")
     if view.public and vpn.has_vpn(view):
         pub, local = view.public.iface, view.vpn_address
         for conn in vpn.site_to_site(view):

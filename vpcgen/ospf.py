@@ -2,10 +2,15 @@
 
 Each routed VPC is one OSPF area: its tiers are passive interfaces of that area, the transit
 link to the zone's core routers is in the backbone, and the router, an area border router,
-summarises the VPC's CIDR into the backbone with ``area N range``. On a redundant pair both
-routers keep their backbone adjacencies (fast failover) but the range is loaded as
-``not-advertise``; notify.sh switches it to advertise on the master only, so only the VRRP
-master announces the VPC.
+summarises the VPC's CIDR into the backbone with ``area N range``.
+
+On a redundant pair both routers keep their backbone adjacencies (fast failover), their range is
+``not-advertise`` (no per-tier summaries either), and the VPC is announced as an external route:
+keepalived installs a blackhole route for the VPC's CIDR on the master only (its tiers' connected
+routes are more specific) and ospfd redistributes exactly that route. Mastership and announcement
+thus move together in the kernel, with no command to replay: flipping the range by vtysh instead
+waited for ospfd's ABR task (about 4 s) and, now and then, was never re-originated at all.
+BFD on the transit link lets the core drop a dead master's adjacency within a few hundred ms.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from dataclasses import dataclass
 
 from .topology import RouterView
 
-# etc/frr/daemons: zebra and staticd always run; of the optional daemons only ospfd
-ENABLED = ("ospfd",)
+# etc/frr/daemons: zebra and staticd always run; of the optional daemons ospfd and bfdd
+ENABLED = ("ospfd", "bfdd")
+BFD = {"transmit_ms": 100, "receive_ms": 100, "multiplier": 3}  # the core's adjacency drops in 300 ms
+ANNOUNCE_MAP = "VPCGEN-ANNOUNCE"
 ALL_DAEMONS = ("bgpd", "ospfd", "ospf6d", "ripd", "ripngd", "isisd", "pimd", "pim6d", "ldpd", "nhrpd", "eigrpd",
                "babeld", "sharpd", "pbrd", "bfdd", "fabricd", "vrrpd", "pathd")
 
@@ -31,7 +38,7 @@ class Ospf:
     dead_s: int
     auth_key: str | None  # secret name
     tiers: tuple[tuple[str, str], ...]  # (interface, cidr), passive
-    announce_by_default: bool  # single router: yes; a pair: only the master, switched by notify.sh
+    announce_by_default: bool  # single router: the range; a pair: the master's redistributed route
 
 
 def model(view: RouterView) -> Ospf:
@@ -47,21 +54,10 @@ def range_command(o: Ospf, announce: bool) -> str:
     return f"area {o.area} range {o.vpc_cidr}" + ("" if announce else " not-advertise")
 
 
-def switch_commands(o: Ospf, announce: bool) -> list[str]:
-    """vtysh commands (under `router ospf`) that make a running ospfd announce the VPC or stop.
-
-    FRR 8.4 does not re-originate the summary when a range only changes from not-advertise to
-    advertise (measured); removing and re-adding the range in one session does, and the summary
-    appears on the core about 4 s later (ospfd's ABR task delay)."""
-    if announce:
-        return [f"no {range_command(o, False)}", range_command(o, True)]
-    return [range_command(o, False)]
-
-
 def context(view: RouterView, secrets: dict[str, str]) -> dict:
     o = model(view)
     return {"ospf": o, "auth_key": secrets[o.auth_key] if o.auth_key else None,
-            "range": range_command(o, o.announce_by_default)}
+            "range": range_command(o, o.announce_by_default), "bfd": BFD, "announce_map": ANNOUNCE_MAP}
 
 
 def daemons_context(view: RouterView) -> dict:

@@ -120,7 +120,7 @@ DAEMONS = (
 def reload_commands(view: RouterView) -> dict[str, str]:
     """How each service picks up a new file on the router (deploy runs these in SERVICE_ORDER)."""
     p = router_paths(view)
-    frr = "systemctl reload frr"
+    frr = "systemctl reload frr"  # the master's announcement is a kernel route: it survives a reload
     return {
         "networking": "ifup -a",
         "sysctl": f"sysctl -q -p {p['sysctl']}",
@@ -130,7 +130,7 @@ def reload_commands(view: RouterView) -> dict[str, str]:
         "haproxy": "systemctl reload haproxy",
         # loads changed connections and secrets; established SAs of unchanged connections stay up
         "strongswan": f"SWANCTL_DIR={p['swanctl']} swanctl --load-all --noprompt",
-        "frr": f"{frr} && {p['notify']} sync-ospf" if view.redundant else frr,
+        "frr": frr,
     } | view.site.deploy.commands.get("reload", {})
 
 

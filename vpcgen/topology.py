@@ -13,6 +13,9 @@ from .intent import SOURCE_NAT_IP, Site, Vpc
 
 SYNC_ADDRESSES = ("169.254.255.1", "169.254.255.2")
 SYNC_PREFIX = 30
+# a router holds its beacon on the sync link while it can forward (upstream and daemons healthy);
+# its peer asks for it by ARP before handing mastership over
+BEACONS = ("169.254.254.1", "169.254.254.2")
 CONNTRACKD_PORT = 3780
 PRIORITIES = (200, 100)  # far apart, so elections never hinge on timer skew
 
