@@ -1,4 +1,4 @@
-"""Properties of allocation (SPEC §2.1): deterministic output, stable allocations."""
+"""Properties of allocation: deterministic output, stable allocations (a change never moves another object's)."""
 
 from __future__ import annotations
 

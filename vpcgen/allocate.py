@@ -1,4 +1,4 @@
-"""Deterministic, stable allocation (SPEC §2.1) and the lock file that records it.
+"""Deterministic, stable allocation (a change never moves another object's value) and its lock file.
 
 Order of precedence inside every pool: values the operator pinned, then values recorded in
 ``allocations.lock.yaml`` (kept as long as their object still exists and still fits), then new

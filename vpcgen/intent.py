@@ -1,7 +1,9 @@
 """The intent: what the operator asked for, as frozen dataclasses built from schema-valid documents.
 
 Each object keeps ``src`` (its document and JSON path, excluded from equality) so that later
-stages can report errors at the exact line of the YAML that caused them.
+stages can report errors at the exact line of the YAML that caused them. A field the operator left
+out takes the schema's ``default`` (``schema.default``); only defaults that depend on other values
+(source NAT in a routed VPC, private ports, the site's VRRP settings) are computed here.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .errors import Location
 from .loader import Document, SiteFiles
+from .schema import default
 
 BUILTIN_ACLS = ("default_allow", "default_deny")
 SOURCE_NAT_IP = "source-nat"  # the reserved name of the VPC's source NAT public IP
@@ -270,7 +273,7 @@ def _secret(ref) -> str | None:
 def _rule(doc: Document, path: tuple, r: dict) -> Rule:
     return Rule(number=r["number"], action=r["action"], traffic=r["traffic"], protocol=r["protocol"],
                 ports=port_range(r.get("ports")), icmp_type=r.get("icmp_type"), icmp_code=r.get("icmp_code"),
-                cidrs=tuple(r.get("cidrs", ["0.0.0.0/0"])), src=Src(doc, path))
+                cidrs=tuple(r.get("cidrs", default("acl", "rules", "cidrs"))), src=Src(doc, path))
 
 
 def _acl(doc: Document) -> Acl:
@@ -289,7 +292,8 @@ def _zone(doc: Document) -> Zone:
     if "ospf" in d:
         o = d["ospf"]
         ospf = Ospf(transit_cidr=o["transit"]["cidr"], transit_vlan=o["transit"].get("vlan"),
-                    hello_interval_s=o.get("hello_interval_s", 10), dead_interval_s=o.get("dead_interval_s", 40),
+                    hello_interval_s=o.get("hello_interval_s", default("zone", "ospf", "hello_interval_s")),
+                    dead_interval_s=o.get("dead_interval_s", default("zone", "ospf", "dead_interval_s")),
                     auth_key=_secret(o.get("auth_key")))
     return Zone(name=d["name"], guest_vlans=(low, high), public=public, super_cidr=d.get("super_cidr"),
                 ospf=ospf, src=Src(doc))
@@ -301,30 +305,39 @@ def _vpc(doc: Document, vrrp_defaults: Vrrp) -> Vpc:
     routed = "netmask" in d and "cidr" not in d
     vrrp = d.get("vrrp", {})
     public_ips = [PublicIp(name=p["name"], address=p.get("address"), src=at("public_ips", i))
-                  for i, p in enumerate(d.get("public_ips", []))]
-    source_nat = d.get("source_nat", not routed)
+                  for i, p in enumerate(d.get("public_ips", default("vpc", "public_ips")))]
+    # the schema's default is a NAT VPC's; a routed VPC has no NAT (and may not set source_nat)
+    source_nat = d.get("source_nat", default("vpc", "source_nat") and not routed)
     if source_nat and not routed:
         public_ips.append(PublicIp(name=SOURCE_NAT_IP, address=None, src=at("source_nat")))
     lbs = []
-    for i, lb in enumerate(d.get("load_balancers", [])):
+    for i, lb in enumerate(d.get("load_balancers", default("vpc", "load_balancers"))):
         hc = lb.get("health_check", {})
         lbs.append(LoadBalancer(
             name=lb["name"], public_ip=lb["public_ip"], public_port=lb["public_port"],
-            private_port=lb.get("private_port", lb["public_port"]), protocol=lb["protocol"],
-            algorithm=lb.get("algorithm", "roundrobin"), stickiness=lb.get("stickiness", "none"),
-            health_check=HealthCheck(interval_ms=hc.get("interval_ms", 2000), rise=hc.get("rise", 2),
-                                     fall=hc.get("fall", 3), http_path=hc.get("http_path")),
+            private_port=lb.get("private_port", lb["public_port"]),  # absent: the public port
+            protocol=lb["protocol"],
+            algorithm=lb.get("algorithm", default("vpc", "load_balancers", "algorithm")),
+            stickiness=lb.get("stickiness", default("vpc", "load_balancers", "stickiness")),
+            health_check=HealthCheck(
+                interval_ms=hc.get("interval_ms", default("vpc", "load_balancers", "health_check", "interval_ms")),
+                rise=hc.get("rise", default("vpc", "load_balancers", "health_check", "rise")),
+                fall=hc.get("fall", default("vpc", "load_balancers", "health_check", "fall")),
+                http_path=hc.get("http_path")),
             members=tuple(lb["members"]), src=at("load_balancers", i)))
     vpn = d.get("vpn", {})
+    s2s_default = lambda key: default("vpc", "vpn", "site_to_site", key)  # noqa: E731
     s2s = [SiteToSite(
         name=v["name"], peer=v["peer"], peer_cidrs=tuple(v["peer_cidrs"]),
+        # absent: None, read as every tier of the VPC once the tiers' CIDRs are allocated
         local_cidrs=tuple(v["local_cidrs"]) if "local_cidrs" in v else None, psk=v["psk"]["secret"],
-        ike_version=v.get("ike_version", 2),
-        ike_proposals=tuple(v.get("ike_proposals", ["aes256-sha256-modp2048"])),
-        esp_proposals=tuple(v.get("esp_proposals", ["aes256gcm16-modp2048"])),
-        ike_lifetime_s=v.get("ike_lifetime_s", 28800), esp_lifetime_s=v.get("esp_lifetime_s", 3600),
-        dpd_delay_s=v.get("dpd_delay_s", 30), src=at("vpn", "site_to_site", i))
-        for i, v in enumerate(vpn.get("site_to_site", []))]
+        ike_version=v.get("ike_version", s2s_default("ike_version")),
+        ike_proposals=tuple(v.get("ike_proposals", s2s_default("ike_proposals"))),
+        esp_proposals=tuple(v.get("esp_proposals", s2s_default("esp_proposals"))),
+        ike_lifetime_s=v.get("ike_lifetime_s", s2s_default("ike_lifetime_s")),
+        esp_lifetime_s=v.get("esp_lifetime_s", s2s_default("esp_lifetime_s")),
+        dpd_delay_s=v.get("dpd_delay_s", s2s_default("dpd_delay_s")), src=at("vpn", "site_to_site", i))
+        for i, v in enumerate(vpn.get("site_to_site", default("vpc", "vpn", "site_to_site")))]
     ra = None
     if "remote_access" in vpn:
         r = vpn["remote_access"]
@@ -334,25 +347,28 @@ def _vpc(doc: Document, vrrp_defaults: Vrrp) -> Vpc:
                           src=at("vpn", "remote_access"))
     return Vpc(
         name=d["name"], zone=d["zone"], cidr=d.get("cidr"), netmask=d.get("netmask"),
-        redundant=d.get("redundant", True),
+        redundant=d.get("redundant", default("vpc", "redundant")),
         routers=tuple(Router(r["name"], r["mgmt"], src=at("routers", i)) for i, r in enumerate(d["routers"])),
-        vrrp=Vrrp(advert_interval_ms=vrrp.get("advert_interval_ms", vrrp_defaults.advert_interval_ms),
+        vrrp=Vrrp(advert_interval_ms=vrrp.get("advert_interval_ms", vrrp_defaults.advert_interval_ms),  # the site's
                   preempt=vrrp.get("preempt", vrrp_defaults.preempt)),
         tiers=tuple(Tier(name=t["name"], cidr=t.get("cidr"), netmask=t.get("netmask"), gateway=t.get("gateway"),
-                         vlan=t.get("vlan"), acl=t.get("acl", "default_deny"), src=at("tiers", i))
+                         vlan=t.get("vlan"), acl=t.get("acl", default("vpc", "tiers", "acl")), src=at("tiers", i))
                     for i, t in enumerate(d["tiers"])),
         public_ips=tuple(public_ips), source_nat=source_nat and not routed,
         static_nat=tuple(StaticNat(s["public_ip"], s["private_ip"], src=at("static_nat", i))
-                         for i, s in enumerate(d.get("static_nat", []))),
+                         for i, s in enumerate(d.get("static_nat", default("vpc", "static_nat")))),
         port_forwarding=tuple(PortForward(
             public_ip=p["public_ip"], protocol=p["protocol"], public_port=port_range(p["public_port"]),
-            private_ip=p["private_ip"], private_port=port_range(p.get("private_port", p["public_port"])),
-            src=at("port_forwarding", i)) for i, p in enumerate(d.get("port_forwarding", []))),
+            private_ip=p["private_ip"],
+            private_port=port_range(p.get("private_port", p["public_port"])),  # absent: the public port(s)
+            src=at("port_forwarding", i))
+            for i, p in enumerate(d.get("port_forwarding", default("vpc", "port_forwarding")))),
         load_balancers=tuple(lbs), site_to_site=tuple(s2s), remote_access=ra,
         private_gateways=tuple(PrivateGateway(
             name=g["name"], vlan=g["vlan"], address=g["address"], gateway=g["gateway"],
-            routes=tuple(g.get("routes", [])), acl=g.get("acl", "default_deny"), src=at("private_gateways", i))
-            for i, g in enumerate(d.get("private_gateways", []))),
+            routes=tuple(g.get("routes", default("vpc", "private_gateways", "routes"))),
+            acl=g.get("acl", default("vpc", "private_gateways", "acl")), src=at("private_gateways", i))
+            for i, g in enumerate(d.get("private_gateways", default("vpc", "private_gateways")))),
         src=Src(doc))
 
 
@@ -370,8 +386,8 @@ def build_intent(files: SiteFiles) -> Site:
     """Schema-valid documents -> intent. Cross-references are checked later (verify)."""
     d = files.site.data
     defaults = d.get("defaults", {})
-    vrrp = defaults.get("vrrp", {})
-    vrrp_defaults = Vrrp(advert_interval_ms=vrrp.get("advert_interval_ms", 1000), preempt=vrrp.get("preempt", False))
+    vrrp = {**default("site", "defaults", "vrrp"), **defaults.get("vrrp", {})}
+    vrrp_defaults = Vrrp(advert_interval_ms=vrrp["advert_interval_ms"], preempt=vrrp["preempt"])
     ssh = defaults.get("ssh", {})
     deploy = defaults.get("deploy", {})
     acls = builtin_acls()
@@ -379,9 +395,12 @@ def build_intent(files: SiteFiles) -> Site:
         if doc.data["name"] not in acls:
             acls[doc.data["name"]] = _acl(doc)
     return Site(
-        name=d["name"], ssh=Ssh(user=ssh.get("user", "root"), port=ssh.get("port", 3922)),
-        deploy=Deploy(root=deploy.get("root", "/"), keep_releases=deploy.get("keep_releases", 5),
-                      vrrp_wait_s=deploy.get("vrrp_wait_s", 30), commands=deploy.get("commands", {})),
+        name=d["name"], ssh=Ssh(user=ssh.get("user", default("site", "defaults", "ssh", "user")),
+                                port=ssh.get("port", default("site", "defaults", "ssh", "port"))),
+        deploy=Deploy(root=deploy.get("root", default("site", "defaults", "deploy", "root")),
+                      keep_releases=deploy.get("keep_releases", default("site", "defaults", "deploy", "keep_releases")),
+                      vrrp_wait_s=deploy.get("vrrp_wait_s", default("site", "defaults", "deploy", "vrrp_wait_s")),
+                      commands=deploy.get("commands", default("site", "defaults", "deploy", "commands"))),
         zones={doc.data["name"]: _zone(doc) for doc in sorted(files.zones, key=lambda x: x.data["name"])},
         vpcs={doc.data["name"]: _vpc(doc, vrrp_defaults) for doc in sorted(files.vpcs, key=lambda x: x.data["name"])},
         acls=dict(sorted(acls.items())), src=Src(files.site))

@@ -42,18 +42,44 @@ def _inline(node, defs: dict):
 
 
 @cache
+def inlined(kind: str) -> dict:
+    """The schema of ``kind`` with every reference to defs.schema.json resolved (do not modify it)."""
+    return _inline(json.loads(schema_text(kind)), json.loads(schema_text("defs"))["$defs"])
+
+
+def default(kind: str, *path: str):
+    """The schema's ``default`` of a property, e.g. ``default("vpc", "tiers", "acl")`` -> "default_deny".
+
+    ``path`` names properties only: arrays are stepped into (their items) on the way. The defaults
+    of the input live in the schemas, so that editors, docs/site-reference.md and the intent agree.
+    A KeyError means the schema gives no literal default there (it depends on other values).
+    """
+    return copy.deepcopy(_default(kind, path))
+
+
+@cache
+def _default(kind: str, path: tuple):
+    node = inlined(kind)
+    for key in path:
+        while node.get("type") == "array":
+            node = node["items"]
+        node = node["properties"][key]
+    return node["default"]
+
+
+@cache
 def _validators() -> dict[str, tuple]:
     """Per kind: a compiled yes/no validator (fast) and jsonschema's (exact, located errors).
 
     Both read the same schema files. Only documents the fast one rejects go through jsonschema,
     whose errors are the ones reported, so the messages never depend on the fast path.
     """
-    defs = json.loads(schema_text("defs"))["$defs"]
     out = {}
     for kind in KINDS:
-        schema = _inline(json.loads(schema_text(kind)), defs)
+        schema = inlined(kind)
         fast_schema = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
-        out[kind] = (fastjsonschema.compile(fast_schema), Draft202012Validator(schema))
+        # use_default=False: validation never fills the schemas' defaults into the documents
+        out[kind] = (fastjsonschema.compile(fast_schema, use_default=False), Draft202012Validator(schema))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Semantic checks of the intent (SPEC §1.3): references, ranges, overlaps, collisions.
+"""Semantic checks of the intent: references, ranges, overlaps, collisions, refused field combinations.
 
 ``check_intent`` needs only the intent; ``check_placement`` runs after allocation, when every
 tier has its CIDR. Both return every problem found.
