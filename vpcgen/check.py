@@ -9,6 +9,7 @@ checkers that only parse a file (haproxy -c, vtysh --dryrun, sh -n) run as nobod
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -22,7 +23,7 @@ from pathlib import Path
 from . import netns
 from .errors import VpcgenError
 from .render import DAEMONS
-from .tree import GENERATED, RouterTree, TreeError, read_router, router_dirs
+from .tree import GENERATED, MANIFEST, RouterTree, TreeError, read_router, router_dirs
 
 AS_NOBODY = netns.UNPRIVILEGED
 
@@ -53,13 +54,18 @@ def _iptables(tree: Path) -> tuple[bool, str]:
         return True, f"{loaded} rules loaded"
 
 
+def _deploy_root(staged: Path) -> str:
+    """The deploy root the staged (verified) manifest names: the tree's files refer to it."""
+    return json.loads((staged / MANIFEST).read_text(encoding="utf-8"))["deploy"]["root"]
+
+
 def _keepalived(tree: Path) -> tuple[bool, str]:
     with netns.scratch_netns() as ns:
         netns.add_interfaces(ns, netns.interfaces_of(tree))
         # keepalived writes its findings to the --config-test log, and exits 0 on some of them. As
         # root (it runs no script when testing): its script security checks need the script user
         r = netns.run_in_tree(ns, tree, "keepalived --config-test=/run/kt.log -f /etc/keepalived/keepalived.conf; "
-                                        "rc=$?; cat /run/kt.log 2>/dev/null; exit $rc")
+                                        "rc=$?; cat /run/kt.log 2>/dev/null; exit $rc", root=_deploy_root(tree))
         out = (r.stdout + r.stderr).strip()
         return r.returncode == 0 and not out, out or f"keepalived -t exited {r.returncode}"
 

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the input, a check or a target failed, 2 usage error.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -39,7 +40,8 @@ def _run(fn):
         count = len(exc.diagnostics)
         _fail([str(d) for d in exc.diagnostics] + [f"{count} error{'s' if count != 1 else ''}"])
     except VpcgenError as exc:
-        _fail([f"error: {exc}"])
+        text = str(exc)  # a message that starts with its location is printed as FILE:LINE:COL: error: ...
+        _fail([text if re.match(r"^\S+:\d+(:\d+)?: error: ", text) else f"error: {text}"])
     except KeyboardInterrupt:
         _fail(["error: interrupted"])
     except OSError as exc:

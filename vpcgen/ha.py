@@ -81,7 +81,7 @@ def keepalived(view: RouterView) -> Keepalived:
     # static routes of private gateways live on the master only, with the gateway's address
     routes += [f"{r} via {g.gateway} dev {g.iface}" for g in view.private_gateways for r in g.routes]
     if view.routed:  # the master's route that ospfd redistributes: only the master announces the VPC
-        routes.append(f"blackhole {view.vpc_cidr}")
+        routes.append(f"blackhole {view.vpc_cidr} no_track")  # no interface to follow
     # one failed check is enough: each check already retries its probes
     scripts = (Script("vpcgen_health", "check-health", 1, 2), Script("vpcgen_sync", "check-sync", 1, 1))
     up = uplink(view)

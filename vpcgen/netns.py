@@ -135,9 +135,31 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)  # whatever the umask
 
 
-def run_in_tree(ns: str, staged: Path, script: str, timeout: float = 30) -> subprocess.CompletedProcess:
+_ROOT = re.compile(r"^(/[A-Za-z0-9._-]+)+/?$")
+
+
+def _at_root(root: str, scratch: str) -> str:
+    """Shell lines that make ROOT/etc show the overlaid /etc: the deepest existing folder above it
+    becomes a writable overlay of itself (its content stays visible) to hold the missing folders."""
+    if root.rstrip("/") in ("", "/"):
+        return ""
+    if not _ROOT.match(root) or "/../" in root + "/" or "/./" in root + "/":
+        raise OSError(f"deploy root {root!r} is not a plain absolute path")
+    r = shlex.quote(root.rstrip("/"))
+    return (f"a={r}; while [ ! -d \"$a\" ]; do a=$(dirname \"$a\"); done; "
+            f"if [ \"$a\" != {r} ] || [ ! -d {r}/etc ]; then "
+            f"  [ \"$a\" != / ] || {{ echo 'cannot lay the tree at its deploy root {root}' >&2; exit 1; }}; "
+            f"  mkdir -p {scratch}/ru {scratch}/rw; "
+            f"  mount -t overlay overlay -o lowerdir=\"$a\",upperdir={scratch}/ru,workdir={scratch}/rw \"$a\"; "
+            f"  mkdir -p {r}/etc; fi; "
+            f"mount --bind /etc {r}/etc; ")
+
+
+def run_in_tree(ns: str, staged: Path, script: str, timeout: float = 30, root: str = "/") -> subprocess.CompletedProcess:
     """Run ``script`` (sh) in ``ns`` with a staged tree's etc/ laid over /etc, a private /run and
     private, empty /tmp, /var/tmp and /dev/shm (the only places an unprivileged checker could write).
+    With a deploy ``root`` other than /, the same /etc also appears at ROOT/etc, where the tree's
+    files refer to each other (a keepalived script path, say).
 
     A private mount namespace holds the mounts, so nothing of the machine's /etc or /run changes.
     """
@@ -151,6 +173,7 @@ def run_in_tree(ns: str, staged: Path, script: str, timeout: float = 30) -> subp
         "mount -t tmpfs vpcgen-run /run; mkdir -p /run/lock; "
         "for d in /tmp /var/tmp /dev/shm; do mount -t tmpfs vpcgen-tmp $d; done; "
         "cd /; "  # the caller's folder may lie under a folder just hidden (haproxy returns to it)
+        + _at_root(root, s) +
         "set +e; "
     )
     try:
