@@ -1,4 +1,4 @@
-"""The per-router view of a VPC: roles, interfaces and addresses (SPEC §2.1, §2.2).
+"""The per-router view of a VPC: roles, interfaces and addresses, from the intent and the allocation.
 
 Everything a template or another feature needs about where things are is computed here once.
 """
@@ -179,7 +179,7 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
 
 
 def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
-    """The resolved site (SPEC §2.3): no secret values, only names and addresses."""
+    """The resolved site (site.json of the built tree): no secret values, only names and addresses."""
     by_vpc: dict[str, list[RouterView]] = {}
     for v in views:
         by_vpc.setdefault(v.vpc.name, []).append(v)
