@@ -143,6 +143,11 @@ class SessionLost(RemoteError):
 CONNECTION_ERRORS = (RemoteError, paramiko.SSHException, OSError, EOFError)
 
 
+def _said(out: str, limit: int) -> str:
+    """The end of a failed step's output, for a message."""
+    return f": {out[-limit:]}" if out else ""
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -271,7 +276,7 @@ class Remote:
                               f"{'' if self.active() else ' (connection lost)'}")
         name = failed.group(1)
         section = out.split(f"@@step {name}\n", 1)[-1].split(f"@@failed {name}", 1)[0].strip()
-        return name, int(failed.group(2)), section or out
+        return name, int(failed.group(2)), section
 
     def lock(self, path: str) -> None:
         """Hold an flock on the router while this connection lives (released by the router's kernel
@@ -438,9 +443,9 @@ class RouterDeploy:
             except CONNECTION_ERRORS:
                 pass
         if failed in ("upload", "name"):
-            raise RemoteError(f"upload failed (exit {rc}): {out[-500:]}")
+            raise RemoteError(f"upload failed (exit {rc}){_said(out, 500)}")
         if failed:
-            raise RemoteError(f"{failed[6:]} checker rejected the new release (exit {rc}): {out[-500:]}")
+            raise RemoteError(f"{failed[6:]} checker rejected the new release (exit {rc}){_said(out, 500)}")
         return release_id
 
     def mark_script(self, ids: list[str]) -> str:
@@ -484,11 +489,11 @@ class RouterDeploy:
         steps = [("mark", self.mark_script(mark)), ("switch", self.switch_script(release_id, state.paths(), stale))]
         failed, rc, out = self.r.steps(steps + reloads + health)
         if failed in ("mark", "switch"):
-            raise RemoteError(f"switching releases failed (exit {rc}): {out[-500:]}")
+            raise RemoteError(f"switching releases failed (exit {rc}){_said(out, 500)}")
         if failed and failed.startswith("reload:"):
-            raise RemoteError(f"reloading {failed[7:]} failed (exit {rc}): {out[-500:]}")
+            raise RemoteError(f"reloading {failed[7:]} failed (exit {rc}){_said(out, 500)}")
         if failed:
-            raise RemoteError(f"{failed[7:]} is not healthy after the reload (exit {rc}): {out[-300:]}")
+            raise RemoteError(f"{failed[7:]} is not healthy after the reload (exit {rc}){_said(out, 300)}")
 
     def restore(self, release_id: str, state: State, others: list[State | None], stale: set[str]) -> None:
         """Switch back to a release known to be applied, reload what may differ from it, drop the mark."""
@@ -498,7 +503,7 @@ class RouterDeploy:
         failed, rc, out = self.r.steps([("switch", self.switch_script(release_id, state.paths(), stale))] + reloads
                                        + [("unmark", unmark)])
         if failed:
-            raise RemoteError(f"{failed} failed (exit {rc}): {out[-300:]}")
+            raise RemoteError(f"{failed} failed (exit {rc}){_said(out, 300)}")
 
     def confirm(self, history: list[str], prune: list[str]) -> str:
         """The release is applied and healthy: record it, drop the mark, remove releases not kept."""
@@ -510,8 +515,8 @@ class RouterDeploy:
             steps.append(("prune", f"cd {base}/releases; rm -rf -- {' '.join(q(i) for i in prune)}"))
         failed, rc, out = self.r.steps(steps)
         if failed == "confirm":
-            raise RemoteError(f"recording the release failed (exit {rc}): {out[-300:]}")
-        return f"; pruning old releases failed: {out[-200:]}" if failed else ""
+            raise RemoteError(f"recording the release failed (exit {rc}){_said(out, 300)}")
+        return f"; pruning old releases failed (exit {rc}){_said(out, 200)}" if failed else ""
 
     def whereabouts(self) -> str:
         """Which release the router is on now, for a report after a failure."""
