@@ -312,6 +312,31 @@ def lab_down(tree_dir: Path = typer.Argument(..., help="The built site the lab w
     _run(body)
 
 
+@lab_app.command("fault")
+def lab_fault(
+    tree_dir: Path = typer.Argument(..., help="The built site the lab was started from."),
+    fault: str = typer.Argument(..., help="sync-link VPC | upstream ROUTER | kill ROUTER SERVICE | stop ROUTER | "
+                                "start ROUTER"),
+    target: list[str] = typer.Argument(..., help="What the fault hits (see FAULT)."),
+) -> None:
+    """Inject a fault into the running lab: a cut sync link, a lost upstream, a killed daemon, a
+    stopped or started router. `vpcgen lab heal` undoes them."""
+    from . import lab
+
+    _run(lambda: typer.echo(lab.fault(tree_dir, fault, target)))
+
+
+@lab_app.command("heal")
+def lab_heal(tree_dir: Path = typer.Argument(..., help="The built site the lab was started from.")) -> None:
+    """Undo every fault injected with `vpcgen lab fault`."""
+    from . import lab
+
+    def body():
+        for line in lab.heal(tree_dir) or ["no fault to heal"]:
+            typer.echo(line)
+
+    _run(body)
+
 
 @lab_app.command("test")
 def lab_test(

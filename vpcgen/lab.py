@@ -350,6 +350,14 @@ def _wait_ready(p: Plan, data: dict, progress, timeout: float = 20) -> None:
                 if lb["stickiness"] == "source":
                     break  # one client keeps landing on one member: one answer is enough
                 time.sleep(0.2)
+    # routed VPCs: every router adjacent to the core (the core's DR election waits a dead interval)
+    routed = [r for v in p.site["vpcs"].values() if v["kind"] == "routed" for r in v["routers"] if r in data["nodes"]]
+    adjacent_by = time.monotonic() + 2 * max([z["ospf"]["dead_interval_s"] for z in p.site["zones"].values()
+                                              if z["ospf"]] or [0]) + 10
+    for router in routed:
+        while time.monotonic() < adjacent_by and "Full/" not in exec_in(
+                data, router, "vtysh -c 'show ip ospf neighbor' 2>/dev/null").stdout:
+            time.sleep(0.5)
     progress(f"lab {p.name} ready")
 
 
@@ -364,6 +372,7 @@ def _build(p: Plan, state: State, progress) -> None:
         _in(sw, "ip", "link", "add", f"b{i}", "type", "bridge")
         _in(sw, "ip", "link", "set", f"b{i}", "up")
     state.data["bridges"] = bridges
+    state.data["ports"] = {}  # "node/ifname" -> its port in the switch (faults detach it)
     port = 0
     for node in p.nodes:
         ns = ns_of(p.name, node.name)
@@ -375,6 +384,7 @@ def _build(p: Plan, state: State, progress) -> None:
             peer = f"p{port}"
             _ip("link", "add", link.ifname, "netns", ns, "type", "veth", "peer", "name", peer, "netns", sw)
             _in(sw, "ip", "link", "set", peer, "master", bridges[link.segment])
+            state.data["ports"][f"{node.name}/{link.ifname}"] = [peer, bridges[link.segment]]
             _in(sw, "ip", "link", "set", peer, "up")
             _in(ns, "ip", "link", "set", link.ifname, "up")
             for address in link.addresses:
@@ -511,6 +521,10 @@ CHARON_START = ("/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
                 "swanctl --load-all --noprompt >/run/swanctl.log 2>&1")
 
 
+KEEPALIVED_START = ("keepalived -f /etc/keepalived/keepalived.conf -p /run/keepalived.pid -r /run/vrrp.pid "
+                    "-c /run/checkers.pid")
+
+
 def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
     etc = node.tree / "etc"
     parts = []
@@ -527,15 +541,16 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
         # -n: this machine's file-descriptor limit is below what the router's maxconn needs
         parts.append("haproxy -D -n 4096 -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg")
     if (etc / "keepalived/keepalived.conf").exists():
-        parts.append("keepalived -f /etc/keepalived/keepalived.conf -p /run/keepalived.pid -r /run/vrrp.pid "
-                     "-c /run/checkers.pid")
+        parts.append(KEEPALIVED_START)
     # STRONGSWAN_CONF reaches charon, swanctl and the notify script's swanctl calls alike
     _holder(state, node.name, ns, etc, "; ".join(parts) or "true", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
 
 
+# the daemons the node's etc/frr/daemons enables (a router's bfdd among them), then its frr.conf
 _FRR_START = ("/usr/lib/frr/zebra -d -A 127.0.0.1 -s 90000000 -u frr -g frr; "
               "/usr/lib/frr/staticd -d -A 127.0.0.1 -u frr -g frr; "
-              "/usr/lib/frr/ospfd -d -A 127.0.0.1 -u frr -g frr; sleep 0.3; vtysh -b >/run/vtysh.log 2>&1")
+              "for d in ospfd bfdd; do grep -q \"^$d=yes\" /etc/frr/daemons && "
+              "/usr/lib/frr/$d -d -A 127.0.0.1 -u frr -g frr; done; sleep 0.3; vtysh -b >/run/vtysh.log 2>&1")
 
 
 def _start_core(p: Plan, state: State, node: Node, ns: str) -> None:
@@ -553,13 +568,19 @@ def _start_core(p: Plan, state: State, node: Node, ns: str) -> None:
             if key else "")
     etc = state.dir / "etc" / node.name
     (etc / "frr").mkdir(parents=True, exist_ok=True)
+    # what an operator's core needs (the README says so): BFD on the transit link, and new routes
+    # taken at once (no SPF hold-down, no minimum LSA arrival interval)
     (etc / "frr/frr.conf").write_text(
         f"frr defaults traditional\nhostname {node.name}\nservice integrated-vtysh-config\n!\n"
-        f"interface eth0\n ip ospf hello-interval {hello}\n ip ospf dead-interval {dead}\n ip ospf priority 100\n"
-        f"{auth}exit\n!\nrouter ospf\n ospf router-id {address}\n network {transit} area 0\n"
+        "bfd\n profile core\n  transmit-interval 100\n  receive-interval 100\n  detect-multiplier 3\n exit\nexit\n!\n"
+        f"interface eth0\n ip ospf bfd\n ip ospf bfd profile core\n"
+        f" ip ospf hello-interval {hello}\n ip ospf dead-interval {dead}\n ip ospf priority 100\n"
+        f"{auth}exit\n!\nrouter ospf\n ospf router-id {address}\n timers throttle spf 0 50 1000\n"
+        " timers lsa min-arrival 0\n"
+        f" network {transit} area 0\n"
         " network 192.0.2.254/32 area 0\n default-information originate always\nexit\n!\n")
     (etc / "frr/frr.conf").chmod(0o640)
-    shutil.copy("/etc/frr/daemons", etc / "frr/daemons")
+    (etc / "frr/daemons").write_text("zebra=yes\nstaticd=yes\nospfd=yes\nbfdd=yes\nvtysh_enable=yes\n")
     _holder(state, node.name, ns, etc, _FRR_START)
 
 
@@ -781,3 +802,124 @@ def start_router(tree_dir, router: str) -> None:
     load_rules(ns, node.tree)
     shutil.rmtree(state.dir / "ovl" / router, ignore_errors=True)
     _start_router(p, state, node, ns)
+
+
+# --- faults: vpcgen lab fault / heal ------------------------------------------------------------
+
+# daemon processes by service name, as `lab fault kill ROUTER SERVICE` names them
+SERVICE_PROCESSES = {"conntrackd": ("conntrackd",), "haproxy": ("haproxy",), "charon": ("charon",),
+                     "keepalived": ("keepalived",), "frr": ("zebra", "staticd", "ospfd", "bfdd")}
+FAULTS = {"sync-link": "VPC", "upstream": "ROUTER", "kill": "ROUTER SERVICE", "stop": "ROUTER", "start": "ROUTER"}
+
+
+def _running(tree_dir) -> State:
+    state = State(lab_name(Path(tree_dir)))
+    if not state.file.exists():
+        raise VpcgenError(f"no lab is up for {tree_dir}: run `vpcgen lab up {tree_dir}` first")
+    return state
+
+
+def _routers(data: dict) -> list[str]:
+    return sorted(n for n, v in data["nodes"].items() if v["kind"] == "router")
+
+
+def _router(data: dict, name: str) -> dict:
+    if name not in _routers(data):
+        raise VpcgenError(f"no router {name} in the lab (routers: {', '.join(_routers(data))})")
+    return data["nodes"][name]
+
+
+def _port(data: dict, router: str, which) -> list[str]:
+    """The switch port of the router's link that ``which(ifname, addresses)`` picks."""
+    ifaces, _ = router_interfaces(staged_root(Path(data["tree"])) / router)
+    for ifname, addresses in sorted(ifaces.items()):
+        if which(ifname, addresses):
+            return data["ports"][f"{router}/{ifname}"]
+    raise VpcgenError(f"router {router} has no such link")
+
+
+def fault(tree_dir, kind: str, args: list[str]) -> str:
+    """Inject one fault into the running lab; `heal` undoes every fault injected since."""
+    state = _running(tree_dir)
+    data = state.data
+    if kind not in FAULTS:
+        raise VpcgenError(f"unknown fault {kind} (faults: {', '.join(f'{k} {v}' for k, v in FAULTS.items())})")
+    if len(args) != len(FAULTS[kind].split()):
+        raise VpcgenError(f"lab fault {kind} takes {FAULTS[kind]}")
+    sw = ns_of(data["name"], "sw")
+    record: dict = {"kind": kind, "args": args}
+    if kind == "sync-link":
+        pair = [r for r in _routers(data) if data["nodes"][r]["vpc"] == args[0]]
+        if len(pair) != 2:
+            raise VpcgenError(f"{args[0]} is not a redundant VPC of the lab")
+        # as when the sync VLAN is not trunked to the second router's host: its links all stay up
+        record["port"] = _port(data, pair[1], lambda i, a: any(x.startswith("169.254.255.") for x in a))
+        _in(sw, "ip", "link", "set", record["port"][0], "nomaster")
+        done = f"sync link of {args[0]} cut at {pair[1]}'s port (links stay up)"
+    elif kind == "upstream":
+        _router(data, args[0])
+        record["port"] = _port(data, args[0], lambda i, a: i.split(".")[0] == "eth1")
+        _in(sw, "ip", "link", "set", record["port"][0], "nomaster")
+        done = f"{args[0]}'s uplink cut in the switch (its link stays up)"
+    elif kind == "kill":
+        ns = _router(data, args[0])["ns"]
+        names = SERVICE_PROCESSES.get(args[1])
+        if names is None:
+            raise VpcgenError(f"unknown service {args[1]} (services: {', '.join(SERVICE_PROCESSES)})")
+        pids = [int(p) for p in netns.run(["ip", "netns", "pids", ns]).stdout.split()
+                if _comm(int(p)) in names]
+        if not pids:
+            raise VpcgenError(f"{args[1]} does not run on {args[0]}")
+        for pid in pids:
+            _kill(pid)
+        done = f"{args[1]} killed on {args[0]} ({len(pids)} process{'es' if len(pids) > 1 else ''})"
+    elif kind == "stop":
+        _router(data, args[0])
+        stop_router(data, args[0])
+        done = f"{args[0]} stopped (every process killed, links down)"
+    else:
+        _router(data, args[0])
+        start_router(tree_dir, args[0])
+        state = State(data["name"])  # start_router saved its own changes
+        data = state.data
+        done = f"{args[0]} started"
+    data.setdefault("faults", []).append(record)
+    state.save()
+    return done
+
+
+def heal(tree_dir) -> list[str]:
+    """Undo every fault: ports back into their bridges, stopped routers and routers that lost a
+    daemon started again from their trees."""
+    state = _running(tree_dir)
+    data = state.data
+    sw = ns_of(data["name"], "sw")
+    healed, restart = [], set()
+    for record in reversed(data.get("faults", [])):
+        if "port" in record:
+            _in(sw, "ip", "link", "set", record["port"][0], "master", record["port"][1])
+            healed.append(f"{record['kind']} {' '.join(record['args'])}: port back in its bridge")
+        elif record["kind"] in ("kill", "stop"):
+            restart.add(record["args"][0])
+    for router in sorted(restart):
+        stop_router(data, router)
+        start_router(tree_dir, router)
+        healed.append(f"{router}: started again")
+    state = State(data["name"])
+    state.data["faults"] = []
+    state.save()
+    return healed
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -513,8 +513,10 @@ class Runner:
     def round_failover(self, runs: int = 5) -> None:
         for vpc, v in sorted(self.vpcs.items()):
             if v["redundant"] and v["kind"] == "routed":
-                self.check(f"failover {vpc}", "after a failover the new master announces the VPC",
-                           lambda: self._ospf_failover(vpc))
+                self.check(f"failover {vpc}", f"master killed: the core routes to the new master within 1 s "
+                           f"(BFD), median of {runs}", lambda: self._ospf_failover(vpc, runs))
+                self.check(f"failover {vpc}", "50 transitions: the VPC announced by the new master after each",
+                           lambda: self._transitions(vpc))
             if not (v["redundant"] and v["kind"] == "nat"):
                 continue
             udp = next((pf for pf in v["port_forwarding"] if pf["protocol"] == "udp"), None)
@@ -536,29 +538,84 @@ class Runner:
             return False, "no measurement"
         return median < limit, f"{median:.0f} ms; runs: {', '.join(f'{g:.0f}' for g in gaps)}"
 
-    def _ospf_failover(self, vpc: str) -> tuple[bool, str]:
-        learned, route = self._ospf_learned(vpc)
-        master = self.masters(vpc)
-        if not learned or len(master) != 1:
-            return False, f"before: {route}"
+    def _core_route(self, vpc: str) -> str:
         core, cidr = f"core-{self.vpcs[vpc]['zone']}", self.vpcs[vpc]["cidr"]
-        lab.stop_router(self.data, master[0])
-        self.data["nodes"][master[0]].pop("holder", None)
-        start = time.monotonic()
-        try:
-            new = self.wait_one_master(vpc, 3 * self.advert_s(vpc) + 2)
-            want = f"via {self._transit_address(new[0])} " if len(new) == 1 else "?"
-            routes = ""
-            while time.monotonic() - start < 90:  # the core drops the dead master after its dead interval
-                routes = lab.exec_in(self.data, core, f"ip route show {cidr}").stdout.strip() + " "
-                if want in routes and routes.count("via") == 1:
-                    break
-                time.sleep(1)
-            took = time.monotonic() - start
-        finally:
-            lab.start_router(self.tree_dir, master[0])
-            self.reload_data()
-        return want in routes and routes.count("via") == 1, f"{routes.strip() or 'no route'} after {took:.0f} s"
+        return lab.exec_in(self.data, core, f"ip route show {cidr}").stdout.strip()
+
+    def _announced_by(self, vpc: str, router: str, timeout: float) -> float | None:
+        """Seconds until the core routes the VPC through ``router`` alone (None: not within timeout)."""
+        want, start = f"via {self._transit_address(router)} ", time.monotonic()
+        while time.monotonic() - start < timeout:
+            route = self._core_route(vpc) + " "
+            if want in route and route.count("via") == 1:
+                return time.monotonic() - start
+            time.sleep(0.02)
+        return None
+
+    def _adjacent(self, router: str, timeout: float) -> bool:
+        """The router has a full OSPF adjacency with the core (a restarted router needs a few hellos)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "Full/" in lab.exec_in(self.data, router, "vtysh -c 'show ip ospf neighbor'").stdout:
+                return True
+            time.sleep(0.5)
+        return False
+
+    def _ospf_failover(self, vpc: str, runs: int = 5) -> tuple[bool, str]:
+        """The master dies; the core routes to the new master within 1 s (BFD), median of ``runs``."""
+        times = []
+        for _ in range(runs):
+            master = self.wait_one_master(vpc, self.settle_s(vpc) + 5)
+            if len(master) != 1:
+                return False, f"masters: {master}"
+            peer = next(r for r in self.vpcs[vpc]["routers"] if r != master[0])
+            if not self._adjacent(peer, 2 * self.dead_s(vpc) + 10) or self._announced_by(vpc, master[0], 30) is None:
+                return False, f"before: {self._core_route(vpc) or 'no route'}"
+            lab.stop_router(self.data, master[0])
+            self.data["nodes"][master[0]].pop("holder", None)
+            try:
+                took = self._announced_by(vpc, peer, 60)
+            finally:
+                lab.start_router(self.tree_dir, master[0])
+                self.reload_data()
+            if took is None:
+                return False, f"the core never routed through {peer}: {self._core_route(vpc)}"
+            times.append(took)
+        median = statistics.median(times)
+        self.figures.setdefault(vpc, {})["core_reroute_s"] = [round(t, 3) for t in times]
+        return median <= 1.0, f"median {median:.2f} s; runs: {', '.join(f'{t:.2f}' for t in times)}"
+
+    def _transitions(self, vpc: str, count: int = 50) -> tuple[bool, str]:
+        """Mastership moves ``count`` times (keepalived stopped on the master, then started again as
+        backup); after every move the core routes the VPC through the new master only."""
+        missed = []
+        for i in range(count):
+            master = self.wait_one_master(vpc, self.settle_s(vpc) + 5)
+            if len(master) != 1:
+                return False, f"transition {i + 1}: masters {master}"
+            peer = next(r for r in self.vpcs[vpc]["routers"] if r != master[0])
+            if not self._adjacent(peer, 2 * self.dead_s(vpc) + 10):  # a backup that can announce
+                return False, f"transition {i + 1}: {peer} has no OSPF adjacency"
+            lab.exec_in(self.data, master[0], "kill -TERM $(cat /run/keepalived.pid)")
+            if self._announced_by(vpc, peer, 10) is None:
+                missed.append(f"{i + 1}: {self._core_route(vpc) or 'no route'}")
+                if len(missed) == 3:
+                    return False, f"stopped after {i + 1} transitions: missed {'; '.join(missed)}"
+            start = time.monotonic()
+            while self._keepalived_runs(master[0]) and time.monotonic() - start < 10:
+                time.sleep(0.1)
+            # its own session: the command's process group is killed when the command returns
+            lab.exec_in(self.data, master[0], f"STRONGSWAN_CONF={lab.LAB_STRONGSWAN_PATH} setsid -f "
+                        f"{lab.KEEPALIVED_START}")
+            while self.state(master[0]) != "BACKUP" and time.monotonic() - start < 20:
+                time.sleep(0.1)
+        self.figures.setdefault(vpc, {})["announced_transitions"] = f"{count - len(missed)}/{count}"
+        return not missed, f"{count - len(missed)}/{count} announced" + (f"; missed {'; '.join(missed[:3])}"
+                                                                             if missed else "")
+
+    def _keepalived_runs(self, router: str) -> bool:
+        return any(lab._comm(int(p)) == "keepalived"
+                   for p in netns.run(["ip", "netns", "pids", self.data["nodes"][router]["ns"]]).stdout.split())
 
     def _during_failover(self, vpc: str, node: str, script: str, lead_s: float, timeout: float) -> str | None:
         """The output of ``script`` run in ``node`` while the VPC's master dies ``lead_s`` seconds in;
@@ -599,6 +656,170 @@ class Runner:
         last = out.strip().splitlines()[-1] if out and out.strip() else "no output (or no master)"
         self.figures.setdefault(vpc, {})["tcp_survives"] = last.startswith("SURVIVED")
         return last.startswith("SURVIVED"), last
+
+    # --- round 5: faults a pair must survive ------------------------------------------------
+
+    def vips(self, vpc: str) -> list[str]:
+        """Every virtual address of a pair, from site.json: tier gateways, public IPs, private gateways."""
+        v = self.vpcs[vpc]
+        out = [t["gateway"] for t in v["tiers"].values()] + list(v["public_ips"].values())
+        return sorted(out + [g["address"].split("/")[0] for g in v["private_gateways"].values()])
+
+    def holders(self, vpc: str) -> dict[str, list[str]]:
+        """Which routers hold each virtual address right now."""
+        held = {}
+        for router in self.vpcs[vpc]["routers"]:
+            out = netns.run(["ip", "-n", self.data["nodes"][router]["ns"], "-4", "-o", "addr", "show"]).stdout
+            held[router] = {w.split("/")[0] for line in out.splitlines() for w in line.split()[3:4]}
+        return {vip: [r for r in sorted(held) if vip in held[r]] for vip in self.vips(vpc)}
+
+    def sample(self, vpc: str, seconds: float) -> list[tuple[float, str]]:
+        """Every 100 ms: which router holds every address ("r1", "r1+r2" when any address is held
+        twice, "none" when any is held by nobody, "mixed" when they are spread)."""
+        out, start = [], time.monotonic()
+        while (now := time.monotonic() - start) < seconds:
+            by_vip = self.holders(vpc)
+            if any(len(h) > 1 for h in by_vip.values()):
+                what = "+".join(sorted({r for h in by_vip.values() for r in h}))
+            elif any(not h for h in by_vip.values()):
+                what = "none"
+            else:
+                owners = {h[0] for h in by_vip.values()}
+                what = owners.pop() if len(owners) == 1 else "mixed"
+            out.append((now, what))
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - start - now)))
+        return out
+
+    def settle_s(self, vpc: str) -> float:
+        return 3 * self.advert_s(vpc) + 1
+
+    def traffic(self, vpc: str) -> tuple[bool, str]:
+        """Traffic a pair serves: port forwarding from the internet and source NAT out (NAT VPCs),
+        the core's route to the VPC (routed VPCs)."""
+        v = self.vpcs[vpc]
+        if v["kind"] == "routed":
+            owners = {r for h in self.holders(vpc).values() for r in h}
+            if len(owners) != 1:
+                return False, f"addresses held by {sorted(owners)}"
+            owner = owners.pop()
+            took = self._announced_by(vpc, owner, 10)
+            return took is not None, f"the core routes through {owner}" if took is not None else \
+                f"the core does not route through {owner}: {self._core_route(vpc) or 'no route'}"
+        targets = [t for t in self.nat_targets(vpc) if t[0].startswith("port forwarding")]
+        ok, detail = self._all_reach(vpc, targets, True, retry=5)
+        others = [n for t in sorted(v["tiers"]) for n, a in self.hosts(vpc, t) if a not in v["static_nat"].values()]
+        if others and "source-nat" in v["public_ips"]:
+            seen = ""
+            for _ in range(5):
+                seen = self.probe(others[0], self.inet_address(vpc), WHOAMI_PORT)
+                if seen == v["public_ips"]["source-nat"]:
+                    break
+                time.sleep(0.5)
+            ok, detail = ok and seen == v["public_ips"]["source-nat"], f"{detail}; source NAT seen as {seen}"
+        return ok, detail
+
+    def round_ha(self) -> None:
+        for vpc, v in sorted(self.vpcs.items()):
+            if not v["redundant"]:
+                continue
+            r = f"ha {vpc}"
+            self.check(r, "sync link lost: one holder after settling, no flapping, traffic flows",
+                       lambda: self._sync_lost(vpc))
+            self.check(r, "sync link back: one master, no second handover", lambda: self._sync_back(vpc))
+            self.check(r, "upstream lost on the master: the peer holds every address within 3 s",
+                       lambda: self._upstream_lost(vpc))
+            services = ["conntrackd"] + (["haproxy"] if v["load_balancers"] else []) + \
+                (["charon"] if v["vpn_peers"] or v.get("remote_access") else [])
+            for service in services:
+                self.check(r, f"{service} killed on the master: restarted or handed over, traffic flows",
+                           lambda s=service: self._daemon_killed(vpc, s))
+
+    def _fault(self, *args: str) -> None:
+        lab.fault(self.tree_dir, args[0], list(args[1:]))
+        self.reload_data()
+
+    def _heal(self, vpc: str) -> None:
+        """Faults undone, and the pair back to full strength: one master, a restarted router adjacent
+        to the core again (the next fault assumes a peer that can forward)."""
+        lab.heal(self.tree_dir)
+        self.reload_data()
+        self.wait_one_master(vpc, self.settle_s(vpc) + 5)
+        if self.vpcs[vpc]["kind"] == "routed":
+            for router in self.vpcs[vpc]["routers"]:
+                self._adjacent(router, 2 * self.dead_s(vpc) + 10)
+        time.sleep(self.settle_s(vpc))
+
+    def dead_s(self, vpc: str) -> int:
+        return self.site["zones"][self.vpcs[vpc]["zone"]]["ospf"]["dead_interval_s"]
+
+    def _sync_lost(self, vpc: str) -> tuple[bool, str]:
+        before = self.sample(vpc, 0.3)[-1][1]
+        self._fault("sync-link", vpc)
+        samples = self.sample(vpc, self.settle_s(vpc) + 4)
+        ok_traffic, traffic = self.traffic(vpc)
+        settled = [w for t, w in samples if t >= self.settle_s(vpc)]
+        doubles = sum("+" in w for w in settled)
+        nones = sum(w in ("none", "mixed") for w in settled)
+        changes = sum(a != b for a, b in zip(settled, settled[1:]))
+        early = [t for t, w in samples if "+" in w]
+        self.figures.setdefault(vpc, {})["sync_lost"] = {
+            "settle_window_s": self.settle_s(vpc), "double_until_s": round(max(early), 2) if early else 0,
+            "settled_samples": len(settled), "double": doubles, "none": nones, "changes": changes}
+        self.sync_holder = settled[-1] if settled else "?"
+        ok = doubles == 0 and nones == 0 and changes == 0 and ok_traffic
+        return ok, (f"before {before}; settled on {self.sync_holder} ({len(settled)} samples: {doubles} double, "
+                    f"{nones} none, {changes} changes; two holders until {max(early) if early else 0:.1f} s); "
+                    f"{traffic}")
+
+    def _sync_back(self, vpc: str) -> tuple[bool, str]:
+        lab.heal(self.tree_dir)
+        self.reload_data()
+        samples = self.sample(vpc, self.settle_s(vpc) + 3)
+        holders = {w for _, w in samples}
+        masters = self.masters(vpc)
+        ok = holders == {self.sync_holder} and len(masters) == 1
+        return ok, f"holders while healing: {', '.join(sorted(holders))}; masters {masters}"
+
+    def _upstream_lost(self, vpc: str) -> tuple[bool, str]:
+        master = self.wait_one_master(vpc, self.settle_s(vpc))
+        if len(master) != 1:
+            return False, f"masters before: {master}"
+        peer = next(r for r in self.vpcs[vpc]["routers"] if r != master[0])
+        self._fault("upstream", master[0])
+        start, took = time.monotonic(), None
+        try:
+            while time.monotonic() - start < 10:
+                if all(h == [peer] for h in self.holders(vpc).values()):
+                    took = time.monotonic() - start
+                    break
+                time.sleep(0.05)
+            ok_traffic, traffic = self.traffic(vpc)
+        finally:
+            self._heal(vpc)
+        self.figures.setdefault(vpc, {})["upstream_handover_s"] = round(took, 2) if took is not None else None
+        if took is None:
+            return False, f"{peer} does not hold every address after 10 s"
+        return took <= 3 and ok_traffic, f"{peer} holds every address after {took:.2f} s; {traffic}"
+
+    def _daemon_killed(self, vpc: str, service: str) -> tuple[bool, str]:
+        master = self.wait_one_master(vpc, self.settle_s(vpc))
+        if len(master) != 1:
+            return False, f"masters before: {master}"
+        self._fault("kill", master[0], service)
+        try:
+            time.sleep(4)  # a health check or two: the daemon is back, or the peer holds everything
+            by_vip = self.holders(vpc)
+            owners = {r for h in by_vip.values() for r in h}
+            running = any(lab._comm(int(p)) in lab.SERVICE_PROCESSES[service] for p in netns.run(
+                ["ip", "netns", "pids", self.data["nodes"][master[0]]["ns"]]).stdout.split())
+            ok_traffic, traffic = self.traffic(vpc)
+        finally:
+            self._heal(vpc)
+        one = len(owners) == 1 and all(len(h) == 1 for h in by_vip.values())
+        where = owners.pop() if len(owners) == 1 else "+".join(sorted(owners)) or "nobody"
+        outcome = "restarted" if running and where == master[0] else "handed over" if where != master[0] else \
+            "still dead on the master"
+        return one and outcome != "still dead on the master" and ok_traffic, f"{outcome} (holder {where}); {traffic}"
 
 
 # a UDP client sending every 10 ms for 8 s; prints the longest gap between answers, in ms
@@ -676,7 +897,7 @@ def decide(rules: list[dict], traffic: str, proto: str, port: int, address: str)
     return False
 
 
-ROUNDS = ("redundancy", "acl", "services", "failover")
+ROUNDS = ("redundancy", "acl", "services", "failover", "ha")
 
 
 def run(tree_dir, rounds=ROUNDS, progress=lambda m: None) -> Runner:

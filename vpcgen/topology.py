@@ -228,6 +228,9 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
             if zone.public else None,
             "super_cidr": zone.super_cidr,
             "ospf_transit": zone.ospf.transit_cidr if zone.ospf else None,
+            "ospf": {"transit": zone.ospf.transit_cidr, "transit_vlan": zone.ospf.transit_vlan,
+                     "hello_interval_s": zone.ospf.hello_interval_s, "dead_interval_s": zone.ospf.dead_interval_s,
+                     "authentication": zone.ospf.auth_key is not None} if zone.ospf else None,
         }
     acls = {name: [{"number": r.number, "action": r.action, "traffic": r.traffic, "protocol": r.protocol,
                     "ports": list(r.ports) if r.ports else None, "icmp_type": r.icmp_type, "icmp_code": r.icmp_code,
