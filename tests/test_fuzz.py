@@ -1,4 +1,4 @@
-"""Fuzzing the site reader and compiler with mutated site documents (SPEC §1, §3).
+"""Fuzzing the site reader and compiler with mutated site documents.
 
 The contract under test: whatever a pull request puts into a site folder, `vpcgen validate` and
 `vpcgen build` end with exit 0, or with exit 1 and nothing on stderr but located errors
@@ -154,7 +154,7 @@ def run_bounded(*args, cwd=None, timeout: float = TIMEOUT_S, memory: int = MEMOR
 
 
 def diagnostics(outcome: Outcome, allow_file_level: bool = False) -> list[re.Match]:
-    """The diagnostics of a failed run; asserts the stderr contract (SPEC §3) on the way."""
+    """The diagnostics of a failed run; asserts the stderr contract (FILE:LINE:COL: error: MESSAGE [code]) on the way."""
     text = outcome.describe()
     assert not outcome.error, text
     assert outcome.exit_code == 1, text
@@ -210,7 +210,7 @@ def documents(site: Path) -> dict[str, object]:
 
 def _fix_up(docs: dict) -> set[str]:
     """Bring a base in line with the current contract where its fixture lags behind (an ACL rule of
-    protocol 0 is refused since SPEC §1.4 says so); returns the documents changed."""
+    protocol 0 is refused: iptables reads -p 0 as every protocol); returns the documents changed."""
     fixed = set()
     for rel, doc in docs.items():
         if rel.startswith("acls/") and isinstance(doc, dict):

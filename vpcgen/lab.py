@@ -1,4 +1,4 @@
-"""`vpcgen lab up|down`: a built site running for real in network namespaces (SPEC §5).
+"""`vpcgen lab up|down`: a built site running for real in network namespaces.
 
 Every router becomes a namespace whose interfaces, addresses, sysctls and iptables rules come
 from its own tree (the files deploy ships), running the real daemons on its own files: the

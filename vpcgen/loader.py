@@ -199,6 +199,18 @@ def _scalar(node):
     return constructor(_constructor, node)
 
 
+def _within(text: str, file: str, line: int, column: int) -> Location:
+    """A 0-based mark as a location inside the file: the parser places an error at the end of a file
+    without a final newline on a line after the last one."""
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    if line >= len(lines):
+        last = lines[-1] if lines else ""
+        return Location(file, max(len(lines), 1), len(last) + 1)
+    return Location(file, line + 1, column + 1)
+
+
 def _line_col(text: str, index: int) -> tuple[int, int]:
     return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
 
@@ -224,9 +236,10 @@ def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Di
         message = exc.problem or str(exc)
         if exc.context:
             cm = exc.context_mark
-            started = f" (from line {cm.line + 1}, column {cm.column + 1})" if cm and cm is not mark else ""
+            at = _within(decoded, file, cm.line, cm.column) if cm else None
+            started = f" (from line {at.line}, column {at.column})" if cm and cm is not mark else ""
             message = f"{exc.context}{started}: {message}"
-        loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
+        loc = _within(decoded, file, mark.line, mark.column) if mark else Location(file, 1, 1)
         return doc, [Diagnostic(loc, f"invalid YAML: {message}", "yaml-syntax")]
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, other controls)
         line, column = _line_col(decoded, exc.position) if isinstance(exc.position, int) else (1, 1)

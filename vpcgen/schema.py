@@ -109,6 +109,11 @@ def _describe(path) -> str:
 
 def _diagnostic(doc: Document, error) -> Diagnostic:
     path = tuple(error.absolute_path)
+    if "propertyNames" in error.relative_schema_path:  # a bad key: point at the key itself
+        what = f"key {_short(error.instance)} of {_describe(path)}"
+        return Diagnostic(doc.loc(path + (error.instance,), key=True),
+                          f"{what} is not valid ({_pattern_hint(error.schema)})" if error.validator == "pattern"
+                          else f"{what}: {error.message}", f"schema-{error.validator}")
     what = _describe(path)
     validator = error.validator
     key_loc = False

@@ -12,6 +12,10 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from .errors import Diagnostic
 from .intent import Site, Src
 from .loader import read_inside
@@ -27,8 +31,23 @@ def _placeholder_file(name: str) -> str:
     return resources.files("vpcgen").joinpath("placeholder", name).read_text(encoding="ascii")
 
 
-def _is_pem(value: str, label: str) -> bool:
-    return f"-----BEGIN {label}-----" in value and f"-----END {label}-----" in value
+def _certificate(value: str):
+    """The parsed certificate, or None: charon must be able to load what the build accepts."""
+    try:
+        return x509.load_pem_x509_certificate(value.encode("utf-8"))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+
+
+def _private_key(value: str):
+    try:  # an encrypted key is refused too: charon would wait for a passphrase nobody types
+        return serialization.load_pem_private_key(value.encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+
+
+def _public(key) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 KINDS = {
@@ -36,11 +55,10 @@ KINDS = {
     "password": (lambda: PLACEHOLDER, lambda v: len(v) > 0, "a non-empty password"),
     "ospf-key": (lambda: "vpcgen-fake-key", lambda v: _OSPF_KEY.fullmatch(v) is not None,
                  "1 to 16 printable ASCII characters without spaces (FRR message-digest key)"),
-    "cert": (lambda: _placeholder_file("ra-cert.pem"), lambda v: _is_pem(v, "CERTIFICATE"),
-             "a PEM certificate (-----BEGIN CERTIFICATE-----)"),
-    "key": (lambda: _placeholder_file("ra-key.pem"),
-            lambda v: any(_is_pem(v, f"{k}PRIVATE KEY") for k in ("", "RSA ", "EC ")),
-            "a PEM private key (-----BEGIN PRIVATE KEY-----)"),
+    "cert": (lambda: _placeholder_file("ra-cert.pem"), lambda v: _certificate(v) is not None,
+             "a PEM X.509 certificate that parses (-----BEGIN CERTIFICATE-----)"),
+    "key": (lambda: _placeholder_file("ra-key.pem"), lambda v: _private_key(v) is not None,
+            "an unencrypted PEM private key that parses (-----BEGIN PRIVATE KEY-----)"),
 }
 
 
@@ -107,4 +125,20 @@ def resolve(site: Site, site_root: Path, environ: dict, placeholder: bool) -> tu
         elif not valid(value):
             problems.append(Diagnostic(src.loc(), f"secret '{name}' must be {shape} (value not shown)",
                                        "bad-secret"))
+    problems += _pairs_match(site, values)
     return values, problems
+
+
+def _pairs_match(site: Site, values: dict[str, str]) -> list[Diagnostic]:
+    """A remote-access server key must belong to its certificate (charon would load both and then
+    fail every client's authentication)."""
+    out = []
+    for vpc in site.vpcs.values():
+        ra = vpc.remote_access
+        if ra is None or ra.server_cert not in values or ra.server_key not in values:
+            continue
+        cert, key = _certificate(values[ra.server_cert]), _private_key(values[ra.server_key])
+        if cert is not None and key is not None and _public(cert.public_key()) != _public(key.public_key()):
+            out.append(Diagnostic(ra.src.at("server_key").loc(), f"secret '{ra.server_key}' is not the private key "
+                                  f"of certificate '{ra.server_cert}' (values not shown)", "bad-secret"))
+    return out
