@@ -78,6 +78,13 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         assert report["failed"] == 0 and report["passed"] >= 40
         assert report["failover"]["shop"]["median_interruption_ms"] < 4000
         assert report["failover"]["shop"]["tcp_survives"] is True
+        # the faults a pair must survive (the ha round), and BFD on the routed pair
+        for pair in ("shop", "left"):
+            sync = report["failover"][pair]["sync_lost"]
+            assert (sync["double"], sync["none"], sync["changes"]) == (0, 0, 0), sync
+            assert report["failover"][pair]["upstream_handover_s"] <= 3
+        assert sorted(report["failover"]["left"]["core_reroute_s"])[2] <= 1.0
+        assert report["failover"]["left"]["announced_transitions"] == "50/50"
         data = lab.status(tree)
         recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]
     finally:
