@@ -271,3 +271,22 @@ def test_lab_sysctl_allowlist(tmp_path):
         conf.write_text(bad + "\n")
         with pytest.raises(TreeError, match="only per-namespace sysctls"):
             lab.sysctls(conf, conf)
+
+
+def test_a_terminated_check_leaves_no_namespace(tmp_path):
+    """SIGTERM (CI cancelling a job) unwinds like an interrupt: every scratch namespace is removed."""
+    import signal
+    import sys
+    import time
+    tree = built(EXAMPLE, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "vpcgen", "check", str(tree)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    mine = f"vpcgen-chk-{proc.pid}-"
+    deadline = time.monotonic() + 20
+    while not netns_list(mine) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert netns_list(mine), "the check made no namespace before it ended"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "interrupted" in err
+    assert netns_list(mine) == set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -53,6 +54,10 @@ def _run(fn):
         _fail([f"error: internal error: {type(exc).__name__}: {exc} (please report this as a vpcgen bug)"])
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"vpcgen {__version__}")
@@ -63,6 +68,9 @@ def _print_version(value: bool) -> None:
 def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                       callback=_print_version)) -> None:
     """Compile a YAML repository of VPCs into checked, deployable router configuration trees."""
+    # a terminated command unwinds like an interrupted one: namespaces, staging folders and
+    # locks it holds are released by their own cleanup code
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 def _site_of(path: Path) -> Path:
