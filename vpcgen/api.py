@@ -13,16 +13,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import render, verify
-from .allocate import Allocation, allocate, dump_lock
+from .compiler import render
+from .site import verify
+from .compiler.allocate import Allocation, allocate, dump_lock
 from .errors import Diagnostic, DiagnosticsError
-from .intent import Site, build_intent
-from .loader import LOCK_FILE, SiteFiles, load_site
-from .schema import validate_document
-from .secrets import REDACTED, resolve
+from .site.intent import Site, build_intent
+from .site.loader import LOCK_FILE, SiteFiles, load_site
+from .site.schema import validate_document
+from .site.secrets import REDACTED, resolve
 from .tree import KNOWN_HOSTS, SECRET_SUMS
-from .topology import router_views, site_json
-from .write import StagedFile, check_output_target, promote_tree
+from .compiler.topology import router_views, site_json
+from .compiler.write import StagedFile, check_output_target, promote_tree
 
 
 

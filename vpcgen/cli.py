@@ -136,7 +136,7 @@ def check(
     router: Optional[list[str]] = typer.Option(None, "--router", help="Check only this router (repeatable)."),
 ) -> None:
     """Run the daemons' own checkers on built router trees (needs root for network namespaces)."""
-    from .check import check_tree
+    from .ops.check import check_tree
 
     def body():
         results = check_tree(tree_dir, router or None)
@@ -171,7 +171,7 @@ def deploy(
                                                   "the SSH agent and ~/.ssh keys are used too."),
 ) -> None:
     """Ship built router trees over SSH: one atomic release per router, backup before master."""
-    from .deploy import DeployOptions, deploy_tree
+    from .ops.deploy import DeployOptions, deploy_tree
 
     def body():
         options = DeployOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
@@ -208,7 +208,7 @@ def diff(
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when anything changes (like git diff)."),
 ) -> None:
     """Build the base revision and the working tree, and show what changes on which router."""
-    from .diff import diff_site, render_markdown, render_text
+    from .gitops.diff import diff_site, render_markdown, render_text
 
     def body():
         report = diff_site(site_dir, base)
@@ -233,7 +233,7 @@ def graph(
 ) -> None:
     """Print the site's topology: zones, VPCs, tiers, routers, public IPs, VPN peers, gateways, OSPF areas."""
     from . import api
-    from .graph import render
+    from .gitops.graph import render
 
     def body():
         v = api.validate_site(site_dir)
@@ -249,7 +249,7 @@ def schema(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every schema into this folder."),
 ) -> None:
     """Print a JSON Schema of the site files (Draft 2020-12), or write them all for editors."""
-    from .schema import KINDS, schema_text
+    from .site.schema import KINDS, schema_text
 
     kinds = (*KINDS, "defs")
 
@@ -274,7 +274,7 @@ def init(
 ) -> None:
     """Scaffold a site repository that validates and builds: site, zone, VPC, ACLs, CI workflows,
     pre-commit hook and editor settings."""
-    from .scaffold import scaffold
+    from .gitops.scaffold import scaffold
 
     def body():
         for line in scaffold(site_dir):
@@ -295,7 +295,7 @@ def lab_up(
     vpc: Optional[str] = typer.Option(None, "--vpc", help="Only this VPC's routers and hosts."),
 ) -> None:
     """Start every router of the tree (and test hosts, internet side, core routers) in namespaces."""
-    from . import lab
+    from .lab import run as lab
 
     def body():
         p = lab.up(tree_dir, vpc, progress=lambda m: typer.echo(m, err=True))
@@ -311,7 +311,7 @@ def lab_up(
 @lab_app.command("down")
 def lab_down(tree_dir: Path = typer.Argument(..., help="The built site the lab was started from.")) -> None:
     """Remove every namespace, link and process of the lab (also after a crash of `lab up`)."""
-    from . import lab
+    from .lab import run as lab
 
     def body():
         removed = lab.down(tree_dir)
@@ -329,7 +329,7 @@ def lab_fault(
 ) -> None:
     """Inject a fault into the running lab: a cut sync link, a lost upstream, a killed daemon, a
     stopped or started router. `vpcgen lab heal` undoes them."""
-    from . import lab
+    from .lab import run as lab
 
     _run(lambda: typer.echo(lab.fault(tree_dir, fault, target)))
 
@@ -337,7 +337,7 @@ def lab_fault(
 @lab_app.command("heal")
 def lab_heal(tree_dir: Path = typer.Argument(..., help="The built site the lab was started from.")) -> None:
     """Undo every fault injected with `vpcgen lab fault`."""
-    from . import lab
+    from .lab import run as lab
 
     def body():
         for line in lab.heal(tree_dir) or ["no fault to heal"]:
@@ -354,7 +354,7 @@ def lab_test(
     results: Path = typer.Option(Path("lab-results.json"), "--results", help="Where to write the results (JSON)."),
 ) -> None:
     """Run the scenario rounds against the running lab and print a pass/fail table with timings."""
-    from . import labtest
+    from .lab import rounds as labtest
 
     def body():
         rounds = round_ or list(labtest.ROUNDS)

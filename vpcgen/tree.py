@@ -47,6 +47,40 @@ GENERATED = {
     "frr": "etc/frr/frr.conf",
     "frr-daemons": "etc/frr/daemons",
 }
+# `vpcgen check`'s checkers and the generated file each one reads
+CHECKED = {"iptables": GENERATED["iptables"], "keepalived": GENERATED["keepalived"],
+           "notify": GENERATED["keepalived-notify"], "conntrackd": GENERATED["conntrackd"],
+           "haproxy": GENERATED["haproxy"], "strongswan": GENERATED["swanctl"], "frr": GENERATED["frr"]}
+G = GENERATED
+# the daemons' own checkers, run on the router against a new release before it is switched to
+CHECK_COMMANDS = {
+    "iptables": f"iptables-restore --test {{release}}/{G['iptables']}",
+    "keepalived": f"keepalived --config-test -f {{release}}/{G['keepalived']} && "
+                  f"sh -n {{release}}/{G['keepalived-notify']}",
+    "haproxy": f"haproxy -c -q -f {{release}}/{G['haproxy']}",
+    "frr": f"vtysh --dryrun -f {{release}}/{G['frr']}",
+}
+# after the reloads: is every service of the router running?
+HEALTH_COMMANDS = {
+    "conntrackd": f"conntrackd -C {{root}}/{G['conntrackd']} -s >/dev/null",
+    "keepalived": "systemctl is-active --quiet keepalived",
+    "haproxy": "systemctl is-active --quiet haproxy",
+    "strongswan": "systemctl is-active --quiet strongswan",
+    "frr": "systemctl is-active --quiet frr",
+}
+# run-time state on a router of a pair, kept by notify.sh
+STATE_DIR = "/run/vpcgen"
+VRRP_STATE = f"{STATE_DIR}/vrrp.state"  # MASTER, BACKUP, FAULT or STOP
+SPLIT_FILE = f"{STATE_DIR}/split"  # the second router's keepalived track file (1: cut off)
+VRRP_STATE_COMMAND = f"cat {VRRP_STATE}"
+
+
+def on_router(key: str, root: str = "/") -> str:
+    """The absolute path of generated file ``key`` on a router (or under a deploy root)."""
+    return f"{root.rstrip('/')}/{GENERATED[key]}"
+
+
+# services in dependency order: deploy reloads what changed in this order
 SERVICES = ("networking", "sysctl", "iptables", "conntrackd", "keepalived", "haproxy", "strongswan", "frr")
 
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")

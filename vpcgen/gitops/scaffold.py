@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jinja2
 
-from . import __version__
-from .errors import VpcgenError
-from .schema import KINDS, schema_text
+from .. import __version__
+from ..errors import VpcgenError
+from ..site.schema import KINDS, schema_text
 
 SCHEMAS = ".vpcgen/schemas"
 SITE_NAME = re.compile(r"^([a-z]|[a-z][a-z0-9-]{0,30}[a-z0-9])\Z")
@@ -41,7 +41,7 @@ REPO_FILES = {
 
 def _environment() -> jinja2.Environment:
     # GitHub expressions use {{ }}: these templates use [[ ]] instead
-    return jinja2.Environment(loader=jinja2.PackageLoader("vpcgen", "templates/init"), undefined=jinja2.StrictUndefined,
+    return jinja2.Environment(loader=jinja2.PackageLoader("vpcgen.gitops", "templates"), undefined=jinja2.StrictUndefined,
                               variable_start_string="[[", variable_end_string="]]", block_start_string="[%",
                               block_end_string="%]", keep_trailing_newline=True, autoescape=False)
 

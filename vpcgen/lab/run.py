@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import check, netns
-from .errors import VpcgenError
-from .tree import _NAME, GENERATED, TreeError, read_site_json
+from ..ops import check, netns
+from ..errors import VpcgenError
+from ..tree import _NAME, GENERATED, VRRP_STATE, TreeError, on_router, read_site_json
 
 RUN_ROOT = Path("/run/vpcgen-lab")
 
@@ -230,7 +230,7 @@ def _transit_ifname(root: Path, vpcs: dict, zone: str) -> str:
     for vpc in vpcs.values():
         if vpc["zone"] == zone and vpc["kind"] == "routed":
             router = root / next(iter(vpc["routers"]))
-            text = (router / "etc/frr/frr.conf").read_text()
+            text = (router / GENERATED["frr"]).read_text()
             return re.search(r"^interface (eth1\S*)", text, re.M).group(1)
     return "\0"  # no routed VPC in the zone: matches no segment
 
@@ -334,7 +334,7 @@ def _wait_ready(p: Plan, data: dict, progress, timeout: float = 20) -> None:
         routers = [r for r in vpc["routers"] if r in data["nodes"]]
         if vpc["redundant"] and routers:
             while time.monotonic() < deadline:
-                states = [exec_in(data, r, "cat /run/vpcgen/vrrp.state 2>/dev/null").stdout.strip() for r in routers]
+                states = [exec_in(data, r, f"cat {VRRP_STATE} 2>/dev/null").stdout.strip() for r in routers]
                 if states.count("MASTER") == 1:
                     break
                 time.sleep(0.2)
@@ -436,11 +436,11 @@ def libipsec_rules(rules_v4: str) -> list[str]:
 
 def load_rules(ns: str, tree: Path, text: str | None = None) -> None:
     """Load a router's rules (the tree's file, or a variant of it), plus the libipsec twins."""
-    source = (tree / "etc/iptables/rules.v4").read_text()
+    source = (tree / GENERATED["iptables"]).read_text()
     r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10"], input=text or source)
     if r.returncode != 0:
         raise VpcgenError(f"in {ns}: iptables-restore: {r.stderr.strip()}")
-    if (tree / "etc/swanctl/swanctl.conf").exists():
+    if (tree / GENERATED["swanctl"]).exists():
         for rule in libipsec_rules(source):
             _in(ns, "iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", "lab only: libipsec")
 
@@ -521,7 +521,7 @@ CHARON_START = ("/usr/lib/ipsec/charon >/run/charon.log 2>&1 & "
                 "swanctl --load-all --noprompt >/run/swanctl.log 2>&1")
 
 
-KEEPALIVED_START = ("keepalived -f /etc/keepalived/keepalived.conf -p /run/keepalived.pid -r /run/vrrp.pid "
+KEEPALIVED_START = (f"keepalived -f {on_router('keepalived')} -p /run/keepalived.pid -r /run/vrrp.pid "
                     "-c /run/checkers.pid")
 
 
@@ -529,8 +529,9 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
     etc = node.tree / "etc"
     parts = []
     if (etc / "conntrackd/conntrackd.conf").exists():
-        parts.append("conntrackd -d -C /etc/conntrackd/conntrackd.conf; "
-                     "i=0; while ! conntrackd -C /etc/conntrackd/conntrackd.conf -s >/dev/null 2>&1 && "
+        conf = on_router("conntrackd")
+        parts.append(f"conntrackd -d -C {conf}; "
+                     f"i=0; while ! conntrackd -C {conf} -s >/dev/null 2>&1 && "
                      "[ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done")
     if (etc / "frr/frr.conf").exists():
         parts.append(_FRR_START)
@@ -539,7 +540,7 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
                      + CHARON_START)
     if (etc / "haproxy/haproxy.cfg").exists():
         # -n: this machine's file-descriptor limit is below what the router's maxconn needs
-        parts.append("haproxy -D -n 4096 -p /run/haproxy.pid -f /etc/haproxy/haproxy.cfg")
+        parts.append(f"haproxy -D -n 4096 -p /run/haproxy.pid -f {on_router('haproxy')}")
     if (etc / "keepalived/keepalived.conf").exists():
         parts.append(KEEPALIVED_START)
     # STRONGSWAN_CONF reaches charon, swanctl and the notify script's swanctl calls alike
@@ -549,16 +550,16 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
 # the daemons the node's etc/frr/daemons enables (a router's bfdd among them), then its frr.conf
 _FRR_START = ("/usr/lib/frr/zebra -d -A 127.0.0.1 -s 90000000 -u frr -g frr; "
               "/usr/lib/frr/staticd -d -A 127.0.0.1 -u frr -g frr; "
-              "for d in ospfd bfdd; do grep -q \"^$d=yes\" /etc/frr/daemons && "
+              f"for d in ospfd bfdd; do grep -q \"^$d=yes\" {on_router('frr-daemons')} && "
               "/usr/lib/frr/$d -d -A 127.0.0.1 -u frr -g frr; done; sleep 0.3; vtysh -b >/run/vtysh.log 2>&1")
 
 
 def _start_core(p: Plan, state: State, node: Node, ns: str) -> None:
     """The zone's OSPF core router: FRR in the backbone, DR of the transit link, default originator."""
     zone = node.name.split("-", 1)[1]
-    sample = next(n for n in p.nodes if n.kind == "router" and (n.tree / "etc/frr/frr.conf").exists()
+    sample = next(n for n in p.nodes if n.kind == "router" and (n.tree / GENERATED["frr"]).exists()
                   and p.site["vpcs"][n.vpc]["zone"] == zone)
-    text = (sample.tree / "etc/frr/frr.conf").read_text()
+    text = (sample.tree / GENERATED["frr"]).read_text()
     hello = re.search(r"hello-interval (\d+)", text).group(1)
     dead = re.search(r"dead-interval (\d+)", text).group(1)
     key = re.search(r"message-digest-key 1 md5 (\S+)", text)
@@ -618,8 +619,8 @@ def _start_peer(p: Plan, state: State, node: Node, ns: str) -> None:
     """The far end of a site-to-site VPN: charon with the router's connection mirrored."""
     conn = "s2s-" + node.name.split("-peer-", 1)[1]
     router = next(n for n in p.nodes if n.kind == "router" and n.vpc == node.vpc)
-    conf = (router.tree / "etc/swanctl/swanctl.conf").read_text()
-    secret = _setting(_block((router.tree / "etc/swanctl/vpcgen-secrets.conf").read_text(), f"ike-{conn}"), "secret")
+    conf = (router.tree / GENERATED["swanctl"]).read_text()
+    secret = _setting(_block((router.tree / GENERATED["swanctl-secrets"]).read_text(), f"ike-{conn}"), "secret")
     block = _block(conf, conn)
     child = _block(block, "children")
     peer, local = _setting(block, "remote_addrs"), _setting(block, "local_addrs")
@@ -652,7 +653,7 @@ def _start_client(p: Plan, state: State, node: Node, ns: str) -> None:
 
 
 def _start_host(state: State, node: Node, ns: str) -> None:
-    args = [sys.executable, "-m", "vpcgen.labhost", node.name]
+    args = [sys.executable, "-m", "vpcgen.lab.host", node.name]
     if node.tcp:
         args += ["--tcp", node.tcp]
     if node.udp:

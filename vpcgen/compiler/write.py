@@ -13,7 +13,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import VpcgenError
+from ..errors import VpcgenError
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from .errors import Diagnostic
+from ..errors import Diagnostic
 from .intent import Site, Src
 from .loader import read_inside
 
@@ -28,7 +28,7 @@ _OSPF_KEY = re.compile(r"[!-~]{1,16}")  # FRR message-digest keys: one word of a
 
 
 def _placeholder_file(name: str) -> str:
-    return resources.files("vpcgen").joinpath("placeholder", name).read_text(encoding="ascii")
+    return resources.files("vpcgen.site").joinpath("placeholder", name).read_text(encoding="ascii")
 
 
 def _certificate(value: str):

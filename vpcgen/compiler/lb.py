@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import addr
-from .intent import Acl, Rule
+from ..site import addr
+from ..site.intent import Acl, Rule
 from .topology import RouterView, TierView
 
 COOKIE = "VPCGEN_SERVER"

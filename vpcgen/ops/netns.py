@@ -19,8 +19,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import tree as tree_contract
-from .tree import RouterTree, TreeError
+from .. import tree as tree_contract
+from ..tree import RouterTree, TreeError
 
 _counter = itertools.count(1)
 
@@ -86,7 +86,7 @@ def parse_interfaces(tree: Path) -> tuple[dict[str, list[str]], list[str]]:
     ifaces: dict[str, list[str]] = {}
     routes: list[str] = []
     current = None
-    for line in (Path(tree) / "etc/network/interfaces.d/vpcgen").read_text(encoding="utf-8").splitlines():
+    for line in (Path(tree) / tree_contract.GENERATED["interfaces"]).read_text(encoding="utf-8").splitlines():
         if m := _IFACE.match(line):
             current = m.group(1)
             ifaces.setdefault(current, [])

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import netns
-from .errors import VpcgenError
-from .render import DAEMONS
-from .tree import GENERATED, MANIFEST, RouterTree, TreeError, read_router, router_dirs
+from ..errors import VpcgenError
+from ..tree import CHECKED, GENERATED, MANIFEST, RouterTree, TreeError, on_router, read_router, router_dirs
 
 AS_NOBODY = netns.UNPRIVILEGED
 
@@ -40,7 +39,7 @@ class CheckResult:
 
 def _iptables(tree: Path) -> tuple[bool, str]:
     # --test misses jumps to missing chains on nf_tables: load for real, in a scratch namespace
-    rules = tree / "etc/iptables/rules.v4"
+    rules = tree / GENERATED["iptables"]
     with netns.scratch_netns() as ns:
         r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10"], input=rules.read_text())
         out = (r.stdout + r.stderr).strip()
@@ -64,7 +63,7 @@ def _keepalived(tree: Path) -> tuple[bool, str]:
         netns.add_interfaces(ns, netns.interfaces_of(tree))
         # keepalived writes its findings to the --config-test log, and exits 0 on some of them. As
         # root (it runs no script when testing): its script security checks need the script user
-        r = netns.run_in_tree(ns, tree, "keepalived --config-test=/run/kt.log -f /etc/keepalived/keepalived.conf; "
+        r = netns.run_in_tree(ns, tree, f"keepalived --config-test=/run/kt.log -f {on_router('keepalived')}; "
                                         "rc=$?; cat /run/kt.log 2>/dev/null; exit $rc", root=_deploy_root(tree))
         out = (r.stdout + r.stderr).strip()
         return r.returncode == 0 and not out, out or f"keepalived -t exited {r.returncode}"
@@ -75,7 +74,7 @@ def _conntrackd(tree: Path) -> tuple[bool, str]:
     with netns.scratch_netns() as ns:
         netns.add_interfaces(ns, netns.interfaces_of(tree))
         script = (
-            "conf=/etc/conntrackd/conntrackd.conf; "
+            f"conf={on_router('conntrackd')}; "
             "conntrackd -C $conf >/run/ct.log 2>&1 & pid=$!; ok=1; i=0; "
             "while [ $i -lt 50 ]; do "
             "  if conntrackd -C $conf -s >/run/ct.stats 2>&1; then ok=0; break; fi; "
@@ -98,7 +97,7 @@ def _unprivileged(tree: Path, command: str) -> subprocess.CompletedProcess:
 
 
 def _notify(tree: Path) -> tuple[bool, str]:
-    r = _unprivileged(tree, "sh -n /etc/keepalived/notify.sh")
+    r = _unprivileged(tree, f"sh -n {on_router('keepalived-notify')}")
     return r.returncode == 0 and not r.stderr, r.stderr.strip() or "sh -n ok"
 
 
@@ -119,7 +118,7 @@ def refuse_unsafe_haproxy(path: Path, shown: str) -> None:
 
 
 def _haproxy(tree: Path) -> tuple[bool, str]:
-    r = _unprivileged(tree, "haproxy -c -f /etc/haproxy/haproxy.cfg")
+    r = _unprivileged(tree, f"haproxy -c -f {on_router('haproxy')}")
     out = (r.stdout + r.stderr).strip()
     # a warning is a defect of the generated file too
     problems = [line for line in out.splitlines() if "[WARNING]" in line or "[ALERT]" in line]
@@ -133,7 +132,7 @@ def _frr(tree: Path) -> tuple[bool, str]:
     with netns.scratch_netns() as ns:
         r = netns.run_in_tree(ns, tree, "mkdir -p /run/vtysh && : > /run/vtysh/vtysh.conf && chmod -R a+rX /run/vtysh; "
                                         f"{AS_NOBODY} sh -c 'cat | vtysh --config_dir /run/vtysh --dryrun "
-                                        "-f /dev/stdin' < /etc/frr/frr.conf")
+                                        f"-f /dev/stdin' < {on_router('frr')}")
     out = (r.stdout + r.stderr).strip()
     return r.returncode == 0 and not out, out or "vtysh --dryrun ok"
 
@@ -210,7 +209,7 @@ CHECK_STRONGSWAN_CONF = """charon {
 
 CHECKERS = {"iptables": _iptables, "keepalived": _keepalived, "conntrackd": _conntrackd, "notify": _notify,
             "haproxy": _haproxy, "frr": _frr, "strongswan": _strongswan}
-CHECK_FILES = {d.check: d.path for d in DAEMONS if d.check}
+CHECK_FILES = CHECKED
 
 
 def load_routers(tree_dir, only: list[str] | None = None) -> dict[str, RouterTree]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import addr
+from ..site import addr
 from .allocate import Allocation
-from .intent import SOURCE_NAT_IP, Site, Vpc
+from ..site.intent import SOURCE_NAT_IP, Site, Vpc
 
 SYNC_ADDRESSES = ("169.254.255.1", "169.254.255.2")
 SYNC_PREFIX = 30

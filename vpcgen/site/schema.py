@@ -1,6 +1,6 @@
 """JSON Schema (Draft 2020-12) validation of the site's documents.
 
-The schema files under ``vpcgen/schemas`` are the single source of truth for the input's shape;
+The schema files under ``vpcgen/site/schemas`` are the single source of truth for the input's shape;
 this module only turns jsonschema's errors into located, readable diagnostics.
 """
 
@@ -14,14 +14,14 @@ from importlib import resources
 import fastjsonschema
 from jsonschema import Draft202012Validator
 
-from .errors import Diagnostic
+from ..errors import Diagnostic
 from .loader import Document
 
 KINDS = ("site", "zone", "vpc", "acl", "lock")  # lock: allocations.lock.yaml, untrusted like the rest
 
 
 def schema_text(kind: str) -> str:
-    return resources.files("vpcgen").joinpath("schemas", f"{kind}.schema.json").read_text(encoding="utf-8")
+    return resources.files("vpcgen.site").joinpath("schemas", f"{kind}.schema.json").read_text(encoding="utf-8")
 
 
 def _inline(node, defs: dict):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .allocate import Allocation
-from .intent import SOURCE_NAT_IP, Site
+from ..compiler.allocate import Allocation
+from ..site.intent import SOURCE_NAT_IP, Site
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from . import addr
-from .errors import Diagnostic
+from ..errors import Diagnostic
 from .intent import BUILTIN_ACLS, SOURCE_NAT_IP, Site, Src, Vpc
 from .loader import SiteFiles
 

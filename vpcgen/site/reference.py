@@ -1,6 +1,6 @@
 """docs/site-reference.md: every field of every site file, generated from the JSON Schemas.
 
-``python -m vpcgen.reference > docs/site-reference.md`` regenerates the document; a test keeps it
+``python -m vpcgen.site.reference > docs/site-reference.md`` regenerates the document; a test keeps it
 equal to :func:`reference`. Types, defaults and constraints come from the schemas' keywords, the
 prose from their ``description``s. An example value comes from the property's own ``examples``,
 else from the shipped example site (``sites/example``, where the field is used), else from the
@@ -20,7 +20,7 @@ import yaml
 from .loader import load_site
 from .schema import schema_text
 
-EXAMPLE_SITE = Path(__file__).resolve().parent.parent / "sites" / "example"
+EXAMPLE_SITE = Path(__file__).resolve().parents[2] / "sites" / "example"
 
 # (schema kind, the file it describes, the folder of a complete example in sites/example)
 FILES = (
@@ -286,7 +286,7 @@ def reference(site: Path = EXAMPLE_SITE) -> str:
     defs = _defs()
     examples = example_documents(site)
     lines = [
-        "<!-- Generated from vpcgen/schemas/*.json by `python -m vpcgen.reference > docs/site-reference.md`;",
+        "<!-- Generated from vpcgen/site/schemas/*.json by `python -m vpcgen.site.reference > docs/site-reference.md`;",
         "     do not edit: change the schemas and regenerate. -->",
         "# Site file reference",
         "",

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import addr
+from ..site import addr
 from . import vpn
 from .firewall import HA_GUARD_CHAIN, HA_GUARD_TAG, guard_rules, uplink
+from ..tree import SPLIT_FILE
 from .topology import BEACONS, CONNTRACKD_PORT, RouterView
 
 SCRIPT_INTERVAL_S = 1  # keepalived's resolution for scripts
-# "1" while the second router is cut off from the sync link but the first is alive: keepalived
-# watches it (inotify) and enters FAULT the moment notify.sh writes it
-SPLIT_FILE = "/run/vpcgen/split"
 
 
 @dataclass(frozen=True)

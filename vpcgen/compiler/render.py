@@ -11,10 +11,12 @@ from typing import Callable
 
 import jinja2
 
-from . import firewall, ha, lb, ospf, tree, vpn
+from .. import tree
+from . import firewall, ha, lb, ospf, vpn
 from .topology import RouterView
 
-from .tree import GENERATED, MANIFEST, SCRIPT_MODE, SECRET_MODE, SECRET_SUMS, TEXT_MODE, dump_json, \
+from ..tree import CHECK_COMMANDS, GENERATED, HEALTH_COMMANDS, MANIFEST, SCRIPT_MODE, SECRET_MODE, SECRET_SUMS, \
+    TEXT_MODE, VRRP_STATE_COMMAND, dump_json, \
     manifest_entries
 
 # services in dependency order: deploy reloads what changed in this order
@@ -52,7 +54,6 @@ class Daemon:
     needed: Callable[[RouterView], bool]
     context: Callable[[RouterView, dict], dict]  # (view, secrets) -> template context
     service: str  # reloaded (deploy) when the file changes
-    check: str | None  # key of the checker in vpcgen.check
 
     @property
     def path(self) -> str:
@@ -88,32 +89,31 @@ def _ra_secret(field: str, what: str) -> Callable[[RouterView, dict], dict]:
 
 DAEMONS = (
     Daemon("interfaces", "network/interfaces.j2", TEXT_MODE, _always,
-           _interfaces_ctx, "networking", None),
+           _interfaces_ctx, "networking"),
     Daemon("sysctl", "sysctl/90-vpcgen.conf.j2", TEXT_MODE, _always,
-           lambda v, s: {"sysctl": SYSCTL}, "sysctl", None),
+           lambda v, s: {"sysctl": SYSCTL}, "sysctl"),
     Daemon("iptables", "iptables/rules.v4.j2", TEXT_MODE, _always,
-           lambda v, s: {"tables": firewall.build_tables(v)}, "iptables", "iptables"),
+           lambda v, s: {"tables": firewall.build_tables(v)}, "iptables"),
     Daemon("conntrackd", "conntrackd/conntrackd.conf.j2", TEXT_MODE, _redundant,
-           lambda v, s: {"ct": ha.conntrackd_context(v)}, "conntrackd", "conntrackd"),
+           lambda v, s: {"ct": ha.conntrackd_context(v)}, "conntrackd"),
     Daemon("keepalived", "keepalived/keepalived.conf.j2", TEXT_MODE, _redundant,
-           lambda v, s: {"ka": ha.keepalived(v)}, "keepalived", "keepalived"),
+           lambda v, s: {"ka": ha.keepalived(v)}, "keepalived"),
     Daemon("keepalived-notify", "keepalived/notify.sh.j2", SCRIPT_MODE, _redundant,
-           lambda v, s: ha.notify_context(v), "keepalived", "notify"),
+           lambda v, s: ha.notify_context(v), "keepalived"),
     Daemon("haproxy", "haproxy/haproxy.cfg.j2", TEXT_MODE, _has_lb,
-           lambda v, s: {"listeners": lb.listeners(v), "cookie": lb.COOKIE}, "haproxy", "haproxy"),
+           lambda v, s: {"listeners": lb.listeners(v), "cookie": lb.COOKIE}, "haproxy"),
     Daemon("swanctl", "swanctl/swanctl.conf.j2", TEXT_MODE, vpn.has_vpn,
-           vpn.context, "strongswan", "strongswan"),
+           vpn.context, "strongswan"),
     Daemon("swanctl-secrets", "swanctl/secrets.conf.j2", SECRET_MODE, vpn.has_vpn,
-           vpn.context, "strongswan", None),
+           vpn.context, "strongswan"),
     Daemon("ra-cert", "swanctl/pem.j2", SECRET_MODE, _has_ra,
-           _ra_secret("server_cert", "remote-access VPN server certificate"), "strongswan", None),
+           _ra_secret("server_cert", "remote-access VPN server certificate"), "strongswan"),
     Daemon("ra-key", "swanctl/pem.j2", SECRET_MODE, _has_ra,
-           _ra_secret("server_key", "remote-access VPN server private key"), "strongswan", None),
+           _ra_secret("server_key", "remote-access VPN server private key"), "strongswan"),
     Daemon("frr", "frr/frr.conf.j2",
-           lambda v: SECRET_MODE if ospf.uses_secret(v) else TEXT_MODE, lambda v: v.routed, ospf.context, "frr",
-           "frr"),
+           lambda v: SECRET_MODE if ospf.uses_secret(v) else TEXT_MODE, lambda v: v.routed, ospf.context, "frr"),
     Daemon("frr-daemons", "frr/daemons.j2", TEXT_MODE, lambda v: v.routed,
-           lambda v, s: ospf.daemons_context(v), "frr", None),
+           lambda v, s: ospf.daemons_context(v), "frr"),
 )
 
 
@@ -132,25 +132,6 @@ def reload_commands(view: RouterView) -> dict[str, str]:
         "strongswan": f"SWANCTL_DIR={p['swanctl']} swanctl --load-all --noprompt",
         "frr": frr,
     } | view.site.deploy.commands.get("reload", {})
-
-
-# the daemons' own checkers, run on the router against a new release before it is switched to
-CHECK_COMMANDS = {
-    "iptables": "iptables-restore --test {release}/etc/iptables/rules.v4",
-    "keepalived": "keepalived --config-test -f {release}/etc/keepalived/keepalived.conf && "
-                  "sh -n {release}/etc/keepalived/notify.sh",
-    "haproxy": "haproxy -c -q -f {release}/etc/haproxy/haproxy.cfg",
-    "frr": "vtysh --dryrun -f {release}/etc/frr/frr.conf",
-}
-# after the reloads: is every service of the router running?
-HEALTH_COMMANDS = {
-    "conntrackd": "conntrackd -C {root}/etc/conntrackd/conntrackd.conf -s >/dev/null",
-    "keepalived": "systemctl is-active --quiet keepalived",
-    "haproxy": "systemctl is-active --quiet haproxy",
-    "strongswan": "systemctl is-active --quiet strongswan",
-    "frr": "systemctl is-active --quiet frr",
-}
-VRRP_STATE_COMMAND = "cat /run/vpcgen/vrrp.state"  # written by notify.sh
 
 
 def deploy_settings(view: RouterView, services: set[str]) -> dict:
@@ -178,17 +159,18 @@ def router_paths(view: RouterView) -> dict[str, str]:
     """Absolute paths on the router of files other files refer to (under the deploy root)."""
     root = view.site.deploy.root_of(view.name).rstrip("/")
     return {
-        "notify": f"{root}/etc/keepalived/notify.sh",
-        "rules": f"{root}/etc/iptables/rules.v4",
-        "conntrackd": f"{root}/etc/conntrackd/conntrackd.conf",
-        "sysctl": f"{root}/etc/sysctl.d/90-vpcgen.conf",
-        "swanctl": f"{root}/etc/swanctl",
+        "notify": tree.on_router("keepalived-notify", root),
+        "rules": tree.on_router("iptables", root),
+        "conntrackd": tree.on_router("conntrackd", root),
+        "sysctl": tree.on_router("sysctl", root),
+        "swanctl": tree.on_router("swanctl", root).rsplit("/", 1)[0],
+        "state_dir": tree.STATE_DIR,
     }
 
 
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("vpcgen", "templates"),
+        loader=jinja2.PackageLoader("vpcgen.compiler", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -1,6 +1,6 @@
 """A lab test host's servers: answers on the given TCP and UDP ports with its own name.
 
-    python -m vpcgen.labhost NAME --tcp 22,80,8080 --udp 5000-5009 [--whoami 7]
+    python -m vpcgen.lab.host NAME --tcp 22,80,8080 --udp 5000-5009 [--whoami 7]
 
 TCP: the first line sent back is "NAME\\n"; an HTTP request gets a 200 with the name (and a
 cookie-free body), so haproxy health checks and balancing can be observed. UDP: every datagram

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from . import addr
-from .errors import Diagnostic
-from .intent import Site, Src, Vpc
+from ..site import addr
+from ..errors import Diagnostic
+from ..site.intent import Site, Src, Vpc
 
 LOCK_HEADER = (
     "# allocations.lock.yaml: written by vpcgen build, committed by the operator.\n"

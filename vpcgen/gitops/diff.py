@@ -20,11 +20,11 @@ from pathlib import Path
 
 import yaml
 
-from .api import BuildOptions, BuildResult, build_site
-from .errors import DiagnosticsError, VpcgenError
-from .intent import Site
-from .secrets import REDACTED
-from .tree import MANIFEST, SECRET_SUMS
+from ..api import BuildOptions, BuildResult, build_site
+from ..errors import DiagnosticsError, VpcgenError
+from ..site.intent import Site
+from ..site.secrets import REDACTED
+from ..tree import MANIFEST, SECRET_SUMS
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters
 
 

@@ -16,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import lab, netns
-from .lab import PROBE_TCP_PORT, WHOAMI_PORT
+from . import run as lab
+from ..ops import netns
+from ..tree import GENERATED, VRRP_STATE
+from .run import PROBE_TCP_PORT, WHOAMI_PORT
 
 HTTP_GET = "GET / HTTP/1.0\\n\\n"
 
@@ -86,7 +88,7 @@ class Runner:
     def state(self, router: str) -> str:
         if not self.data["nodes"][router].get("holder"):
             return "STOPPED"
-        r = lab.exec_in(self.data, router, "cat /run/vpcgen/vrrp.state 2>/dev/null")
+        r = lab.exec_in(self.data, router, f"cat {VRRP_STATE} 2>/dev/null")
         return r.stdout.strip() or "UNKNOWN"
 
     def masters(self, vpc: str) -> list[str]:
@@ -216,7 +218,7 @@ class Runner:
         drop = ("port forwarding", "static nat", "load balancer") if drop_forwarding else ()
         if self.state(router) == "MASTER":
             drop += ("vpcgen-ha-guard",)  # what notify.sh apply-firewall does on a master
-        text = "".join(line for line in (tree / "etc/iptables/rules.v4").read_text().splitlines(keepends=True)
+        text = "".join(line for line in (tree / GENERATED["iptables"]).read_text().splitlines(keepends=True)
                        if not any(d in line for d in drop))
         lab.load_rules(self.data["nodes"][router]["ns"], tree, text)
 
@@ -472,7 +474,7 @@ class Runner:
 
     def _local_ts(self, vpc: str, name: str) -> list[str]:
         router = self.trees / next(iter(self.vpcs[vpc]["routers"]))
-        text = (router / "etc/swanctl/swanctl.conf").read_text()
+        text = (router / GENERATED["swanctl"]).read_text()
         return lab._setting(lab._block(lab._block(text, f"s2s-{name}"), "children"), "local_ts").replace(" ", "").split(",")
 
     def _ospf_learned(self, vpc: str) -> tuple[bool, str]:

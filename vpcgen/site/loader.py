@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import Diagnostic, DiagnosticsError, Location
+from ..errors import Diagnostic, DiagnosticsError, Location
 
 try:  # libyaml is an order of magnitude faster; fall back only where it is missing
     _Loader = yaml.CSafeLoader

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from .secrets import REDACTED
+from ..site.secrets import REDACTED
 from .topology import RouterView
 
 SECRETS_FILE = "vpcgen-secrets.conf"  # next to swanctl.conf, mode 0600

@@ -35,9 +35,8 @@ from typing import Callable
 import paramiko
 from fabric import Connection
 
-from .errors import VpcgenError
-from .render import SERVICE_ORDER
-from .tree import GENERATED, MANIFEST, SECRET_SUMS, RouterTree, TreeError, read_router, router_dirs
+from ..errors import VpcgenError
+from ..tree import GENERATED, MANIFEST, SECRET_SUMS, SERVICES, RouterTree, TreeError, read_router, router_dirs
 
 STATE_DIR = "var/lib/vpcgen"
 COMMAND_TIMEOUT = 120.0
@@ -345,7 +344,7 @@ def affected_services(olds: list[State | None], new: State) -> list[str]:
         before = old.files()
         touched |= {v[2] for p, v in after.items() if before.get(p) != v}
         touched |= {v[2] for p, v in before.items() if p not in after}
-    return [s for s in SERVICE_ORDER if s in touched]
+    return [s for s in SERVICES if s in touched]
 
 
 def reload_commands(manifest: dict) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import lb, vpn
-from .intent import Acl, Rule
+from ..site.intent import Acl, Rule
 from .topology import CONNTRACKD_PORT, RouterView
 
 HA_GUARD_CHAIN = "VPCGEN_HA_GUARD"

@@ -1,0 +1,1 @@
+"""Compiling a site: allocation, per-router model, feature modules, rendering, writing."""

@@ -1,0 +1,1 @@
+"""The pull-request loop: diff, topology graphs, `vpcgen init`."""

@@ -1,0 +1,1 @@
+"""Acting on a built tree: the daemons' checkers, deploy over SSH, scratch namespaces."""

@@ -1,0 +1,1 @@
+"""Reading a site: its files, schemas, intent, semantic checks and secrets."""
