@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vpcgen.allocate import lowest_free_block
+from vpcgen.compiler.allocate import lowest_free_block
 from vpcgen.api import validate_site
 from vpcgen.errors import DiagnosticsError
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE, FIXTURE_SITES, copy_site, run_cli
-from vpcgen import check, lab, netns
-from vpcgen.check import CHECK_FILES
+from vpcgen.ops import check
+from vpcgen.lab import run as lab
+from vpcgen.ops import netns
+from vpcgen.ops.check import CHECK_FILES
 from vpcgen.tree import MANIFEST, SECRET_SUMS, TreeError, dump_json
 
 

@@ -22,7 +22,7 @@ import yaml
 
 from conftest import FIXTURE_SITES, run_cli
 from sshd import Sshd, keygen
-from vpcgen import deploy as deploy_module
+from vpcgen.ops import deploy as deploy_module
 
 ROUTERS = {"pair-r1": "127.0.0.11", "pair-r2": "127.0.0.12", "solo-r1": "127.0.0.21"}
 SECRETS = {"VPCGEN_SECRET_HQ_PSK": "s3cret 'psk' with \"quotes\""}

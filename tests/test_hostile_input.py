@@ -510,8 +510,8 @@ def test_leftovers_of_a_killed_build_are_removed_by_the_next_build(workspace):
     out_before = snapshot(out / "example")
 
     def die_before_promote():
-        import vpcgen.write
-        vpcgen.write._sync_filesystem = lambda path: os.kill(os.getpid(), signal.SIGKILL)
+        import vpcgen.compiler.write
+        vpcgen.compiler.write._sync_filesystem = lambda path: os.kill(os.getpid(), signal.SIGKILL)
 
     replace(site, SHOP, "  - {name: www}\n", "  - {name: www}\n  - {name: mail}\n")
     killed = run_bounded("build", "example", "--output", "out", "--placeholder-secrets", cwd=workspace,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE, copy_site, run_cli
-from vpcgen import lab
+from vpcgen.lab import run as lab
 
 
 def namespaces(prefix: str) -> list[str]:

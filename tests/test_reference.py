@@ -14,11 +14,11 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from conftest import run_cli
-from vpcgen import render
-from vpcgen.intent import build_intent
-from vpcgen.loader import Document, SiteFiles
-from vpcgen.reference import FILES, reference
-from vpcgen.schema import KINDS, default, inlined, schema_text
+from vpcgen.compiler import render
+from vpcgen.site.intent import build_intent
+from vpcgen.site.loader import Document, SiteFiles
+from vpcgen.site.reference import FILES, reference
+from vpcgen.site.schema import KINDS, default, inlined, schema_text
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "site-reference.md"
@@ -194,11 +194,11 @@ def test_intent_of_minimal_documents_equals_the_schema_defaults():
 
 def test_site_reference_is_current():
     assert REFERENCE.read_text(encoding="utf-8") == reference(), (
-        "docs/site-reference.md is out of date: run `python -m vpcgen.reference > docs/site-reference.md`")
+        "docs/site-reference.md is out of date: run `python -m vpcgen.site.reference > docs/site-reference.md`")
 
 
 def test_python_m_vpcgen_reference_prints_it():
-    out = subprocess.run([sys.executable, "-m", "vpcgen.reference"], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-m", "vpcgen.site.reference"], capture_output=True, text=True, check=True,
                          cwd=ROOT).stdout
     assert out == reference()
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import EXAMPLE
-from vpcgen.loader import parse_document
-from vpcgen.schema import _validators
+from vpcgen.site.loader import parse_document
+from vpcgen.site.schema import _validators
 
 DOCS = {kind: parse_document(path.read_bytes(), str(path), kind)[0].data
         for kind, path in [("site", EXAMPLE / "site.yaml"), ("zone", EXAMPLE / "zones/zone1.yaml"),
