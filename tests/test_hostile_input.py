@@ -66,7 +66,7 @@ def prebuilt(tmp_path_factory) -> Path:
 @pytest.fixture
 def workspace(tmp_path, prebuilt):
     """tmp/example (a copy of the example site) and tmp/out (an earlier build of it)."""
-    site = copy_site(EXAMPLE, tmp_path / "example")
+    copy_site(EXAMPLE, tmp_path / "example")
     shutil.copytree(prebuilt, tmp_path / "out", symlinks=True)
     return tmp_path
 

@@ -258,6 +258,18 @@ def router_dirs(tree_dir: Path) -> dict[str, Path]:
     return found
 
 
+def read_routers(tree_dir: Path, only: list[str] | None = None) -> dict[str, RouterTree]:
+    """The routers of a built site (or only the named ones), each verified against its manifest
+    before anything runs."""
+    dirs = router_dirs(Path(tree_dir))
+    if only:
+        unknown = sorted(set(only) - set(dirs))
+        if unknown:
+            raise TreeError(f"no router {', '.join(unknown)} in {tree_dir} (routers: {', '.join(dirs)})")
+        dirs = {name: path for name, path in dirs.items() if name in only}
+    return {name: read_router(path) for name, path in dirs.items()}
+
+
 def read_site_json(tree_dir: Path) -> dict:
     data, _ = _read_json(Path(tree_dir) / SITE_JSON, str(Path(tree_dir) / SITE_JSON))
     _require(isinstance(data, dict), str(Path(tree_dir) / SITE_JSON), "must be a JSON object")

@@ -36,7 +36,7 @@ import paramiko
 from fabric import Connection
 
 from ..errors import VpcgenError
-from ..tree import GENERATED, MANIFEST, SECRET_SUMS, SERVICES, RouterTree, TreeError, read_router, router_dirs
+from ..tree import GENERATED, MANIFEST, SECRET_SUMS, SERVICES, RouterTree, TreeError, read_routers
 
 STATE_DIR = "var/lib/vpcgen"
 COMMAND_TIMEOUT = 120.0
@@ -179,13 +179,7 @@ def _settings_problem(m: dict) -> str | None:
 def load_targets(tree_dir: Path, only: list[str] | None) -> list[Target]:
     """The routers of a built site, each checked against its manifest (tree.read_router: generated
     paths only, no symlinks or unlisted files, every checksum right) and its deploy settings."""
-    dirs = router_dirs(Path(tree_dir))
-    if only:
-        unknown = sorted(set(only) - set(dirs))
-        if unknown:
-            raise VpcgenError(f"no router {', '.join(unknown)} in {tree_dir}")
-        dirs = {name: path for name, path in dirs.items() if name in only}
-    targets = [Target(read_router(path)) for path in dirs.values()]
+    targets = [Target(router) for router in read_routers(Path(tree_dir), only).values()]
     for t in targets:
         problem = _settings_problem(t.manifest)
         if problem:
