@@ -203,9 +203,18 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
                                  for g in sorted(vpc.private_gateways, key=lambda g: g.name)},
             "load_balancers": {lb.name: {"public_ip": lb.public_ip, "public_port": lb.public_port,
                                          "private_port": lb.private_port, "protocol": lb.protocol,
-                                         "stickiness": lb.stickiness, "members": list(lb.members)}
+                                         "algorithm": lb.algorithm, "stickiness": lb.stickiness,
+                                         "health_check": {"interval_ms": lb.health_check.interval_ms,
+                                                          "rise": lb.health_check.rise, "fall": lb.health_check.fall,
+                                                          "http_path": lb.health_check.http_path},
+                                         "members": list(lb.members)}
                                for lb in sorted(vpc.load_balancers, key=lambda lb: lb.name)},
-            "vpn_peers": {v.name: {"peer": v.peer, "peer_cidrs": list(v.peer_cidrs)}
+            "vpn_peers": {v.name: {"peer": v.peer, "peer_cidrs": list(v.peer_cidrs),
+                                   "local_cidrs": list(v.local_cidrs) if v.local_cidrs else
+                                   sorted(t.cidr for t in rv[0].tiers) if rv else [],
+                                   "ike_version": v.ike_version, "ike_proposals": list(v.ike_proposals),
+                                   "esp_proposals": list(v.esp_proposals), "ike_lifetime_s": v.ike_lifetime_s,
+                                   "esp_lifetime_s": v.esp_lifetime_s, "dpd_delay_s": v.dpd_delay_s}
                           for v in sorted(vpc.site_to_site, key=lambda v: v.name)},
             "remote_access": {"pool": vpc.remote_access.pool, "users": sorted(u.name for u in vpc.remote_access.users)}
             if vpc.remote_access else None,

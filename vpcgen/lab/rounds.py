@@ -369,7 +369,7 @@ class Runner:
         victim = self.host_at(vpc, lb["members"][0])
         lab.stop_host(self.data, victim)
         try:
-            deadline, seen = time.monotonic() + 20, []
+            deadline, seen = time.monotonic() + self.health_s(lb, "fall"), []
             while time.monotonic() < deadline:  # fall x inter of the health check, then no more
                 seen = [self._lb_get(vpc, lb) for _ in range(4)]
                 if victim not in seen and not any(s.startswith("FAILED") for s in seen):
@@ -382,14 +382,20 @@ class Runner:
         ok = victim not in seen and not any(s.startswith("FAILED") for s in seen)
         return ok, f"{victim} stopped; then answers: {', '.join(seen)}"
 
-    def _back_in_rotation(self, vpc: str, lb: dict, member: str, timeout: float = 15) -> None:
+    def health_s(self, lb: dict, edge: str) -> float:
+        """How long haproxy's health check needs to take a member out (fall) or back in (rise), from
+        the load balancer's own timers in site.json, with slack for the first check's timing."""
+        hc = lb["health_check"]
+        return (hc[edge] + 1) * hc["interval_ms"] / 1000 + 2
+
+    def _back_in_rotation(self, vpc: str, lb: dict, member: str) -> None:
         """Wait until haproxy's checks have risen for a restarted member (for every LB using it)."""
-        deadline = time.monotonic() + timeout
         for other in self.vpcs[vpc]["load_balancers"].values():
             if self._address(member) not in other["members"]:
                 continue
-            if other["stickiness"] == "source":
-                time.sleep(max(0.0, min(6.0, deadline - time.monotonic())))  # rise 2 x inter 2 s, plus slack
+            deadline = time.monotonic() + self.health_s(other, "rise")
+            if other["stickiness"] == "source":  # one client sees one member: wait out the rise
+                time.sleep(max(0.0, deadline - time.monotonic()))
                 continue
             while time.monotonic() < deadline and member not in {self._lb_get(vpc, other) for _ in range(4)}:
                 time.sleep(0.3)
