@@ -131,6 +131,20 @@ class Runner:
                         "http" if lb["protocol"] == "http" else "tcp", {self.host_at(vpc, m) for m in lb["members"]}))
         return out
 
+    def source_host(self, vpc: str, destination: str, ports: list[tuple[str, int]],
+                    within: list[str] | None = None) -> tuple[tuple[str, str] | None, bool]:
+        """A test host (not behind static NAT, inside ``within`` when given) whose tier's egress list
+        lets every (proto, port) out to ``destination``: (host, True). With none, the first such
+        host and False: its own list denies the traffic, which is then what to expect."""
+        v = self.vpcs[vpc]
+        hosts = [h for t in sorted(v["tiers"]) for h in self.hosts(vpc, t) if h[1] not in v["static_nat"].values()
+                 and (within is None or any(ipaddress.ip_address(h[1]) in ipaddress.ip_network(c) for c in within))]
+        for host in hosts:
+            rules = self.site["acls"][self.tier_of(vpc, host[1])["acl"]]
+            if all(decide(rules, "egress", proto, port, destination) for proto, port in ports):
+                return host, True
+        return (hosts[0] if hosts else None), False
+
     def tier_of(self, vpc: str, address: str) -> dict | None:
         for tier in self.vpcs[vpc]["tiers"].values():
             if ipaddress.ip_address(address) in ipaddress.ip_network(tier["cidr"]):
@@ -296,10 +310,9 @@ class Runner:
                     self.check(r, f"static NAT {public} outbound: the internet sees {v['public_ips'][public]}",
                                lambda p=public, q=private: self._whoami(vpc, self.host_at(vpc, q),
                                                                         v["public_ips"][p]))
-                others = [n for t in v["tiers"] for n, a in self.hosts(vpc, t) if a not in v["static_nat"].values()]
-                if others and "source-nat" in v["public_ips"]:
+                if "source-nat" in v["public_ips"]:
                     self.check(r, f"source NAT: the internet sees {v['public_ips']['source-nat']}",
-                               lambda: self._whoami(vpc, others[0], v["public_ips"]["source-nat"]))
+                               lambda: self._source_nat(vpc))
                 for pf in v["port_forwarding"]:
                     low, high = pf["public_port"]
                     if high != low:
@@ -329,6 +342,15 @@ class Runner:
                 for other in others:
                     self.check(r, f"hosts reach routed VPC {other} without NAT",
                                lambda o=other: self._routed_reach(vpc, o))
+
+    def _source_nat(self, vpc: str) -> tuple[bool, str]:
+        host, allowed = self.source_host(vpc, self.inet_address(vpc), [("tcp", WHOAMI_PORT)])
+        if host is None:
+            return False, "no host behind source NAT"
+        if not allowed:  # every tier's egress list denies it: that is what the router must do
+            got = self.probe(host[0], self.inet_address(vpc), WHOAMI_PORT)
+            return got.startswith("FAILED"), f"every tier's egress list denies it; from {host[0]}: {got}"
+        return self._whoami(vpc, host[0], self.vpcs[vpc]["public_ips"]["source-nat"])
 
     def _whoami(self, vpc: str, host: str, expected: str) -> tuple[bool, str]:
         got = self.probe(host, self.inet_address(vpc), WHOAMI_PORT)
@@ -425,10 +447,12 @@ class Runner:
         node = f"{vpc}-peer-{name}"
         target = str(ipaddress.ip_network(peer["peer_cidrs"][0]).network_address + 1)
         local = self._local_ts(vpc, name)
-        host = next((h for t in sorted(self.vpcs[vpc]["tiers"]) for h in self.hosts(vpc, t)
-                     if any(ipaddress.ip_address(h[1]) in ipaddress.ip_network(c) for c in local)), None)
+        host, allowed = self.source_host(vpc, target, [("tcp", PROBE_TCP_PORT), ("tcp", WHOAMI_PORT)], local)
         if host is None:
             return False, "no test host inside the VPN's local networks"
+        if not allowed:  # the tiers' own egress lists deny it: the tunnel must not carry it either
+            got = self.probe(host[0], target, PROBE_TCP_PORT)
+            return got.startswith("FAILED"), f"every local tier's egress list denies it; {host[0]} -> {target}: {got}"
         deadline = time.monotonic() + 20  # the first packet triggers IKE; the tunnel needs a moment
         while (got := self.probe(host[0], target, PROBE_TCP_PORT)) != node and time.monotonic() < deadline:
             time.sleep(1)
@@ -479,9 +503,7 @@ class Runner:
                                              f"{len(results)} probes as the lists decide, reached {', '.join(allowed)}"))
 
     def _local_ts(self, vpc: str, name: str) -> list[str]:
-        router = self.trees / next(iter(self.vpcs[vpc]["routers"]))
-        text = (router / GENERATED["swanctl"]).read_text()
-        return lab._setting(lab._block(lab._block(text, f"s2s-{name}"), "children"), "local_ts").replace(" ", "").split(",")
+        return self.vpcs[vpc]["vpn_peers"][name]["local_cidrs"]  # from site.json, never from swanctl.conf
 
     def _ospf_learned(self, vpc: str) -> tuple[bool, str]:
         core = f"core-{self.vpcs[vpc]['zone']}"
@@ -656,11 +678,10 @@ class Runner:
             return None
 
     def _tcp_survives(self, vpc: str) -> tuple[bool, str]:
-        v = self.vpcs[vpc]
-        others = [n for t in sorted(v["tiers"]) for n, a in self.hosts(vpc, t) if a not in v["static_nat"].values()]
-        if not others:
-            return False, "no host behind source NAT"
-        out = self._during_failover(vpc, others[0], TCP_STREAM.replace("ADDRESS", self.inet_address(vpc)), 2.0, 60)
+        host, allowed = self.source_host(vpc, self.inet_address(vpc), [("tcp", 80)])
+        if host is None or not allowed:
+            return False, "no host whose egress list lets tcp/80 out"
+        out = self._during_failover(vpc, host[0], TCP_STREAM.replace("ADDRESS", self.inet_address(vpc)), 2.0, 60)
         last = out.strip().splitlines()[-1] if out and out.strip() else "no output (or no master)"
         self.figures.setdefault(vpc, {})["tcp_survives"] = last.startswith("SURVIVED")
         return last.startswith("SURVIVED"), last
@@ -715,11 +736,11 @@ class Runner:
                 f"the core does not route through {owner}: {self._core_route(vpc) or 'no route'}"
         targets = [t for t in self.nat_targets(vpc) if t[0].startswith("port forwarding")]
         ok, detail = self._all_reach(vpc, targets, True, retry=5)
-        others = [n for t in sorted(v["tiers"]) for n, a in self.hosts(vpc, t) if a not in v["static_nat"].values()]
-        if others and "source-nat" in v["public_ips"]:
+        host, allowed = self.source_host(vpc, self.inet_address(vpc), [("tcp", WHOAMI_PORT)])
+        if host and allowed and "source-nat" in v["public_ips"]:
             seen = ""
             for _ in range(5):
-                seen = self.probe(others[0], self.inet_address(vpc), WHOAMI_PORT)
+                seen = self.probe(host[0], self.inet_address(vpc), WHOAMI_PORT)
                 if seen == v["public_ips"]["source-nat"]:
                     break
                 time.sleep(0.5)
