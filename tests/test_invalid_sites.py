@@ -92,6 +92,7 @@ CASES = [
     ("zone-not-routed", [("zones/zone1.yaml", "super_cidr: 10.128.0.0/12", "")]),
     ("super-cidr-exhausted", [("zones/zone1.yaml", "super_cidr: 10.128.0.0/12", "super_cidr: 10.128.0.0/22")]),
     ("transit-exhausted", [("zones/zone1.yaml", "cidr: 100.64.0.0/24", "cidr: 100.64.0.0/30")]),
+    ("ikev1-two-networks", [("vpcs/shop.yaml", "peer_cidrs: [172.17.0.0/16]", "peer_cidrs: [172.17.0.0/16, 172.18.0.0/24]")]),
     ("acl-protocol-zero", [("acls/app.yaml", "protocol: 50", "protocol: 0")]),
     ("private-gateway-broadcast", [("vpcs/shop.yaml", "address: 172.31.0.2/30", "address: 172.31.0.3/30"),
                                    ("vpcs/shop.yaml", "gateway: 172.31.0.1", "gateway: 172.31.0.0")]),

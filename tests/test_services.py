@@ -51,8 +51,8 @@ def test_vpn_traffic_skips_source_nat_and_passes_tier_lists(example_tree):
     post = chain_rules(rules, "nat", "POSTROUTING")
     first_snat = next(i for i, line in enumerate(post) if "-j SNAT" in line)
     exempt = [line for line in post[:first_snat] if "-j ACCEPT" in line]
-    # hq: two local cidrs x one peer; branch: three tiers x two peers; the remote-access pool
-    assert len(exempt) == 2 + 6 + 1
+    # hq: two local cidrs x one peer; branch (IKEv1): one local x one peer; the remote-access pool
+    assert len(exempt) == 2 + 1 + 1
     assert any("-s 10.10.1.0/24 -d 172.16.0.0/16" in line for line in exempt)
     assert any("-d 10.10.250.0/24" in line for line in exempt)
     forward = chain_rules(rules, "filter", "FORWARD")

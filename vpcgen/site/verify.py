@@ -347,6 +347,14 @@ def _check_vpn(c: Checker, vpc: Vpc) -> None:
         if v.ike_version == 1 and any("gcm" in p or "ccm" in p for p in v.ike_proposals):
             c.err(v.src, ("ike_proposals",), "IKEv1 does not support AEAD (gcm/ccm) IKE proposals",
                   "unknown-proposal")
+        # IKEv1 negotiates one traffic selector pair per CHILD_SA: charon would cover only the first
+        # local and the first peer network, and every other pair would silently get no tunnel
+        local = v.local_cidrs if v.local_cidrs else tuple(t.name for t in vpc.tiers)
+        if v.ike_version == 1 and (len(v.peer_cidrs) > 1 or len(local) > 1):
+            where = ("peer_cidrs",) if len(v.peer_cidrs) > 1 else ("local_cidrs",) if v.local_cidrs else ("ike_version",)
+            c.err(v.src, where, "IKEv1 carries one local and one peer network per tunnel (charon would use only the "
+                  "first pair): give exactly one of each in local_cidrs and peer_cidrs, or use ike_version 2",
+                  "ikev1-one-network")
     ra = vpc.remote_access
     if ra is not None and _canonical(c, ra.src, ("pool",), ra.pool, "VPN pool"):  # tiers: check_placement
         for v in vpc.site_to_site:
