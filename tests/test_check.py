@@ -14,8 +14,7 @@ from conftest import EXAMPLE, FIXTURE_SITES, copy_site, run_cli
 from vpcgen.ops import check
 from vpcgen.lab import run as lab
 from vpcgen.ops import netns
-from vpcgen.ops.check import CHECK_FILES
-from vpcgen.tree import MANIFEST, SECRET_SUMS, TreeError, dump_json
+from vpcgen.tree import CHECKED, MANIFEST, SECRET_SUMS, TreeError, dump_json, read_routers
 
 
 def netns_list(prefix: str = f"vpcgen-chk-{os.getpid()}-") -> set[str]:
@@ -123,7 +122,7 @@ def test_check_fails_on_broken_files(router, checker, rel, old, new, tmp_path):
     code, stdout, stderr = run_cli("check", tree, "--router", router)
     assert code == 1
     assert any(line.split()[:3] == [router, checker, "FAILED"] for line in stdout.splitlines()), stdout
-    assert f"{tree / router / CHECK_FILES[checker]}: error: {checker}:" in stderr
+    assert f"{tree / router / CHECKED[checker]}: error: {checker}:" in stderr
     assert netns_list() == before
 
 
@@ -239,7 +238,7 @@ def test_haproxy_check_runs_unprivileged_in_a_namespace(tmp_path):
     # even a config that got past the refusal cannot act as root: haproxy -c runs as nobody
     tree = built(EXAMPLE, tmp_path)
     hostile_haproxy(tree)
-    router = check.load_routers(tree, ["shop-r1"])["shop-r1"]
+    router = read_routers(tree, ["shop-r1"])["shop-r1"]
     staged = netns.stage(router, tmp_path / "staged")
     before = netns_list()
     ok, output = check._haproxy(staged)

@@ -21,7 +21,7 @@ from .site.intent import Site, build_intent
 from .site.loader import LOCK_FILE, SiteFiles, load_site
 from .site.schema import validate_document
 from .site.secrets import REDACTED, resolve
-from .tree import KNOWN_HOSTS, SECRET_SUMS
+from .tree import KNOWN_HOSTS, SECRET_SUMS, dump_json
 from .compiler.topology import router_views, site_json
 from .compiler.write import StagedFile, check_output_target, promote_tree
 
@@ -114,7 +114,7 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
         raise DiagnosticsError([Diagnostic(None, f"{where} would change (--locked): run `vpcgen build` "
                                            "without --locked and commit the lock file", "lock-changed")])
     views = router_views(site, alloc)
-    site_bytes = render.to_json(site_json(site, alloc, views))
+    site_bytes = dump_json(site_json(site, alloc, views))
     digest = hashlib.sha256(site_bytes).hexdigest()
     env = render.environment()
     tree: dict[str, tuple[bytes, int]] = {"site.json": (site_bytes, render.TEXT_MODE)}

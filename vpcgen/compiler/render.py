@@ -212,5 +212,3 @@ def render_router(env: jinja2.Environment, view: RouterView, secrets: dict[str, 
         out[SECRET_SUMS] = (dump_json(secret_sums), SECRET_MODE)
     return out
 
-
-to_json = dump_json

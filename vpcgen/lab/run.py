@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..ops import check, netns
 from ..errors import VpcgenError
-from ..tree import _NAME, GENERATED, VRRP_STATE, TreeError, on_router, read_site_json
+from ..tree import _NAME, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
 
 RUN_ROOT = Path("/run/vpcgen-lab")
 
@@ -285,7 +285,7 @@ def up(tree_dir, only_vpc: str | None = None, progress=lambda m: None) -> Plan:
     if state.file.exists():
         raise VpcgenError(f"lab {state.data['name']} for {tree_dir} is already up: "
                           f"run `vpcgen lab down {tree_dir}` first")
-    routers = check.load_routers(tree_dir)  # every router verified against its manifest, before anything
+    routers = read_routers(tree_dir)  # every router verified against its manifest, before anything
     state.data["tree"] = str(tree_dir.resolve())
     state.save()
     try:
@@ -551,7 +551,10 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
 _FRR_START = ("/usr/lib/frr/zebra -d -A 127.0.0.1 -s 90000000 -u frr -g frr; "
               "/usr/lib/frr/staticd -d -A 127.0.0.1 -u frr -g frr; "
               f"for d in ospfd bfdd; do grep -q \"^$d=yes\" {on_router('frr-daemons')} && "
-              "/usr/lib/frr/$d -d -A 127.0.0.1 -u frr -g frr; done; sleep 0.3; vtysh -b >/run/vtysh.log 2>&1")
+              "/usr/lib/frr/$d -d -A 127.0.0.1 -u frr -g frr; done; "
+              # the config is applied once ospfd answers (a loaded machine starts it slowly)
+              "i=0; until vtysh -c 'show ip ospf' >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done; "
+              "vtysh -b >/run/vtysh.log 2>&1")
 
 
 def _start_core(p: Plan, state: State, node: Node, ns: str) -> None:

@@ -209,10 +209,8 @@ CHECK_STRONGSWAN_CONF = """charon {
 
 CHECKERS = {"iptables": _iptables, "keepalived": _keepalived, "conntrackd": _conntrackd, "notify": _notify,
             "haproxy": _haproxy, "frr": _frr, "strongswan": _strongswan}
-CHECK_FILES = CHECKED
 
 
-load_routers = read_routers  # every router verified against its manifest before anything runs
 
 
 def stage_routers(routers: dict[str, RouterTree], dest: Path) -> dict[str, Path]:
@@ -229,11 +227,11 @@ def stage_routers(routers: dict[str, RouterTree], dest: Path) -> dict[str, Path]
 def check_tree(tree_dir, only: list[str] | None = None, workers: int = 4) -> list[CheckResult]:
     if os.geteuid() != 0:
         raise VpcgenError("vpcgen check needs root: its checkers run in network namespaces")
-    routers = load_routers(tree_dir, only)
+    routers = read_routers(tree_dir, only)  # each verified against its manifest before anything runs
     with tempfile.TemporaryDirectory(prefix="vpcgen-check-") as staging:
         staged = stage_routers(routers, Path(staging))
         jobs = [(name, checker, staged[name], router.dir / rel)
-                for name, router in routers.items() for checker, rel in sorted(CHECK_FILES.items())
+                for name, router in routers.items() for checker, rel in sorted(CHECKED.items())
                 if (staged[name] / rel).is_file()]
 
         def one(job) -> CheckResult:
