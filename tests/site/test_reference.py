@@ -20,7 +20,7 @@ from vpcgen.site.loader import Document, SiteFiles
 from vpcgen.site.reference import FILES, reference
 from vpcgen.site.schema import KINDS, default, inlined, schema_text
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
 REFERENCE = ROOT / "docs" / "site-reference.md"
 ALL = (*KINDS, "defs")
 
