@@ -46,11 +46,14 @@ GENERATED = {
     "ra-key": "etc/swanctl/private/vpcgen-ra.pem",
     "frr": "etc/frr/frr.conf",
     "frr-daemons": "etc/frr/daemons",
+    "dnsmasq": "etc/dnsmasq.d/vpcgen.conf",  # Debian's dnsmasq reads every file of /etc/dnsmasq.d
+    "chrony": "etc/chrony/sources.d/vpcgen.sources",  # Debian's chrony.conf has `sourcedir` for it
 }
 # `vpcgen check`'s checkers and the generated file each one reads
 CHECKED = {"iptables": GENERATED["iptables"], "keepalived": GENERATED["keepalived"],
            "notify": GENERATED["keepalived-notify"], "conntrackd": GENERATED["conntrackd"],
-           "haproxy": GENERATED["haproxy"], "strongswan": GENERATED["swanctl"], "frr": GENERATED["frr"]}
+           "haproxy": GENERATED["haproxy"], "strongswan": GENERATED["swanctl"], "frr": GENERATED["frr"],
+           "dnsmasq": GENERATED["dnsmasq"], "chrony": GENERATED["chrony"]}
 G = GENERATED
 # the daemons' own checkers, run on the router against a new release before it is switched to
 CHECK_COMMANDS = {
@@ -59,6 +62,9 @@ CHECK_COMMANDS = {
                   f"sh -n {{release}}/{G['keepalived-notify']}",
     "haproxy": f"haproxy -c -q -f {{release}}/{G['haproxy']}",
     "frr": f"vtysh --dryrun -f {{release}}/{G['frr']}",
+    "dnsmasq": f"dnsmasq --test -C {{release}}/{G['dnsmasq']}",
+    # a sources file holds chrony.conf directives: -p parses it as a whole config and exits
+    "chrony": f"chronyd -p -f {{release}}/{G['chrony']} >/dev/null",
 }
 # after the reloads: is every service of the router running?
 HEALTH_COMMANDS = {
@@ -67,6 +73,8 @@ HEALTH_COMMANDS = {
     "haproxy": "systemctl is-active --quiet haproxy",
     "strongswan": "systemctl is-active --quiet strongswan",
     "frr": "systemctl is-active --quiet frr",
+    "dnsmasq": "systemctl is-active --quiet dnsmasq",
+    "chrony": "systemctl is-active --quiet chrony",
 }
 # run-time state on a router of a pair, kept by notify.sh
 STATE_DIR = "/run/vpcgen"
@@ -81,7 +89,8 @@ def on_router(key: str, root: str = "/") -> str:
 
 
 # services in dependency order: deploy reloads what changed in this order
-SERVICES = ("networking", "sysctl", "iptables", "conntrackd", "keepalived", "haproxy", "strongswan", "frr")
+SERVICES = ("networking", "sysctl", "iptables", "conntrackd", "keepalived", "haproxy", "strongswan", "frr", "dnsmasq",
+            "chrony")
 
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

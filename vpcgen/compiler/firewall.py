@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import lb, vpn
+from . import dns, lb, vpn
 from ..site.intent import Acl, Rule
 from .topology import CONNTRACKD_PORT, RouterView
 
@@ -130,7 +130,11 @@ def _input(view: RouterView, filt: Table) -> None:
     filt.add("INPUT", "-i lo -j ACCEPT")
     filt.add("INPUT", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     filt.add("INPUT", "-m conntrack --ctstate INVALID -j DROP")
-    filt.add("INPUT", f"-i eth0 -p tcp -m tcp --dport {site.ssh.port} -j ACCEPT", "ssh on management only")
+    if site.ssh.allowed_from is None:
+        filt.add("INPUT", f"-i eth0 -p tcp -m tcp --dport {site.ssh.port} -j ACCEPT", "ssh on management only")
+    for cidr in site.ssh.allowed_from or ():
+        filt.add("INPUT", f"-i eth0 -s {cidr} -p tcp -m tcp --dport {site.ssh.port} -j ACCEPT",
+                 "ssh on management only, from allowed_from")
     filt.add("INPUT", "-i eth0 -p icmp -m icmp --icmp-type 8 -j ACCEPT", "ping on management")
     if view.redundant:
         filt.add("INPUT", f"-i {view.sync_iface} -s {view.sync_peer}/32 -d {view.sync_own}/32 -p vrrp -j ACCEPT",
@@ -151,6 +155,12 @@ def _input(view: RouterView, filt: Table) -> None:
             filt.add("INPUT", f"-i {pub} -d {local}/32 -p udp -m multiport --dports 500,4500 -j ACCEPT",
                      "ike remote-access vpn")
             filt.add("INPUT", f"-i {pub} -d {local}/32 -p esp -j ACCEPT", "esp remote-access vpn")
+            server = dns.dns_address(view)
+            if server:
+                ra = vpn.remote_access(view)
+                for proto in ("udp", "tcp"):
+                    filt.add("INPUT", f"-i {pub} -s {ra.pool} -d {server}/32 -p {proto} -m {proto} --dport 53 "
+                             "-m policy --dir in --pol ipsec -j ACCEPT", "dns for remote-access vpn clients")
     for listener in lb.listeners(view):
         chain = filt.chain(listener.chain)
         filt.add("INPUT", f"-d {listener.address}/32 -p tcp -m tcp --dport {listener.port} -j {chain}",
@@ -166,6 +176,18 @@ def _input(view: RouterView, filt: Table) -> None:
     for t in view.tiers:
         filt.add("INPUT", f"-i {t.iface} -d {t.gateway}/32 -p icmp -m icmp --icmp-type 8 -j ACCEPT",
                  f"ping the gateway of tier {t.name}")
+    # the router's own services, from a tier to its own gateway only, whatever the tier's ACL says
+    # (the lists filter FORWARD); never from the uplink or another tier
+    if dns.needs_dnsmasq(view):
+        for t in view.tiers:
+            for proto in ("udp", "tcp"):
+                filt.add("INPUT", f"-i {t.iface} -s {t.cidr} -d {t.gateway}/32 -p {proto} -m {proto} --dport 53 "
+                         "-j ACCEPT", f"dns to the gateway of tier {t.name}")
+            if t.dhcp is not None:
+                # a client without an address broadcasts; a renewal goes to the server identifier
+                for to in ("255.255.255.255", t.gateway):
+                    filt.add("INPUT", f"-i {t.iface} -d {to}/32 -p udp -m udp --sport 68 --dport 67 -j ACCEPT",
+                             f"dhcp on tier {t.name}")
 
 
 def _forward(view: RouterView, filt: Table) -> None:

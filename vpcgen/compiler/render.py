@@ -12,7 +12,7 @@ from typing import Callable
 import jinja2
 
 from .. import tree
-from . import firewall, ha, lb, ospf, vpn
+from . import dns, firewall, ha, lb, ospf, vpn
 from .topology import RouterView
 
 from ..tree import CHECK_COMMANDS, GENERATED, HEALTH_COMMANDS, MANIFEST, SCRIPT_MODE, SECRET_MODE, SECRET_SUMS, \
@@ -71,7 +71,9 @@ def _redundant(view: RouterView) -> bool:
 def _interfaces_ctx(view: RouterView, secrets: dict) -> dict:
     names = {i.name for i in view.interfaces}
     default = view.public.iface if (view.public and not view.redundant) else None
-    return {"parents": [p for p in ("eth1", "eth2") if p not in names], "default_route_iface": default}
+    biggest = max((i.mtu for i in view.interfaces if i.mtu and i.raw_device == "eth2"), default=0)
+    return {"parents": [p for p in ("eth1", "eth2") if p not in names], "default_route_iface": default,
+            "parent_mtu": {"eth2": biggest} if biggest > 1500 else {}}
 
 
 def _has_lb(view: RouterView) -> bool:
@@ -114,6 +116,10 @@ DAEMONS = (
            lambda v: SECRET_MODE if ospf.uses_secret(v) else TEXT_MODE, lambda v: v.routed, ospf.context, "frr"),
     Daemon("frr-daemons", "frr/daemons.j2", TEXT_MODE, lambda v: v.routed,
            lambda v, s: ospf.daemons_context(v), "frr"),
+    Daemon("dnsmasq", "dnsmasq/vpcgen.conf.j2", TEXT_MODE, dns.needs_dnsmasq,
+           lambda v, s: {"d": dns.dnsmasq(v)}, "dnsmasq"),
+    Daemon("chrony", "chrony/vpcgen.sources.j2", TEXT_MODE, dns.needs_chrony,
+           lambda v, s: dns.chrony_context(v), "chrony"),
 )
 
 
@@ -131,6 +137,10 @@ def reload_commands(view: RouterView) -> dict[str, str]:
         # loads changed connections and secrets; established SAs of unchanged connections stay up
         "strongswan": f"SWANCTL_DIR={p['swanctl']} swanctl --load-all --noprompt",
         "frr": frr,
+        # dnsmasq rereads only its hosts files on SIGHUP: a new configuration needs a restart (the
+        # leases are kept in the lease file)
+        "dnsmasq": "systemctl restart dnsmasq",
+        "chrony": "chronyc reload sources",
     } | view.site.deploy.commands.get("reload", {})
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..site import addr
 from .allocate import Allocation
-from ..site.intent import SOURCE_NAT_IP, Site, Vpc
+from ..site.intent import SOURCE_NAT_IP, Dhcp, Host, Site, Vpc
 
 SYNC_ADDRESSES = ("169.254.255.1", "169.254.255.2")
 SYNC_PREFIX = 30
@@ -29,6 +29,7 @@ class Iface:
     role: str  # public | transit | tier | sync | private-gateway
     label: str  # what it carries, for comments
     routes: tuple[str, ...] = ()  # static routes through this interface ("CIDR via GATEWAY")
+    mtu: int | None = None  # set on tier interfaces
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class TierView:
     gateway: str  # the gateway (VIP on a redundant VPC)
     own: str  # this router's own address in the tier (the gateway on a single router)
     acl: str
+    mtu: int = 1500
+    dhcp: Dhcp | None = None
+    hosts: tuple[Host, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,9 +106,18 @@ class RouterView:
         return self.vpc.routed
 
     @property
+    def serves_dns(self) -> bool:
+        return serves_dns(self.vpc, self.site.zones[self.vpc.zone])
+
+    @property
     def vpn_address(self) -> str | None:
         """The VPC's VPN endpoint: its source NAT address (as in CloudStack)."""
         return self.public_ips.get(SOURCE_NAT_IP)
+
+
+def serves_dns(vpc: Vpc, zone) -> bool:
+    """The VPC's routers run dnsmasq: a tier has dhcp or hosts, or the zone has DNS servers."""
+    return bool(zone.dns_servers) or any(t.dhcp is not None or t.hosts for t in vpc.tiers)
 
 
 def uplink_name(vlan: int | None) -> str:
@@ -131,8 +144,9 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
         gateway = t.gateway or addr.to_ip(addr.usable(cidr)[0])
         own = addr.router_address(cidr, index) if vpc.redundant else gateway
         iface = f"eth2.{vlan}"
-        tiers.append(TierView(t.name, iface, vlan, cidr, gateway, own, t.acl))
-        interfaces.append(Iface(iface, vlan, "eth2", (addr.with_prefix(own, cidr),), "tier", f"tier {t.name}"))
+        tiers.append(TierView(t.name, iface, vlan, cidr, gateway, own, t.acl, t.mtu, t.dhcp, t.hosts))
+        interfaces.append(Iface(iface, vlan, "eth2", (addr.with_prefix(own, cidr),), "tier", f"tier {t.name}",
+                                mtu=t.mtu))
     public = None
     public_ips = {}
     if not vpc.routed and zone.public is not None:
@@ -194,7 +208,13 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
             "vrrp": {"vrid": alloc.vrids.get(vpc.name), "sync_vlan": alloc.sync_vlans.get(vpc.name),
                      "advert_interval_ms": vpc.vrrp.advert_interval_ms, "preempt": vpc.vrrp.preempt}
             if vpc.redundant else None,
-            "tiers": {t.name: {"cidr": t.cidr, "gateway": t.gateway, "vlan": t.vlan, "acl": t.acl}
+            "domain": vpc.domain,
+            "dns": serves_dns(vpc, site.zones[vpc.zone]),  # the routers answer DNS on every tier gateway
+            "tiers": {t.name: {"cidr": t.cidr, "gateway": t.gateway, "vlan": t.vlan, "acl": t.acl, "mtu": t.mtu,
+                               "dhcp": {"range": "-".join(t.dhcp.range) if t.dhcp.range else None,
+                                        "lease_s": t.dhcp.lease_s} if t.dhcp else None,
+                               "hosts": {h.name: {"address": h.address, "mac": h.mac}
+                                         for h in sorted(t.hosts, key=lambda h: h.name)}}
                       for t in sorted(rv[0].tiers, key=lambda t: t.name)} if rv else {},
             "public_ips": dict(sorted(rv[0].public_ips.items())) if rv else {},
             "ospf_area": alloc.areas.get(vpc.name),
@@ -240,9 +260,13 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
             "ospf": {"transit": zone.ospf.transit_cidr, "transit_vlan": zone.ospf.transit_vlan,
                      "hello_interval_s": zone.ospf.hello_interval_s, "dead_interval_s": zone.ospf.dead_interval_s,
                      "authentication": zone.ospf.auth_key is not None} if zone.ospf else None,
+            "dns_servers": list(zone.dns_servers),
+            "ntp_servers": list(zone.ntp_servers),
         }
     acls = {name: [{"number": r.number, "action": r.action, "traffic": r.traffic, "protocol": r.protocol,
                     "ports": list(r.ports) if r.ports else None, "icmp_type": r.icmp_type, "icmp_code": r.icmp_code,
                     "cidrs": list(r.cidrs)} for r in acl.rules]
             for name, acl in site.acls.items()}
-    return {"_generated": "by vpcgen; do not edit", "site": site.name, "zones": zones, "vpcs": vpcs, "acls": acls}
+    return {"_generated": "by vpcgen; do not edit", "site": site.name, "zones": zones, "vpcs": vpcs, "acls": acls,
+            "ssh": {"port": site.ssh.port,
+                    "allowed_from": list(site.ssh.allowed_from) if site.ssh.allowed_from is not None else None}}

@@ -13,6 +13,7 @@ import base64
 from dataclasses import dataclass
 
 from ..site.secrets import REDACTED
+from .dns import dns_address
 from .topology import RouterView
 
 SECRETS_FILE = "vpcgen-secrets.conf"  # next to swanctl.conf, mode 0600
@@ -46,6 +47,7 @@ class RemoteAccessConn:
     pool: str
     local_ts: tuple[str, ...]
     users: tuple[tuple[str, str], ...]  # (user, secret name)
+    dns: str | None = None  # handed to the clients: the router's DNS (a tier gateway), when it runs one
 
 
 def encode(value: str) -> str:
@@ -79,7 +81,7 @@ def remote_access(view: RouterView) -> RemoteAccessConn | None:
         return None
     return RemoteAccessConn(local=view.vpn_address, pool=ra.pool,
                             local_ts=tuple(sorted(t.cidr for t in view.tiers)),
-                            users=tuple(sorted((u.name, u.password) for u in ra.users)))
+                            users=tuple(sorted((u.name, u.password) for u in ra.users)), dns=dns_address(view))
 
 
 def has_vpn(view: RouterView) -> bool:

@@ -98,6 +98,8 @@ class Zone:
     public: PublicNet | None
     super_cidr: str | None
     ospf: Ospf | None
+    dns_servers: tuple[str, ...] = ()  # upstream resolvers the routers forward to
+    ntp_servers: tuple[str, ...] = ()  # the routers' time sources
     src: Src = _src()
 
 
@@ -109,6 +111,21 @@ class Router:
 
 
 @dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    mac: str | None  # lower case; with it, a DHCP reservation on a tier with dhcp
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
+class Dhcp:
+    range: tuple[str, str] | None  # (first, last) of the dynamic pool
+    lease_s: int
+    src: Src = _src()
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     cidr: str | None
@@ -116,6 +133,9 @@ class Tier:
     gateway: str | None
     vlan: int | None
     acl: str
+    mtu: int = 1500
+    dhcp: Dhcp | None = None
+    hosts: tuple[Host, ...] = ()
     src: Src = _src()
 
 
@@ -231,6 +251,7 @@ class Vpc:
     site_to_site: tuple[SiteToSite, ...]
     remote_access: RemoteAccess | None
     private_gateways: tuple[PrivateGateway, ...]
+    domain: str = ""
     src: Src = _src()
 
     @property
@@ -242,6 +263,7 @@ class Vpc:
 class Ssh:
     user: str
     port: int
+    allowed_from: tuple[str, ...] | None = None  # None: any source
 
 
 @dataclass(frozen=True)
@@ -296,7 +318,24 @@ def _zone(doc: Document) -> Zone:
                     dead_interval_s=o.get("dead_interval_s", default("zone", "ospf", "dead_interval_s")),
                     auth_key=_secret(o.get("auth_key")))
     return Zone(name=d["name"], guest_vlans=(low, high), public=public, super_cidr=d.get("super_cidr"),
-                ospf=ospf, src=Src(doc))
+                ospf=ospf, dns_servers=tuple(d.get("dns_servers", ())), ntp_servers=tuple(d.get("ntp_servers", ())),
+                src=Src(doc))
+
+
+def _tier(doc: Document, i: int, t: dict) -> Tier:
+    at = ("tiers", i)
+    dhcp = None
+    if "dhcp" in t:
+        rng = t["dhcp"].get("range")
+        dhcp = Dhcp(range=tuple(rng.split("-", 1)) if rng else None,
+                     lease_s=t["dhcp"].get("lease_s", default("vpc", "tiers", "dhcp", "lease_s")),
+                     src=Src(doc, at + ("dhcp",)))
+    hosts = tuple(Host(name=h["name"], address=h["address"], mac=h["mac"].lower() if "mac" in h else None,
+                       src=Src(doc, at + ("hosts", j)))
+                  for j, h in enumerate(t.get("hosts", default("vpc", "tiers", "hosts"))))
+    return Tier(name=t["name"], cidr=t.get("cidr"), netmask=t.get("netmask"), gateway=t.get("gateway"),
+                vlan=t.get("vlan"), acl=t.get("acl", default("vpc", "tiers", "acl")),
+                mtu=t.get("mtu", default("vpc", "tiers", "mtu")), dhcp=dhcp, hosts=hosts, src=Src(doc, at))
 
 
 def _vpc(doc: Document, vrrp_defaults: Vrrp) -> Vpc:
@@ -351,9 +390,8 @@ def _vpc(doc: Document, vrrp_defaults: Vrrp) -> Vpc:
         routers=tuple(Router(r["name"], r["mgmt"], src=at("routers", i)) for i, r in enumerate(d["routers"])),
         vrrp=Vrrp(advert_interval_ms=vrrp.get("advert_interval_ms", vrrp_defaults.advert_interval_ms),  # the site's
                   preempt=vrrp.get("preempt", vrrp_defaults.preempt)),
-        tiers=tuple(Tier(name=t["name"], cidr=t.get("cidr"), netmask=t.get("netmask"), gateway=t.get("gateway"),
-                         vlan=t.get("vlan"), acl=t.get("acl", default("vpc", "tiers", "acl")), src=at("tiers", i))
-                    for i, t in enumerate(d["tiers"])),
+        tiers=tuple(_tier(doc, i, t) for i, t in enumerate(d["tiers"])),
+        domain=d.get("domain", f"{d['name']}.internal"),  # the default depends on the VPC's name
         public_ips=tuple(public_ips), source_nat=source_nat and not routed,
         static_nat=tuple(StaticNat(s["public_ip"], s["private_ip"], src=at("static_nat", i))
                          for i, s in enumerate(d.get("static_nat", default("vpc", "static_nat")))),
@@ -396,7 +434,8 @@ def build_intent(files: SiteFiles) -> Site:
             acls[doc.data["name"]] = _acl(doc)
     return Site(
         name=d["name"], ssh=Ssh(user=ssh.get("user", default("site", "defaults", "ssh", "user")),
-                                port=ssh.get("port", default("site", "defaults", "ssh", "port"))),
+                                port=ssh.get("port", default("site", "defaults", "ssh", "port")),
+                                allowed_from=tuple(ssh["allowed_from"]) if "allowed_from" in ssh else None),
         deploy=Deploy(root=deploy.get("root", default("site", "defaults", "deploy", "root")),
                       keep_releases=deploy.get("keep_releases", default("site", "defaults", "deploy", "keep_releases")),
                       vrrp_wait_s=deploy.get("vrrp_wait_s", default("site", "defaults", "deploy", "vrrp_wait_s")),

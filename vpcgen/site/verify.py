@@ -66,7 +66,13 @@ def check_intent(site: Site) -> list[Diagnostic]:
             mgmts.setdefault(r.mgmt, r.src)
         _check_vpc(c, site, vpc)
     _check_zone_wide(c, site)
+    _check_ssh(c, site)
     return c.diagnostics
+
+
+def _check_ssh(c: Checker, site: Site) -> None:
+    for i, cidr in enumerate(site.ssh.allowed_from or ()):
+        _canonical(c, site.src, ("defaults", "ssh", "allowed_from", i), cidr, "allowed_from")
 
 
 def _canonical(c: Checker, src: Src, sub: tuple, cidr: str, what: str) -> bool:
@@ -506,7 +512,79 @@ def check_placement(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[
                 if addr.overlaps(cidr, other):
                     c.err(t.src, ("cidr",) if t.cidr else ("netmask",),
                           f"tier '{t.name}' {cidr} overlaps {what} {other}", "cidr-overlap")
+    return c.diagnostics + check_guest_services(site, tier_cidrs)
+
+
+def check_guest_services(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[Diagnostic]:
+    """Tier hosts and DHCP ranges (after allocation): inside their tier, clear of the gateway and the
+    routers' addresses and of each other; host names, addresses and MACs unique in the VPC."""
+    c = Checker()
+    for vpc in site.vpcs.values():
+        names: dict[str, str] = {}
+        addresses: dict[str, str] = {}
+        macs: dict[str, str] = {}
+        for t in vpc.tiers:
+            cidr = tier_cidrs.get((vpc.name, t.name))
+            for h in t.hosts:
+                if h.name in names:
+                    c.err(h.src, ("name",), f"host name '{h.name}' is already used in tier '{names[h.name]}'",
+                          "duplicate-host")
+                names.setdefault(h.name, t.name)
+                if h.address in addresses:
+                    c.err(h.src, ("address",), f"host address {h.address} is already used by host "
+                          f"'{addresses[h.address]}'", "duplicate-host-address")
+                addresses.setdefault(h.address, h.name)
+                if h.mac is not None:
+                    first = int(h.mac[:2], 16)
+                    if first & 1 or h.mac == "00:00:00:00:00:00":
+                        c.err(h.src, ("mac",), f"MAC address {h.mac} is not a unicast address "
+                              "(the first octet's lowest bit marks multicast)", "mac-not-unicast")
+                    elif h.mac in macs:
+                        c.err(h.src, ("mac",), f"MAC address {h.mac} is already used by host '{macs[h.mac]}'",
+                              "duplicate-mac")
+                    macs.setdefault(h.mac, h.name)
+                if cidr is not None:
+                    _check_host_place(c, vpc, t, cidr, h)
+            if t.dhcp is not None and t.dhcp.range is not None and cidr is not None:
+                _check_dhcp_range(c, vpc, t, cidr)
     return c.diagnostics
+
+
+def _check_host_place(c: Checker, vpc: Vpc, t, cidr: str, h) -> None:
+    first, last = addr.usable(cidr)
+    if not first <= int(addr.ip(h.address)) <= last:
+        c.err(h.src, ("address",), f"host '{h.name}' {h.address} is not a usable address of tier '{t.name}' {cidr}",
+              "host-outside-tier")
+        return
+    reserved = reserved_addresses(vpc, t, cidr)
+    if h.address in reserved:
+        c.err(h.src, ("address",), f"host '{h.name}' {h.address} is the {reserved[h.address]} of tier '{t.name}'",
+              "host-reserved")
+
+
+def _check_dhcp_range(c: Checker, vpc: Vpc, t, cidr: str) -> None:
+    src, text = t.dhcp.src, "-".join(t.dhcp.range)
+    try:
+        a, b = addr.ip_range(text)
+    except Exception:
+        c.err(src, ("range",), f"'{text}' is not a range FIRST-LAST of IPv4 addresses", "bad-dhcp-range")
+        return
+    if a > b:
+        c.err(src, ("range",), f"DHCP range {text} is reversed", "bad-dhcp-range")
+        return
+    first, last = addr.usable(cidr)
+    if a < first or b > last:
+        c.err(src, ("range",), f"DHCP range {text} lies outside the usable addresses of tier '{t.name}' {cidr}",
+              "dhcp-range-outside")
+        return
+    for address, what in sorted(reserved_addresses(vpc, t, cidr).items(), key=lambda x: int(addr.ip(x[0]))):
+        if a <= int(addr.ip(address)) <= b:
+            c.err(src, ("range",), f"DHCP range {text} covers the {what} {address} of tier '{t.name}'",
+                  "dhcp-range-reserved")
+    for h in t.hosts:
+        if a <= int(addr.ip(h.address)) <= b:
+            c.err(src, ("range",), f"DHCP range {text} covers the address {h.address} of host '{h.name}'",
+                  "dhcp-range-overlaps-host")
 
 
 def reserved_addresses(vpc: Vpc, tier, cidr: str) -> dict[str, str]:
