@@ -57,7 +57,8 @@ def rehash(router: Path, add: dict[str, str] | None = None) -> None:
 
 # each daemon file -> the checkers that must have run on it
 CHECKED_BY = {"etc/keepalived": {"keepalived", "conntrackd", "notify"}, "etc/haproxy": {"haproxy"},
-              "etc/swanctl": {"strongswan"}, "etc/frr": {"frr"}}
+              "etc/swanctl": {"strongswan"}, "etc/frr": {"frr"}, "etc/dnsmasq.d": {"dnsmasq"},
+              "etc/chrony": {"chrony"}}
 
 
 @pytest.mark.parametrize("site,extra", [(EXAMPLE, ()), (FIXTURE_SITES / "edge", ()),
@@ -79,7 +80,7 @@ def test_check_passes_on_built_sites(site, extra, tmp_path):
     assert netns_list() == before, "check must remove the namespaces it creates"
     assert daemon_pids() <= pids, "check must stop every daemon it starts"
     if site == EXAMPLE:  # the example exercises every checker
-        assert kinds == {"keepalived", "conntrackd", "notify", "haproxy", "strongswan", "frr"}
+        assert kinds == {"keepalived", "conntrackd", "notify", "haproxy", "strongswan", "frr", "dnsmasq", "chrony"}
 
 
 BREAKAGES = [
@@ -99,6 +100,11 @@ BREAKAGES = [
     ("strongswan", "etc/swanctl/vpcgen-secrets.conf", "    eap-1 {", "    eap-1 {{"),
     ("strongswan", "etc/swanctl/private/vpcgen-ra.pem", "-----BEGIN PRIVATE KEY-----\nM",
      "-----BEGIN PRIVATE KEY-----\nX"),
+    ("dnsmasq", "etc/dnsmasq.d/vpcgen.conf", "dhcp-range=", "dhcp-rnage="),
+    ("dnsmasq", "etc/dnsmasq.d/vpcgen.conf", "10.10.1.199,", "10.10.1.299,"),
+    ("dnsmasq", "etc/dnsmasq.d/vpcgen.conf", "listen-address=10.10.1.1\n", "listen-address=10.10.1.300\n"),
+    ("chrony", "etc/chrony/sources.d/vpcgen.sources", " iburst", " iburts"),
+    ("chrony", "etc/chrony/sources.d/vpcgen.sources", "server 192.0.2.123", "allow 192.0.2.123"),
 ]
 FRR_BREAKAGES = [
     ("frr", "etc/frr/frr.conf", " ip ospf passive", " ip ospf pasive"),

@@ -196,6 +196,28 @@ def _strongswan(tree: Path) -> tuple[bool, str]:
     return not problems, "\n".join(problems) if problems else summary
 
 
+# how Debian's dnsmasq unit tests its configuration before a start (systemd-helper checkconfig): every
+# file of /etc/dnsmasq.d besides /etc/dnsmasq.conf
+DNSMASQ_TEST = "dnsmasq --test -7 /etc/dnsmasq.d,.dpkg-dist,.dpkg-old,.dpkg-new --local-service"
+
+
+def _dnsmasq(tree: Path) -> tuple[bool, str]:
+    r = _unprivileged(tree, DNSMASQ_TEST)
+    out = (r.stdout + r.stderr).strip()
+    return r.returncode == 0 and "syntax check OK" in out, out or f"dnsmasq --test exited {r.returncode}"
+
+
+def _chrony(tree: Path) -> tuple[bool, str]:
+    # a sources file holds chrony.conf directives (server lines): chronyd -p parses it as a whole
+    # configuration, prints it and exits; sourcedir would take only server, pool and peer lines
+    r = _unprivileged(tree, f"chronyd -p -f {on_router('chrony')}")
+    out = (r.stdout + r.stderr).strip()
+    foreign = [line for line in r.stdout.splitlines() if line.split()[:1] not in (["server"], ["pool"], ["peer"])]
+    if r.returncode != 0 or foreign:
+        return False, "\n".join([r.stderr.strip()] + [f"not a source directive: {line}" for line in foreign]).strip()
+    return True, out
+
+
 CHARON = "/usr/lib/ipsec/charon"
 # charon and swanctl of the check read no configuration of the machine's own
 CHECK_STRONGSWAN_CONF = """charon {
@@ -208,7 +230,7 @@ CHECK_STRONGSWAN_CONF = """charon {
 """
 
 CHECKERS = {"iptables": _iptables, "keepalived": _keepalived, "conntrackd": _conntrackd, "notify": _notify,
-            "haproxy": _haproxy, "frr": _frr, "strongswan": _strongswan}
+            "haproxy": _haproxy, "frr": _frr, "strongswan": _strongswan, "dnsmasq": _dnsmasq, "chrony": _chrony}
 
 
 
