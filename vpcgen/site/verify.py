@@ -537,8 +537,8 @@ def check_guest_services(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> 
                 if h.mac is not None:
                     first = int(h.mac[:2], 16)
                     if first & 1 or h.mac == "00:00:00:00:00:00":
-                        c.err(h.src, ("mac",), f"MAC address {h.mac} is not a unicast address "
-                              "(the first octet's lowest bit marks multicast)", "mac-not-unicast")
+                        c.err(h.src, ("mac",), f"MAC address {h.mac} is not a usable unicast address (all zeros, "
+                              "or the first octet's lowest bit set: multicast)", "mac-not-unicast")
                     elif h.mac in macs:
                         c.err(h.src, ("mac",), f"MAC address {h.mac} is already used by host '{macs[h.mac]}'",
                               "duplicate-mac")
@@ -579,7 +579,7 @@ def _check_dhcp_range(c: Checker, vpc: Vpc, t, cidr: str) -> None:
         return
     for address, what in sorted(reserved_addresses(vpc, t, cidr).items(), key=lambda x: int(addr.ip(x[0]))):
         if a <= int(addr.ip(address)) <= b:
-            c.err(src, ("range",), f"DHCP range {text} covers the {what} {address} of tier '{t.name}'",
+            c.err(src, ("range",), f"DHCP range {text} covers {address}, the {what} of tier '{t.name}'",
                   "dhcp-range-reserved")
     for h in t.hosts:
         if a <= int(addr.ip(h.address)) <= b:
