@@ -90,7 +90,7 @@ ZONE = {"name": "z", "guest_vlans": "100-199",
 NAT_VPC = {
     "name": "nat", "zone": "z", "cidr": "10.1.0.0/16",
     "routers": [{"name": "r1", "mgmt": "198.51.100.1"}, {"name": "r2", "mgmt": "198.51.100.2"}],
-    "tiers": [{"name": "web", "netmask": 24}],
+    "tiers": [{"name": "web", "netmask": 24, "dhcp": {}}],
     "public_ips": [{"name": "www"}],
     "port_forwarding": [{"public_ip": "www", "protocol": "tcp", "public_port": 2222, "private_ip": "10.1.0.10"}],
     "load_balancers": [{"name": "lb", "public_ip": "www", "public_port": 80, "protocol": "http",
@@ -155,6 +155,9 @@ def test_intent_of_minimal_documents_equals_the_schema_defaults():
         ("zone", "ospf", "dead_interval_s"): zone.ospf.dead_interval_s,
         ("vpc", "redundant"): vpc.redundant,
         ("vpc", "tiers", "acl"): vpc.tiers[0].acl,
+        ("vpc", "tiers", "mtu"): vpc.tiers[0].mtu,
+        ("vpc", "tiers", "dhcp", "lease_s"): vpc.tiers[0].dhcp.lease_s,
+        ("vpc", "tiers", "hosts"): list(vpc.tiers[0].hosts),
         ("vpc", "public_ips"): [p.name for p in vpc.public_ips if p.name != "source-nat"][1:],
         ("vpc", "source_nat"): vpc.source_nat,
         ("vpc", "static_nat"): list(vpc.static_nat),
@@ -183,6 +186,7 @@ def test_intent_of_minimal_documents_equals_the_schema_defaults():
         assert value == default(kind, *path), (kind, path)
     # the computed defaults, which the schemas describe in words
     assert not routed.source_nat and "source-nat" not in {p.name for p in routed.public_ips}
+    assert vpc.domain == "nat.internal" and site.ssh.allowed_from is None and zone.dns_servers == ()
     assert "source-nat" in {p.name for p in vpc.public_ips}
     assert vpc.port_forwarding[0].private_port == vpc.port_forwarding[0].public_port
     assert lb.private_port == lb.public_port and lb.health_check.http_path is None
