@@ -53,6 +53,7 @@ LB = ("haproxy/haproxy.cfg",)
 VPN = ("swanctl/swanctl.conf", "swanctl/vpcgen-secrets.conf", "swanctl/x509/vpcgen-ra.pem",
        "swanctl/private/vpcgen-ra.pem")
 FRR = ("frr/daemons", "frr/frr.conf")
+GUEST = ("chrony/sources.d/vpcgen.sources", "dnsmasq.d/vpcgen.conf")  # the example's zone has DNS and NTP servers
 SUMS = ("vpcgen/secret-sums.json",)  # routers with secret-bearing (0600) files
 
 
@@ -61,8 +62,9 @@ def _layout(routers: dict[str, tuple]) -> list[str]:
 
 
 EXPECTED_LAYOUT = {
-    "example": _layout({"blog-r1": (), "shop-r1": HA + LB + VPN + SUMS, "shop-r2": HA + LB + VPN + SUMS,
-                        "left-r1": HA + FRR + SUMS, "left-r2": HA + FRR + SUMS, "right-r1": FRR + SUMS}),
+    "example": _layout({"blog-r1": GUEST, "shop-r1": HA + LB + VPN + SUMS + GUEST,
+                        "shop-r2": HA + LB + VPN + SUMS + GUEST, "left-r1": HA + FRR + SUMS + GUEST,
+                        "left-r2": HA + FRR + SUMS + GUEST, "right-r1": FRR + SUMS + GUEST}),
     "edge": _layout({"s": (), "router-with-a-name-of-32-chars-1": HA, "router-with-a-name-of-32-chars-2": HA}),
     "services": _layout({"solo-r1": LB + VPN + SUMS, "rp-1": HA + FRR, "rp-2": HA + FRR}),
 }
@@ -87,7 +89,7 @@ def test_file_modes_and_manifest(trees):
     manifest = json.loads((tree / "etc/vpcgen/manifest.json").read_text())
     assert manifest["deployable"] is True
     assert [s["name"] for s in manifest["services"]] == ["networking", "sysctl", "iptables", "conntrackd", "keepalived",
-                                                         "haproxy", "strongswan"]
+                                                         "haproxy", "strongswan", "dnsmasq", "chrony"]
     import hashlib
     sums = json.loads((tree / "etc/vpcgen/secret-sums.json").read_text())
     assert stat.S_IMODE((tree / "etc/vpcgen/secret-sums.json").stat().st_mode) == 0o600
@@ -126,7 +128,16 @@ def test_pair_renders_identical_virtual_addresses(site, pair, count, trees):
 def test_site_json_has_the_resolved_site(trees):
     site = json.loads((trees["example"] / "site.json").read_text())
     shop = site["vpcs"]["shop"]
-    assert shop["tiers"]["web"] == {"cidr": "10.10.1.0/24", "gateway": "10.10.1.1", "vlan": 1200, "acl": "web"}
+    assert shop["tiers"]["web"] == {
+        "cidr": "10.10.1.0/24", "gateway": "10.10.1.1", "vlan": 1200, "acl": "web", "mtu": 1450,
+        "dhcp": {"range": "10.10.1.100-10.10.1.199", "lease_s": 3600},
+        "hosts": {"bastion": {"address": "10.10.1.10", "mac": None},
+                  "web1": {"address": "10.10.1.11", "mac": "02:00:0a:0a:01:0b"},
+                  "web2": {"address": "10.10.1.12", "mac": "02:00:0a:0a:01:0c"}}}
+    assert shop["domain"] == "shop.internal" and shop["dns"] is True
+    assert site["zones"]["zone1"]["dns_servers"] == ["192.0.2.53", "192.0.2.54"]
+    assert site["zones"]["zone1"]["ntp_servers"] == ["192.0.2.123"]
+    assert site["ssh"] == {"port": 3922, "allowed_from": ["198.51.100.0/24"]}
     assert shop["public_ips"]["bastion"] == "203.0.113.50"
     assert shop["routers"]["shop-r1"]["priority"] > shop["routers"]["shop-r2"]["priority"]
     assert shop["routers"]["shop-r2"]["interfaces"]["eth2.1200"] == ["10.10.1.253/24"]
