@@ -87,6 +87,24 @@ def test_diff_of_uncommitted_changes_and_of_a_new_site(repo, monkeypatch):
     assert "VPC `shop` added" in report.intent
 
 
+def test_diff_shows_guest_service_changes(repo):
+    site = repo / "sites/example"
+    shop = site / "vpcs/shop.yaml"
+    text = shop.read_text()
+    for old, new in (("mtu: 1450", "mtu: 1400"), ("lease_s: 3600", "lease_s: 7200"),
+                     ("      - {name: bastion, address: 10.10.1.10}\n", "      - {name: jump, address: 10.10.1.10}\n"),
+                     ("domain: shop.internal", "domain: shop.example")):
+        assert old in text
+        text = text.replace(old, new)
+    shop.write_text(text)
+    report = diff_site(site, "HEAD")
+    for line in ("VPC `shop`: tier `web`: MTU 1450 -> 1400", "VPC `shop`: tier `web`: DHCP changed",
+                 "VPC `shop`: tier `web`: host `bastion` removed", "VPC `shop`: tier `web`: host `jump` added",
+                 "VPC `shop`: domain changed"):
+        assert line in report.intent, report.intent
+    assert {"shop-r1", "shop-r2"} <= set(report.routers) and "blog-r1" not in report.routers
+
+
 def test_markdown_is_bounded(repo):
     site = repo / "sites/example"
     change_site(site)

@@ -201,6 +201,7 @@ def intent_changes(base: Site | None, head: Site) -> list[str]:
         where = f"VPC `{name}`: "
         before = len(out)
         _compare(out, where, "tier", _keyed(a.tiers, lambda t: t.name), _keyed(b.tiers, lambda t: t.name))
+        _tier_services(out, where, a, b)
         _compare(out, where, "router", _keyed(a.routers, lambda r: r.name), _keyed(b.routers, lambda r: r.name))
         _compare(out, where, "public IP", _keyed(a.public_ips, lambda p: p.name),
                  _keyed(b.public_ips, lambda p: p.name))
@@ -216,7 +217,8 @@ def intent_changes(base: Site | None, head: Site) -> list[str]:
                  _keyed(b.private_gateways, lambda x: x.name))
         if a.remote_access != b.remote_access:
             out.append(f"{where}remote-access VPN {'added' if a.remote_access is None else 'removed' if b.remote_access is None else 'changed'}")
-        scalars = [f.name for f in fields(a) if f.name in ("cidr", "netmask", "redundant", "vrrp", "source_nat", "zone")]
+        scalars = [f.name for f in fields(a)
+                   if f.name in ("cidr", "netmask", "redundant", "vrrp", "source_nat", "zone", "domain")]
         changed = [f for f in scalars if getattr(a, f) != getattr(b, f)]
         if changed:
             out.append(f"{where}{', '.join(changed)} changed")
@@ -235,6 +237,22 @@ def intent_changes(base: Site | None, head: Site) -> list[str]:
     if base is not None and (base.ssh, base.deploy) != (head.ssh, head.deploy):
         out.append("site defaults (ssh or deploy) changed")
     return out
+
+
+def _tier_services(out: list[str], where: str, a, b) -> None:
+    """What changed in the guest services of a tier both revisions have: MTU, DHCP, hosts."""
+    before = {t.name: t for t in a.tiers}
+    for t in b.tiers:
+        old = before.get(t.name)
+        if old is None:
+            continue
+        if old.mtu != t.mtu:
+            out.append(f"{where}tier `{t.name}`: MTU {old.mtu} -> {t.mtu}")
+        if old.dhcp != t.dhcp:
+            state = "added" if old.dhcp is None else "removed" if t.dhcp is None else "changed"
+            out.append(f"{where}tier `{t.name}`: DHCP {state}")
+        _compare(out, f"{where}tier `{t.name}`: ", "host", _keyed(old.hosts, lambda h: h.name),
+                 _keyed(t.hosts, lambda h: h.name))
 
 
 def _pf_key(pf) -> str:

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..compiler.allocate import Allocation
+from ..compiler.topology import serves_dns
 from ..site.intent import SOURCE_NAT_IP, Site
 
 
@@ -62,12 +63,16 @@ def model(site: Site, alloc: Allocation) -> Graph:
             vc = Cluster(_id("vpc", vpc.name), f"VPC {vpc.name} · {cidr} · {kind}")
             rid = _id("routers", vpc.name)
             names = " / ".join(r.name for r in vpc.routers)
-            vc.nodes.append(Node(rid, [names, "VRRP pair" if vpc.redundant else "single router"], "router"))
+            dns = [f"DNS {vpc.domain}" + (" · DHCP" if any(t.dhcp for t in vpc.tiers) else "")] \
+                if serves_dns(vpc, zone) else []
+            vc.nodes.append(Node(rid, [names, "VRRP pair" if vpc.redundant else "single router"] + dns, "router"))
             for t in sorted(vpc.tiers, key=lambda t: t.name):
                 tid = _id("tier", vpc.name, t.name)
+                services = ([f"MTU {t.mtu}"] if t.mtu != 1500 else []) + (["DHCP"] if t.dhcp else []) + \
+                    ([f"{len(t.hosts)} host{'s' if len(t.hosts) != 1 else ''}"] if t.hosts else [])
                 vc.nodes.append(Node(tid, [f"tier {t.name}", alloc.tier_cidrs.get((vpc.name, t.name), "?"),
-                                           f"VLAN {alloc.tier_vlans.get((vpc.name, t.name), '?')} · ACL {t.acl}"],
-                                     "tier"))
+                                           f"VLAN {alloc.tier_vlans.get((vpc.name, t.name), '?')} · ACL {t.acl}"]
+                                     + ([" · ".join(services)] if services else []), "tier"))
                 edges.append(Edge(rid, tid))
             for g in sorted(vpc.private_gateways, key=lambda g: g.name):
                 gid = _id("pg", vpc.name, g.name)
