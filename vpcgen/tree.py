@@ -81,6 +81,9 @@ STATE_DIR = "/run/vpcgen"
 VRRP_STATE = f"{STATE_DIR}/vrrp.state"  # MASTER, BACKUP, FAULT or STOP
 SPLIT_FILE = f"{STATE_DIR}/split"  # the second router's keepalived track file (1: cut off)
 VRRP_STATE_COMMAND = f"cat {VRRP_STATE}"
+# dnsmasq's leases: Debian's default, named in the generated file so that it is never in a release
+# (a deploy or a rebuilt tree loses no lease)
+DNSMASQ_LEASES = "/var/lib/misc/dnsmasq.leases"
 
 
 def on_router(key: str, root: str = "/") -> str:

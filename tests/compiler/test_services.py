@@ -148,3 +148,51 @@ def test_site_json_lists_the_services(example_tree):
     assert shop["load_balancers"]["www-http"]["members"] == ["10.10.1.11", "10.10.1.12"]
     assert shop["vpn_peers"]["hq"]["peer"] == "192.0.2.200"
     assert left["kind"] == "routed" and left["cidr"] == "10.128.0.0/22" and left["ospf_area"] == 1
+
+
+def test_guest_services_open_only_the_tiers_own_gateway(example_tree):
+    """DNS and DHCP: accepted from a tier to its own gateway only, never on the uplink; SSH on eth0
+    only from allowed_from."""
+    site = json.loads((example_tree / "site.json").read_text())
+    for router in ("shop-r1", "blog-r1", "left-r1"):
+        rules = (example_tree / router / "etc/iptables/rules.v4").read_text()
+        inputs = chain_rules(rules, "filter", "INPUT")
+        services = [line for line in inputs if re.search(r"--dport (53|67) ", line)]
+        vpc = next(v for v in site["vpcs"].values() if router in v["routers"])
+        by_iface = {f"eth2.{t['vlan']}": t for t in vpc["tiers"].values()}
+        expected = 0
+        for line in services:
+            if "--pol ipsec" in line:  # remote-access clients, decrypted, to the DNS address only
+                assert "-s 10.10.250.0/24 -d 10.10.0.1/32" in line and "--dport 53 " in line
+                continue
+            iface = re.search(r"-i (\S+) ", line).group(1)
+            tier = by_iface[iface]  # a tier interface, never the uplink
+            assert f"-d {tier['gateway']}/32 " in line or "-d 255.255.255.255/32 " in line, line
+            assert "--dport 67 " not in line or tier["dhcp"], line
+        for tier in vpc["tiers"].values():
+            expected += 2 + (2 if tier["dhcp"] else 0)
+        assert len([s for s in services if "--pol ipsec" not in s]) == expected
+        ssh = [line for line in inputs if "--dport 3922 " in line]
+        assert ssh == [f"-A INPUT -i eth0 -s {cidr} -p tcp -m tcp --dport 3922 -j ACCEPT -m comment "
+                       "--comment \"ssh on management only, from allowed_from\"" for cidr in site["ssh"]["allowed_from"]]
+
+
+def test_dnsmasq_and_chrony_follow_the_intent(tmp_path):
+    site = copy_site(EXAMPLE, tmp_path / "example")
+    zone = site / "zones/zone1.yaml"
+    zone.write_text(re.sub(r"(dns|ntp)_servers: .*\n", "", zone.read_text()))
+    code, out, err = run_cli("build", site, "--output", tmp_path / "out")
+    assert code == 0, out + err
+    tree = tmp_path / "out/example"
+    # without dns_servers only the VPCs with dhcp or hosts run dnsmasq; nobody gets time sources
+    assert (tree / "shop-r1/etc/dnsmasq.d/vpcgen.conf").exists()
+    for router in ("blog-r1", "left-r1", "right-r1"):
+        assert not (tree / router / "etc/dnsmasq.d").exists()
+        rules = (tree / router / "etc/iptables/rules.v4").read_text()
+        assert "--dport 53 " not in rules and "--dport 67 " not in rules
+    assert not list(tree.glob("*/etc/chrony"))
+    conf = (tree / "shop-r1/etc/dnsmasq.d/vpcgen.conf").read_text()
+    assert "server=" not in conf and "no-resolv" in conf  # local names only, nothing forwarded
+    assert "        dns = 10.10.0.1\n" in (tree / "shop-r1/etc/swanctl/swanctl.conf").read_text()  # still served
+    # both routers of a pair carry the same file (only the master holds the addresses it names)
+    assert conf.split("\n", 2)[2] == (tree / "shop-r2/etc/dnsmasq.d/vpcgen.conf").read_text().split("\n", 2)[2]

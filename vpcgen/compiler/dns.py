@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..site import addr
+from ..tree import DNSMASQ_LEASES
 from .topology import RouterView
 
-LEASE_FILE = "/var/lib/misc/dnsmasq.leases"  # Debian's default, said explicitly: never in a release
 CACHE_SIZE = 4096
 MIN_LEASES = 1000  # dnsmasq's default dhcp-lease-max
 
@@ -84,7 +84,7 @@ def dnsmasq(view: RouterView) -> Dnsmasq:
                              lease_s=t.dhcp.lease_s, mtu=t.mtu, reservations=reservations))
     return Dnsmasq(domain=domain, listen=tuple((t.gateway, t.name) for t in view.tiers),
                    servers=zone.dns_servers, records=tuple(records), dhcp=tuple(dhcp),
-                   lease_max=max(MIN_LEASES, leases), lease_file=LEASE_FILE, cache_size=CACHE_SIZE)
+                   lease_max=max(MIN_LEASES, leases), lease_file=DNSMASQ_LEASES, cache_size=CACHE_SIZE)
 
 
 def dns_address(view: RouterView) -> str | None:
