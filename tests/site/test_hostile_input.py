@@ -190,7 +190,7 @@ DOC_CASES = [
     ("tag-local", [("vpcs/blog.yaml", "zone: zone1", "zone: !zone zone1")], "yaml-tag", "vpcs/blog.yaml", "edit"),
     ("merge-key", [(SHOP, "  - {name: shop-r1, mgmt: 198.51.100.11}\n  - {name: shop-r2, mgmt: 198.51.100.12}",
                     "  - &r {name: shop-r1, mgmt: 198.51.100.11}\n  - {<<: *r, name: shop-r2, mgmt: 198.51.100.12}")],
-     "schema-additionalProperties", SHOP, 9),
+     "schema-additionalProperties", SHOP, 10),
     # no fraction ever passes as a whole number
     ("protocol-17.0", [(APP, "protocol: 50}", "protocol: 17.0}")], "yaml-float", APP, "edit"),
     ("vlan-1200.0", [(SHOP, "vlan: 1200", "vlan: 1200.0")], "yaml-float", SHOP, "edit"),

@@ -6,6 +6,7 @@ tier has its CIDR. Both return every problem found.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 
 from . import addr
@@ -565,8 +566,9 @@ def _check_host_place(c: Checker, vpc: Vpc, t, cidr: str, h) -> None:
 def _check_dhcp_range(c: Checker, vpc: Vpc, t, cidr: str) -> None:
     src, text = t.dhcp.src, "-".join(t.dhcp.range)
     try:
-        a, b = addr.ip_range(text)
-    except Exception:
+        # strict dotted quads (netaddr alone would read "10.1.2" as 10.1.0.2, dnsmasq would not)
+        a, b = (int(ipaddress.IPv4Address(x)) for x in t.dhcp.range)
+    except ValueError:
         c.err(src, ("range",), f"'{text}' is not a range FIRST-LAST of IPv4 addresses", "bad-dhcp-range")
         return
     if a > b:
