@@ -593,3 +593,27 @@ def test_upload_verifies_every_file_secret_ones_included(lab):
             assert sums[path] == hashlib.sha256(data).hexdigest() and data == (tree / "pair-r1" / path).read_bytes()
             assert stat.S_IMODE(members[path].mode) == stat.S_IMODE((tree / "pair-r1" / path).stat().st_mode)
     assert set(sums) == set(target.files()) and {"etc/swanctl/vpcgen-secrets.conf", "etc/vpcgen/secret-sums.json"} <= set(sums)
+
+
+def test_dnsmasq_and_chrony_reload_when_their_files_change(lab):
+    """The routers' real checkers (dnsmasq --test, chronyd -p) pass the new files; a change of the
+    zone's DNS servers reloads dnsmasq only, of its time sources chrony only."""
+    for service, path in (("dnsmasq", "etc/dnsmasq.d/vpcgen.conf"), ("chrony", "etc/chrony/sources.d/vpcgen.sources")):
+        lab.command("reload", service, f"echo {{router}} {service} $(readlink -f {{root}}/var/lib/vpcgen/current) "
+                                       f">> {lab.routers}/log")
+        lab.command("health", service, f"test -r {{root}}/{path}")
+    zone = lab.site / "zones/z.yaml"
+    zone.write_text(zone.read_text() + "dns_servers: [192.0.2.53]\nntp_servers: [192.0.2.123]\n")
+    lab.build()
+    code, out, err = lab.deploy()
+    assert code == 0, out + err
+    assert {"dnsmasq", "chrony"} <= {service for _, service, _ in lab.log()}
+    for old, new, service in (("192.0.2.53", "192.0.2.54", "dnsmasq"), ("192.0.2.123", "192.0.2.124", "chrony")):
+        lab.clear_log()
+        zone.write_text(zone.read_text().replace(old, new))
+        lab.build()
+        code, out, err = lab.deploy()
+        assert code == 0, out + err
+        assert {s for _, s, _ in lab.log()} == {service}
+        assert new in (lab.root("solo-r1") / ("etc/dnsmasq.d/vpcgen.conf" if service == "dnsmasq" else
+                                               "etc/chrony/sources.d/vpcgen.sources")).read_text()
