@@ -169,18 +169,22 @@ def site_to_site(t, vpc: str, name: str, peer: dict) -> tuple[bool, str]:
                                   list(node.tunnel.local_cidrs), kind="peer")
     if host is None:
         return False, "no test host inside the VPN's local networks"
+    source = Endpoint("peer", vpc, name, target)
+    rules = t.site["acls"][t.tier_of(vpc, host[1])["acl"]]
+    cases = [(node.name, host[1], port, proto, target, t.expect(source, host[1], proto, port), host[0])
+             for proto, port in probes(rules) if proto == "tcp"]
     if not allowed:  # the tiers' own egress lists deny it: the tunnel must not carry it either
         got = t.probe(host[0], target, PROBE_TCP_PORT)
-        return got.startswith("FAILED"), f"every local tier's egress list denies it; {host[0]} -> {target}: {got}"
+        deadline = time.monotonic() + 20  # the peer's first packet triggers IKE
+        while not (back := compare(t, cases))[0] and time.monotonic() < deadline:
+            time.sleep(1)
+        return got.startswith("FAILED") and back[0], (f"every local tier's egress list denies it; {host[0]} -> "
+                                                      f"{target}: {got}; back from {target}: {back[1]}")
     deadline = time.monotonic() + 20  # the first packet triggers IKE; the tunnel needs a moment
     while (got := t.probe(host[0], target, PROBE_TCP_PORT)) != node.name and time.monotonic() < deadline:
         time.sleep(1)
     seen = t.probe(host[0], target, WHOAMI_PORT)
     expected = t.expect(t.endpoint(vpc, host[0]), target, "tcp", WHOAMI_PORT).seen_as
-    source = Endpoint("peer", vpc, name, target)
-    rules = t.site["acls"][t.tier_of(vpc, host[1])["acl"]]
-    cases = [(node.name, host[1], port, proto, target, t.expect(source, host[1], proto, port), host[0])
-             for proto, port in probes(rules) if proto == "tcp"]
     ok, back = compare(t, cases)
     return got == node.name and seen == expected and ok, \
         f"{host[0]} -> {target}: {got}, seen as {seen} (expected {expected}); back from {target}: {back}"
