@@ -216,8 +216,9 @@ def _wait_ready(p: Plan, data: dict, progress) -> None:
                 seen.add(probe(data, inet, address, lb["public_port"], "tcp", payload))
                 if lb["stickiness"] == "source" and seen & members:
                     break  # one client keeps landing on one member: one answer is enough
-                waiting(f"load balancer {lb_name}'s members ({len(seen & members)}/{len(members)} answering)")
-                time.sleep(0.2)
+                if not members <= seen:
+                    waiting(f"load balancer {lb_name}'s members ({len(seen & members)}/{len(members)} answering)")
+                    time.sleep(0.2)
     # routed VPCs: every router adjacent to the core (the core's DR election waits a dead interval)
     for router in p.of(Router):
         if p.site["vpcs"][router.vpc]["kind"] != "routed":
