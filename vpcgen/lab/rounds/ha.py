@@ -31,11 +31,11 @@ def _sync_lost(t, vpc: str) -> tuple[bool, str]:
     t.fault("sync-link", vpc)
     samples = t.sample(vpc, t.settle_s(vpc) + 4)
     ok_traffic, traffic = t.traffic(vpc)
-    settled = [w for t, w in samples if t >= t.settle_s(vpc)]
+    settled = [w for at, w in samples if at >= t.settle_s(vpc)]
     doubles = sum("+" in w for w in settled)
     nones = sum(w in ("none", "mixed") for w in settled)
     changes = sum(a != b for a, b in zip(settled, settled[1:]))
-    early = [t for t, w in samples if "+" in w]
+    early = [at for at, w in samples if "+" in w]
     t.figures.setdefault(vpc, {})["sync_lost"] = {
         "settle_window_s": t.settle_s(vpc), "double_until_s": round(max(early), 2) if early else 0,
         "settled_samples": len(settled), "double": doubles, "none": nones, "changes": changes}
