@@ -32,7 +32,7 @@ def imported(path: Path) -> set[str]:
 def test_readers_of_a_tree_import_nothing_of_the_compiler():
     """check, deploy and the lab read built trees through the contract, never through the compiler."""
     for world in ("ops", "lab"):
-        for path in sorted((PACKAGE / world).glob("*.py")):
+        for path in sorted((PACKAGE / world).rglob("*.py")):
             bad = sorted(m for m in imported(path) if m.split(".")[0] in ("compiler", "site", "api"))
             assert not bad, f"{path.relative_to(PACKAGE.parent)} imports {bad}"
 

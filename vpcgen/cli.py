@@ -350,13 +350,16 @@ def lab_heal(tree_dir: Path = typer.Argument(..., help="The built site the lab w
 def lab_test(
     tree_dir: Path = typer.Argument(..., help="The built site the lab was started from."),
     round_: Optional[list[str]] = typer.Option(None, "--round", help="Only these rounds: redundancy, acl, "
-                                               "services, failover (repeatable)."),
-    results: Path = typer.Option(Path("lab-results.json"), "--results", help="Where to write the results (JSON)."),
+                                               "services, failover, ha (repeatable)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Where to write the results (JSON); by "
+                                           "default TREE_DIR.lab-results.json, next to the tree."),
 ) -> None:
     """Run the scenario rounds against the running lab and print a pass/fail table with timings."""
     from .lab import rounds as labtest
+    from .lab import run as lab
 
     def body():
+        target = results or lab.results_path(tree_dir)
         rounds = round_ or list(labtest.ROUNDS)
         unknown = sorted(set(rounds) - set(labtest.ROUNDS))
         if unknown:
@@ -366,8 +369,8 @@ def lab_test(
         for c in runner.checks:
             typer.echo(f"{'PASS' if c.ok else 'FAIL'}  {c.seconds:6.1f}s  {(c.round + ': ' + c.name):<{width}}  {c.detail}")
         failed = sum(not c.ok for c in runner.checks)
-        typer.echo(f"{len(runner.checks) - failed} passed, {failed} failed")
-        results.write_text(labtest.results_json(runner), encoding="utf-8")
+        target.write_text(labtest.results_json(runner), encoding="utf-8")
+        typer.echo(f"{len(runner.checks) - failed} passed, {failed} failed; results in {target}")
         if failed:
             raise typer.Exit(1)
 

@@ -19,7 +19,6 @@ name starts with the lab's prefix, so `lab down` removes it all by handle, also 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -29,12 +28,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..ops import check, netns
 from ..errors import VpcgenError
+from ..ops import check, netns
 from ..tree import _NAME, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
+from .plan import CORE_LOOPBACK, Client, Core, Node, Peer, Plan, Router, build as build_plan, tier_ifname
 
 RUN_ROOT = Path("/run/vpcgen-lab")
 
@@ -43,79 +42,10 @@ def lab_name(tree_dir: Path) -> str:
     return "vl" + hashlib.sha256(str(Path(tree_dir).resolve()).encode()).hexdigest()[:6]
 
 
-@dataclass
-class Link:
-    ifname: str  # name inside the node's namespace
-    segment: str  # the bridge's key, e.g. "zone1/eth2.1200"
-    addresses: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Node:
-    name: str  # router name, or a host label
-    kind: str  # router | host | inet | peer | core | gateway | client
-    links: list[Link] = field(default_factory=list)
-    routes: list[str] = field(default_factory=list)  # `ip route replace` arguments
-    loopback: list[str] = field(default_factory=list)  # extra addresses on lo
-    tcp: str = ""  # host servers
-    udp: str = ""
-    whoami: int = 0
-    tree: Path | None = None  # routers: their tree
-    vpc: str = ""
-
-
-@dataclass
-class Plan:
-    name: str
-    tree_dir: Path
-    site: dict
-    nodes: list[Node]
-    segments: list[str]
-
-
-# --- what to build, from the tree only ------------------------------------------------------
-
-def router_interfaces(tree: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """Interfaces (name -> addresses) and routes of a router, from its interfaces file."""
-    ifaces, routes = netns.parse_interfaces(tree)
-    # parents of VLAN sub-interfaces only carry the tags: in the lab the sub-interfaces are veths
-    for parent in ("eth1", "eth2"):
-        if not ifaces.get(parent) and any(n.startswith(parent + ".") for n in ifaces):
-            ifaces.pop(parent, None)
-    return ifaces, routes
-
-
-PEERS_NET = "198.18.0.0/24"  # between the internet side and the VPN peers (RFC 2544 space)
-PEERS_GATEWAY = "198.18.0.1"
-PROBE_TCP_PORT = 7777  # named by no ACL rule: what a default deny decides
-PROBE_UDP_PORT = 7777
-WHOAMI_PORT = 7  # on the internet side: answers with the address a connection came from
-
-
-def internet_sources(site: dict, zone: str) -> list[str]:
-    """Addresses on the internet side for every source network an ACL rule names outside the VPCs,
-    so that ACL probes can come from each of them."""
-    private = [ipaddress.ip_network(v["cidr"]) for v in site["vpcs"].values() if v["zone"] == zone and v["cidr"]]
-    out = []
-    for rules in site["acls"].values():
-        for rule in rules:
-            for cidr in rule["cidrs"]:
-                net = ipaddress.ip_network(cidr)
-                if net.prefixlen == 0 or any(net.overlaps(p) for p in private) or net.is_private:
-                    continue
-                out.append(f"{net.network_address + min(7, net.num_addresses - 1)}/32")
-    return sorted(set(out))
-
-
-def _host_addresses(cidr: str, wanted: list[str], count: int = 2) -> list[str]:
-    net = ipaddress.ip_network(cidr)
-    out = sorted(set(wanted), key=ipaddress.ip_address)
-    candidate = net.network_address + 10
-    while len(out) < count:
-        if str(candidate) not in out:
-            out.append(str(candidate))
-        candidate += 1
-    return out
+def results_path(tree_dir: Path) -> Path:
+    """Where `lab test` writes its results unless told: next to the tree (never the current folder)."""
+    tree_dir = Path(tree_dir).resolve()
+    return tree_dir.parent / f"{tree_dir.name}.lab-results.json"
 
 
 def staged_root(tree_dir: Path) -> Path:
@@ -124,115 +54,27 @@ def staged_root(tree_dir: Path) -> Path:
 
 
 def plan(tree_dir: Path, only_vpc: str | None = None) -> Plan:
-    """What to build for a lab whose verified copy has been staged (``up`` does that)."""
+    """What to build for a lab whose verified copy has been staged (``up`` does that): from its
+    site.json alone."""
     tree_dir = Path(tree_dir)
     root = staged_root(tree_dir)
-    site = json.loads((root / "site.json").read_text())
-    vpcs = {k: v for k, v in site["vpcs"].items() if only_vpc in (None, k)}
-    if only_vpc and not vpcs:
+    site = read_site_json(root)
+    if only_vpc and only_vpc not in site["vpcs"]:
         raise VpcgenError(f"no VPC {only_vpc} in {tree_dir} (VPCs: {', '.join(site['vpcs'])})")
-    name = lab_name(tree_dir)
-    nodes: list[Node] = []
-    segments: set[str] = set()
-    zones_used: dict[str, set[str]] = {}
-    for vpc_name, vpc in vpcs.items():
-        zone = vpc["zone"]
-        for router in vpc["routers"]:
-            tree = root / router
-            ifaces, routes = router_interfaces(tree)
-            node = Node(router, "router", tree=tree, vpc=vpc_name, routes=routes)
-            for ifname, addresses in sorted(ifaces.items()):
-                segment = f"{zone}/{ifname}"
-                segments.add(segment)
-                node.links.append(Link(ifname, segment, addresses))
-                if ifname.split(".")[0] == "eth1":
-                    zones_used.setdefault(zone, set()).add(segment)
-            nodes.append(node)
-        # test hosts: the private addresses NAT and load balancers use, two per tier at least
-        used = set(vpc["static_nat"].values()) | {p["private_ip"] for p in vpc["port_forwarding"]}
-        used |= {m for lb in vpc["load_balancers"].values() for m in lb["members"]}
-        tcp_ports = {22, 80, 443, 5432, 8080} | {p["private_port"][0] for p in vpc["port_forwarding"]
-                                                  if p["protocol"] == "tcp"}
-        tcp_ports |= {lb["private_port"] for lb in vpc["load_balancers"].values()}
-        udp_ports = {p for f in vpc["port_forwarding"] if f["protocol"] == "udp"
-                     for p in range(f["private_port"][0], f["private_port"][1] + 1)}
-        for tier in vpc["tiers"].values():  # every port an ACL rule names, so probes find a listener
-            for rule in site["acls"][tier["acl"]]:
-                if rule["ports"] and rule["protocol"] in ("tcp", "udp"):
-                    for port in {rule["ports"][0], rule["ports"][1]}:
-                        (tcp_ports if rule["protocol"] == "tcp" else udp_ports).add(port)
-        tcp_ports |= {PROBE_TCP_PORT}
-        udp_ports |= {PROBE_UDP_PORT}
-        udp = ",".join(map(str, sorted(udp_ports)))
-        for tier_name, tier in sorted(vpc["tiers"].items()):
-            mine = [a for a in used if ipaddress.ip_address(a) in ipaddress.ip_network(tier["cidr"])]
-            prefix = tier["cidr"].split("/")[1]
-            for i, address in enumerate(_host_addresses(tier["cidr"], mine)):
-                host = Node(f"{vpc_name}-{tier_name}-{i + 1}", "host", vpc=vpc_name, whoami=WHOAMI_PORT,
-                            tcp=",".join(map(str, sorted(tcp_ports))), udp=udp,
-                            links=[Link("eth0", f"{zone}/eth2.{tier['vlan']}", [f"{address}/{prefix}"])],
-                            routes=[f"default via {tier['gateway']}"])
-                nodes.append(host)
-        for gw_name, gw in sorted(vpc["private_gateways"].items()):
-            prefix = gw["address"].split("/")[1]
-            nodes.append(Node(f"{vpc_name}-pg-{gw_name}", "gateway", vpc=vpc_name, tcp=f"22,25,80,{PROBE_TCP_PORT}",
-                              whoami=WHOAMI_PORT,
-                              links=[Link("eth0", f"{zone}/eth2.{gw['vlan']}", [f"{gw['gateway']}/{prefix}"])],
-                              routes=[f"default via {gw['address'].split('/')[0]}"],
-                              loopback=[f"{ipaddress.ip_network(r).network_address + 5}/32" for r in gw["routes"]]))
-    # site-to-site peers: beyond the internet side, on a link of their own, with their networks on lo
-    for vpc_name, vpc in vpcs.items():
-        for k, (peer_name, peer) in enumerate(sorted(vpc["vpn_peers"].items())):
-            segment = f"{vpc['zone']}/peers"
-            segments.add(segment)
-            hop = f"{PEERS_NET.rsplit('.', 1)[0]}.{10 + len([n for n in nodes if n.kind == 'peer'])}"
-            nodes.append(Node(f"{vpc_name}-peer-{peer_name}", "peer", vpc=vpc_name, whoami=WHOAMI_PORT,
-                              tcp=f"22,80,{PROBE_TCP_PORT}",
-                              links=[Link("eth0", segment, [f"{hop}/24", f"{peer['peer']}/32"])],
-                              routes=[f"default via {PEERS_GATEWAY} src {peer['peer']}"],
-                              loopback=[f"{ipaddress.ip_network(c).network_address + 1}/32" for c in peer["peer_cidrs"]]))
-    # remote-access VPN clients: out on the internet, beyond the internet side as well
-    for vpc_name, vpc in vpcs.items():
-        if vpc.get("remote_access"):
-            segment = f"{vpc['zone']}/peers"
-            segments.add(segment)
-            hop = f"{PEERS_NET.rsplit('.', 1)[0]}.{100 + len([n for n in nodes if n.kind == 'client'])}"
-            nodes.append(Node(f"{vpc_name}-ra-client", "client", vpc=vpc_name,
-                              links=[Link("eth0", segment, [f"{hop}/24"])], routes=[f"default via {PEERS_GATEWAY}"]))
-    # the internet side of each zone: its public gateway, and beyond it the VPN peers
-    for zone_name in sorted(zones_used):
-        zone = site["zones"][zone_name]
-        public = zone.get("public")
-        for segment in sorted(zones_used[zone_name]):
-            is_public = public and segment == f"{zone_name}/" + (f"eth1.{public['vlan']}" if public["vlan"]
-                                                                 else "eth1")
-            if is_public:
-                prefix = public["cidr"].split("/")[1]
-                inet = Node(f"inet-{zone_name}", "inet", links=[Link("eth0", segment,
-                                                                    [f"{public['gateway']}/{prefix}"])],
-                            tcp="80", whoami=WHOAMI_PORT, loopback=internet_sources(site, zone_name))
-                peers = [n for n in nodes if n.kind == "peer" and site["vpcs"][n.vpc]["zone"] == zone_name]
-                if peers or any(n.kind == "client" for n in nodes):
-                    inet.links.append(Link("eth1", f"{zone_name}/peers", [f"{PEERS_GATEWAY}/24"]))
-                    inet.routes += [f"{n.links[0].addresses[1].split('/')[0]}/32 via "
-                                    f"{n.links[0].addresses[0].split('/')[0]}" for n in peers]
-                nodes.append(inet)
-            if zone.get("ospf_transit") and segment.endswith(_transit_ifname(root, vpcs, zone_name)):
-                transit = zone["ospf_transit"]
-                core = str(ipaddress.ip_network(transit).network_address + 1)
-                nodes.append(Node(f"core-{zone_name}", "core", tcp="22,80",
-                                  links=[Link("eth0", segment, [f"{core}/{transit.split('/')[1]}"])],
-                                  loopback=["192.0.2.254/32"]))
-    return Plan(name, tree_dir, site, nodes, sorted(segments))
+    return build_plan(site, lab_name(tree_dir), tree_dir, root, only_vpc)
 
 
-def _transit_ifname(root: Path, vpcs: dict, zone: str) -> str:
-    for vpc in vpcs.values():
-        if vpc["zone"] == zone and vpc["kind"] == "routed":
-            router = root / next(iter(vpc["routers"]))
-            text = (router / GENERATED["frr"]).read_text()
-            return re.search(r"^interface (eth1\S*)", text, re.M).group(1)
-    return "\0"  # no routed VPC in the zone: matches no segment
+def router_config(node: Router) -> tuple[dict[str, list[str]], list[str]]:
+    """A router's addresses and routes from its own interfaces file (as ifupdown applies them), on
+    the links site.json says it has: a link the file and site.json disagree on is refused."""
+    ifaces, routes = netns.parse_interfaces(node.tree)
+    links = {link.ifname for link in node.links}
+    for ifname, addresses in ifaces.items():
+        parent_only = not addresses and any(n.startswith(ifname + ".") for n in links)
+        if ifname not in links and not parent_only:
+            raise VpcgenError(f"{node.tree / GENERATED['interfaces']}: interface {ifname} is not one of "
+                              f"{node.name}'s interfaces in site.json ({', '.join(sorted(links))})")
+    return {ifname: ifaces.get(ifname, []) for ifname in sorted(links)}, routes
 
 
 # --- state -----------------------------------------------------------------------------------
@@ -326,39 +168,66 @@ def stage(tree_dir: Path, routers: dict) -> None:
     (root / "site.json").write_text(json.dumps(site), encoding="utf-8")
 
 
-def _wait_ready(p: Plan, data: dict, progress, timeout: float = 20) -> None:
-    """Up means usable: one master per pair, and every load balancer answering (haproxy's health
-    checks must rise first). Bounded: what is not ready by then, `lab test` will report."""
-    deadline = time.monotonic() + timeout
-    for vpc_name, vpc in p.site["vpcs"].items():
+def ready_timeout(site: dict) -> float:
+    """How long `up` may wait for the lab to be usable, from the site's own timers: VRRP adverts,
+    the slowest load balancer's health checks rising, the OSPF dead interval (the core's election)."""
+    vrrp = max([3 * v["vrrp"]["advert_interval_ms"] / 1000 + 2 for v in site["vpcs"].values() if v["vrrp"]] or [0])
+    lbs = max([(lb["health_check"]["rise"] + 1) * lb["health_check"]["interval_ms"] / 1000 + 2
+               for v in site["vpcs"].values() for lb in v["load_balancers"].values()] or [0])
+    ospf = max([2 * z["ospf"]["dead_interval_s"] + 10 for z in site["zones"].values() if z.get("ospf")] or [0])
+    return max(20.0, vrrp + lbs, ospf)
+
+
+class _Waiting:
+    """Progress while `up` waits: a line when it starts waiting for something, then every 5 s."""
+
+    def __init__(self, progress):
+        self.progress, self.start, self.last = progress, time.monotonic(), 0.0
+
+    def __call__(self, what: str) -> None:
+        now = time.monotonic()
+        if what != getattr(self, "what", None) or now - self.last >= 5:
+            self.progress(f"waiting for {what} ({now - self.start:.0f} s)")
+            self.what, self.last = what, now
+
+
+def _wait_ready(p: Plan, data: dict, progress) -> None:
+    """Up means usable: one master per pair, every load balancer answering (haproxy's health checks
+    must rise first), every routed router adjacent to the core. Bounded by the site's own timers:
+    what is not ready by then, `lab test` will report."""
+    deadline = time.monotonic() + ready_timeout(p.site)
+    waiting = _Waiting(progress)
+    for vpc_name, vpc in p.vpcs().items():
         routers = [r for r in vpc["routers"] if r in data["nodes"]]
-        if vpc["redundant"] and routers:
+        if vpc["redundant"]:
             while time.monotonic() < deadline:
                 states = [exec_in(data, r, f"cat {VRRP_STATE} 2>/dev/null").stdout.strip() for r in routers]
                 if states.count("MASTER") == 1:
                     break
+                waiting(f"one VRRP master in {vpc_name}")
                 time.sleep(0.2)
         inet = f"inet-{vpc['zone']}"
-        for lb in vpc["load_balancers"].values() if routers and inet in data["nodes"] else ():
+        for lb_name, lb in sorted(vpc["load_balancers"].items()) if inet in data["nodes"] else ():
             address = vpc["public_ips"][lb["public_ip"]]
             payload = "GET / HTTP/1.0\\n\\n" if lb["protocol"] == "http" else "hello"
-            members = {n.name for n in p.nodes if n.kind == "host"
-                       and any(a.split("/")[0] in lb["members"] for a in n.links[0].addresses)}
+            members = {p.host_at(vpc_name, m).name for m in lb["members"]}
             seen: set[str] = set()
             while time.monotonic() < deadline and not members <= seen:  # every member is up in haproxy
                 seen.add(probe(data, inet, address, lb["public_port"], "tcp", payload))
-                if lb["stickiness"] == "source":
+                if lb["stickiness"] == "source" and seen & members:
                     break  # one client keeps landing on one member: one answer is enough
-                time.sleep(0.2)
+                if not members <= seen:
+                    waiting(f"load balancer {lb_name}'s members ({len(seen & members)}/{len(members)} answering)")
+                    time.sleep(0.2)
     # routed VPCs: every router adjacent to the core (the core's DR election waits a dead interval)
-    routed = [r for v in p.site["vpcs"].values() if v["kind"] == "routed" for r in v["routers"] if r in data["nodes"]]
-    adjacent_by = time.monotonic() + 2 * max([z["ospf"]["dead_interval_s"] for z in p.site["zones"].values()
-                                              if z["ospf"]] or [0]) + 10
-    for router in routed:
-        while time.monotonic() < adjacent_by and "Full/" not in exec_in(
-                data, router, "vtysh -c 'show ip ospf neighbor' 2>/dev/null").stdout:
+    for router in p.of(Router):
+        if p.site["vpcs"][router.vpc]["kind"] != "routed":
+            continue
+        while time.monotonic() < deadline and "Full/" not in exec_in(
+                data, router.name, "vtysh -c 'show ip ospf neighbor' 2>/dev/null").stdout:
+            waiting(f"{router.name}'s OSPF adjacency with the core")
             time.sleep(0.5)
-    progress(f"lab {p.name} ready")
+    progress(f"lab {p.name} ready ({time.monotonic() - waiting.start:.0f} s of waiting)")
 
 
 def _build(p: Plan, state: State, progress) -> None:
@@ -379,6 +248,8 @@ def _build(p: Plan, state: State, progress) -> None:
         _ip("netns", "add", ns)
         state.add_namespace(ns)
         _in(ns, "ip", "link", "set", "lo", "up")
+        # a router's addresses come from its own interfaces file; everything else's from the plan
+        addresses = router_config(node)[0] if isinstance(node, Router) else {l.ifname: l.addresses for l in node.links}
         for link in node.links:
             port += 1
             peer = f"p{port}"
@@ -387,7 +258,7 @@ def _build(p: Plan, state: State, progress) -> None:
             state.data["ports"][f"{node.name}/{link.ifname}"] = [peer, bridges[link.segment]]
             _in(sw, "ip", "link", "set", peer, "up")
             _in(ns, "ip", "link", "set", link.ifname, "up")
-            for address in link.addresses:
+            for address in addresses[link.ifname]:
                 _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
         for address in node.loopback:
             _in(ns, "ip", "addr", "add", address, "dev", "lo")
@@ -395,24 +266,23 @@ def _build(p: Plan, state: State, progress) -> None:
         state.save()
     for node in p.nodes:
         ns = ns_of(p.name, node.name)
-        if node.kind == "router":
+        if isinstance(node, Router):
             progress(f"{node.name}: sysctls, rules, daemons")
             _sysctls(ns, node.tree)
         else:
-            _in(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1" if node.kind in ("inet", "core", "gateway")
-                else "net.ipv4.ip_forward=0")
-        for route in node.routes:
+            _in(ns, "sysctl", "-q", "-w", f"net.ipv4.ip_forward={int(node.forwards)}")
+        for route in router_config(node)[1] if isinstance(node, Router) else node.routes:
             _in(ns, "ip", "route", "replace", *route.split())
     for node in p.nodes:
         ns = ns_of(p.name, node.name)
-        if node.kind == "router":
-            load_rules(ns, node.tree)
+        if isinstance(node, Router):
+            load_rules(ns, node, p.site)
             _start_router(p, state, node, ns)
-        elif node.kind == "core":
+        elif isinstance(node, Core):
             _start_core(p, state, node, ns)
-        elif node.kind == "peer":
+        elif isinstance(node, Peer):
             _start_peer(p, state, node, ns)
-        elif node.kind == "client":
+        elif isinstance(node, Client):
             _start_client(p, state, node, ns)
         if node.tcp or node.udp:
             _start_host(state, node, ns)
@@ -422,27 +292,33 @@ def _build(p: Plan, state: State, progress) -> None:
 LIBIPSEC_DEVICE = "ipsec0"
 
 
-def libipsec_rules(rules_v4: str) -> list[str]:
+def libipsec_rules(site: dict, router: Router) -> list[str]:
     """The one platform adaptation of a router's rules: kernel-libipsec hands tunnel traffic to a TUN
-    device instead of the uplink, so each "tier to the internet" accept gets its ipsec0 twin
-    (appended after everything else, like the original; ACL chains still decide first)."""
-    out = []
-    for line in rules_v4.splitlines():
-        if line.startswith("-A FORWARD -i ") and " -o eth1" in line and line.split(" -j ")[1].startswith("ACCEPT"):
-            match = re.sub(r" -o eth1(\.\d+)? ", f" -o {LIBIPSEC_DEVICE} ", line.split(" -m comment")[0])
-            out.append(match[len("-A "):])
-    return out
+    device instead of the uplink, so each tier's way out to the internet gets its ipsec0 twin
+    (appended after everything else; the tier's egress list still decides first)."""
+    vpc = site["vpcs"][router.vpc]
+    if not (vpc["vpn_peers"] or vpc.get("remote_access")):
+        return []
+    return [f"FORWARD -i {tier_ifname(vpc, router.name, name)} -s {tier['cidr']} -o {LIBIPSEC_DEVICE} -j ACCEPT"
+            for name, tier in sorted(vpc["tiers"].items())]
 
 
-def load_rules(ns: str, tree: Path, text: str | None = None) -> None:
-    """Load a router's rules (the tree's file, or a variant of it), plus the libipsec twins."""
-    source = (tree / GENERATED["iptables"]).read_text()
-    r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10"], input=text or source)
+def load_rules(ns: str, router: Router, site: dict) -> None:
+    """Load a router's rules (the tree's own file), plus the libipsec twins."""
+    r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10"],
+                  input=(router.tree / GENERATED["iptables"]).read_text())
     if r.returncode != 0:
         raise VpcgenError(f"in {ns}: iptables-restore: {r.stderr.strip()}")
-    if (tree / GENERATED["swanctl"]).exists():
-        for rule in libipsec_rules(source):
-            _in(ns, "iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", "lab only: libipsec")
+    for rule in libipsec_rules(site, router):
+        _in(ns, "iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", "lab only: libipsec")
+
+
+def restore_nat(ns: str, router: Router) -> None:
+    """The router's nat table from its own file again (after a round flushed its forwarding)."""
+    r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10", "-T", "nat"],
+                  input=(router.tree / GENERATED["iptables"]).read_text())
+    if r.returncode != 0:
+        raise VpcgenError(f"in {ns}: iptables-restore --table nat: {r.stderr.strip()}")
 
 
 # the sysctls a network namespace has of its own (PLATFORM.md): anything else (vm.*, kernel.*,
@@ -557,19 +433,25 @@ _FRR_START = ("/usr/lib/frr/zebra -d -A 127.0.0.1 -s 90000000 -u frr -g frr; "
               "vtysh -b >/run/vtysh.log 2>&1")
 
 
-def _start_core(p: Plan, state: State, node: Node, ns: str) -> None:
-    """The zone's OSPF core router: FRR in the backbone, DR of the transit link, default originator."""
-    zone = node.name.split("-", 1)[1]
-    sample = next(n for n in p.nodes if n.kind == "router" and (n.tree / GENERATED["frr"]).exists()
-                  and p.site["vpcs"][n.vpc]["zone"] == zone)
-    text = (sample.tree / GENERATED["frr"]).read_text()
-    hello = re.search(r"hello-interval (\d+)", text).group(1)
-    dead = re.search(r"dead-interval (\d+)", text).group(1)
-    key = re.search(r"message-digest-key 1 md5 (\S+)", text)
-    transit = p.site["zones"][zone]["ospf_transit"]
-    address = node.links[0].addresses[0].split("/")[0]
-    auth = (f" ip ospf authentication message-digest\n ip ospf message-digest-key 1 md5 {key.group(1)}\n"
-            if key else "")
+def ospf_key(router: Router) -> str:
+    """The zone's OSPF key, read from a router's secret file the way a secret is read: the one token
+    after ``md5`` on the digest-key line (nothing else of the file is used)."""
+    for line in (router.tree / GENERATED["frr"]).read_text().splitlines():
+        words = line.split()
+        if words[:3] == ["ip", "ospf", "message-digest-key"] and len(words) == 6 and words[4] == "md5":
+            return words[5]
+    raise VpcgenError(f"{router.tree / GENERATED['frr']}: site.json says the zone's OSPF is authenticated, "
+                      "but the router's FRR file holds no key")
+
+
+def _start_core(p: Plan, state: State, node: Core, ns: str) -> None:
+    """The zone's OSPF core router, from site.json's zone timers: FRR in the backbone, DR of the
+    transit link, default originator."""
+    ospf = node.ospf
+    auth = ""
+    if ospf.authentication:
+        router = next(r for r in p.of(Router) if r.zone == node.zone and p.site["vpcs"][r.vpc]["kind"] == "routed")
+        auth = f" ip ospf authentication message-digest\n ip ospf message-digest-key 1 md5 {ospf_key(router)}\n"
     etc = state.dir / "etc" / node.name
     (etc / "frr").mkdir(parents=True, exist_ok=True)
     # what an operator's core needs (the README says so): BFD on the transit link, and new routes
@@ -578,29 +460,14 @@ def _start_core(p: Plan, state: State, node: Node, ns: str) -> None:
         f"frr defaults traditional\nhostname {node.name}\nservice integrated-vtysh-config\n!\n"
         "bfd\n profile core\n  transmit-interval 100\n  receive-interval 100\n  detect-multiplier 3\n exit\nexit\n!\n"
         f"interface eth0\n ip ospf bfd\n ip ospf bfd profile core\n"
-        f" ip ospf hello-interval {hello}\n ip ospf dead-interval {dead}\n ip ospf priority 100\n"
-        f"{auth}exit\n!\nrouter ospf\n ospf router-id {address}\n timers throttle spf 0 50 1000\n"
+        f" ip ospf hello-interval {ospf.hello_s}\n ip ospf dead-interval {ospf.dead_s}\n ip ospf priority 100\n"
+        f"{auth}exit\n!\nrouter ospf\n ospf router-id {node.address}\n timers throttle spf 0 50 1000\n"
         " timers lsa min-arrival 0\n"
-        f" network {transit} area 0\n"
-        " network 192.0.2.254/32 area 0\n default-information originate always\nexit\n!\n")
+        f" network {ospf.transit} area 0\n"
+        f" network {CORE_LOOPBACK} area 0\n default-information originate always\nexit\n!\n")
     (etc / "frr/frr.conf").chmod(0o640)
     (etc / "frr/daemons").write_text("zebra=yes\nstaticd=yes\nospfd=yes\nbfdd=yes\nvtysh_enable=yes\n")
     _holder(state, node.name, ns, etc, _FRR_START)
-
-
-def _block(text: str, name: str) -> str:
-    """The body of the `name { ... }` section of a swanctl file."""
-    start = text.index(f" {name} {{")
-    depth, i = 0, text.index("{", start)
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j]
-    raise ValueError(name)
-
-
-def _setting(block: str, key: str) -> str:
-    return re.search(rf"^\s*{key} = (.+)$", block, re.M).group(1).strip()
 
 
 def _start_charon(state: State, node: Node, ns: str, files: dict[str, Path], swanctl_conf: str) -> None:
@@ -618,49 +485,49 @@ def _start_charon(state: State, node: Node, ns: str, files: dict[str, Path], swa
     _holder(state, node.name, ns, etc, CHARON_START, env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
 
 
-def _start_peer(p: Plan, state: State, node: Node, ns: str) -> None:
-    """The far end of a site-to-site VPN: charon with the router's connection mirrored."""
-    conn = "s2s-" + node.name.split("-peer-", 1)[1]
-    router = next(n for n in p.nodes if n.kind == "router" and n.vpc == node.vpc)
-    conf = (router.tree / GENERATED["swanctl"]).read_text()
-    secret = _setting(_block((router.tree / GENERATED["swanctl-secrets"]).read_text(), f"ike-{conn}"), "secret")
-    block = _block(conf, conn)
-    child = _block(block, "children")
-    peer, local = _setting(block, "remote_addrs"), _setting(block, "local_addrs")
-    _start_charon(state, node, ns, {}, (
-        f"connections {{\n lab {{\n  version = {_setting(block, 'version')}\n  local_addrs = {peer}\n"
-        f"  remote_addrs = {local}\n  proposals = {_setting(block, 'proposals')}\n"
-        f"  local {{\n   auth = psk\n   id = {peer}\n  }}\n  remote {{\n   auth = psk\n   id = {local}\n  }}\n"
-        f"  children {{\n   lab {{\n    local_ts = {_setting(child, 'remote_ts')}\n"
-        f"    remote_ts = {_setting(child, 'local_ts')}\n    esp_proposals = {_setting(child, 'esp_proposals')}\n"
-        f"    start_action = trap\n   }}\n  }}\n }}\n}}\n"
-        f"secrets {{\n ike-lab {{\n  id-1 = {peer}\n  id-2 = {local}\n  secret = {secret}\n }}\n}}\n"))
+LAB_SECRETS = "lab-secrets.conf"  # the router's secrets file, included as it is (charon picks by identity)
 
 
-def _start_client(p: Plan, state: State, node: Node, ns: str) -> None:
-    """A remote-access VPN user: IKEv2, EAP-MSCHAPv2 with the first user's password, trusting the
-    router's certificate, asking for a virtual address from the pool."""
-    router = next(n for n in p.nodes if n.kind == "router" and n.vpc == node.vpc)
-    swanctl = router.tree / "etc/swanctl"
-    block = _block((swanctl / "swanctl.conf").read_text(), "ra")
-    server, local_ts = _setting(block, "local_addrs"), _setting(_block(block, "children"), "local_ts")
-    user = p.site["vpcs"][node.vpc]["remote_access"]["users"][0]
-    secrets = (swanctl / "vpcgen-secrets.conf").read_text()  # a user's section is eap-<n>, holding its id
-    secret = next(_setting(section, "secret") for section in re.findall(r" eap-\d+ \{([^}]*)\}", secrets)
-                  if _setting(section, "id") == user)
-    _start_charon(state, node, ns, {"x509ca/router.pem": swanctl / "x509/vpcgen-ra.pem"}, (
-        f"connections {{\n ra {{\n  version = 2\n  remote_addrs = {server}\n  vips = 0.0.0.0\n"
-        f"  local {{\n   auth = eap-mschapv2\n   eap_id = {user}\n  }}\n  remote {{\n   auth = pubkey\n   id = %any\n  }}\n"
-        f"  children {{\n   ra {{\n    remote_ts = {local_ts}\n    start_action = start\n   }}\n  }}\n }}\n}}\n"
-        f"secrets {{\n eap-user {{\n  id = {user}\n  secret = {secret}\n }}\n}}\n"))
+def _router_of(p: Plan, vpc: str) -> Router:
+    return next(n for n in p.of(Router) if n.vpc == vpc)
+
+
+def _start_peer(p: Plan, state: State, node: Peer, ns: str) -> None:
+    """The far end of a site-to-site VPN, from site.json's tunnel: its networks are the router's
+    remote ones and the other way round. The PSK is the router's, from its secret file."""
+    t = node.tunnel
+    router = _router_of(p, node.vpc)
+    _start_charon(state, node, ns, {LAB_SECRETS: router.tree / GENERATED["swanctl-secrets"]}, (
+        f"connections {{\n lab {{\n  version = {t.version}\n  local_addrs = {t.peer_address}\n"
+        f"  remote_addrs = {t.router_address}\n  proposals = {', '.join(t.ike_proposals)}\n"
+        f"  rekey_time = {t.ike_lifetime_s}s\n"
+        f"  local {{\n   auth = psk\n   id = {t.peer_address}\n  }}\n"
+        f"  remote {{\n   auth = psk\n   id = {t.router_address}\n  }}\n"
+        f"  children {{\n   lab {{\n    local_ts = {', '.join(t.peer_cidrs)}\n"
+        f"    remote_ts = {', '.join(t.local_cidrs)}\n    esp_proposals = {', '.join(t.esp_proposals)}\n"
+        f"    life_time = {t.esp_lifetime_s}s\n    start_action = trap\n   }}\n  }}\n }}\n}}\n"
+        f"include {LAB_SECRETS}\n"))
+
+
+def _start_client(p: Plan, state: State, node: Client, ns: str) -> None:
+    """A remote-access VPN user: IKEv2, EAP-MSCHAPv2 as the first user (the password from the
+    router's secret file), trusting the router's certificate, asking for a pool address."""
+    router = _router_of(p, node.vpc)
+    _start_charon(state, node, ns, {LAB_SECRETS: router.tree / GENERATED["swanctl-secrets"],
+                                    "x509ca/router.pem": router.tree / GENERATED["ra-cert"]}, (
+        f"connections {{\n ra {{\n  version = 2\n  remote_addrs = {node.server}\n  vips = 0.0.0.0\n"
+        f"  local {{\n   auth = eap-mschapv2\n   eap_id = {node.user}\n  }}\n"
+        f"  remote {{\n   auth = pubkey\n   id = %any\n  }}\n"
+        f"  children {{\n   ra {{\n    remote_ts = {', '.join(node.local_cidrs)}\n    start_action = start\n"
+        f"   }}\n  }}\n }}\n}}\ninclude {LAB_SECRETS}\n"))
 
 
 def _start_host(state: State, node: Node, ns: str) -> None:
     args = [sys.executable, "-m", "vpcgen.lab.host", node.name]
     if node.tcp:
-        args += ["--tcp", node.tcp]
+        args += ["--tcp", ",".join(map(str, node.tcp))]
     if node.udp:
-        args += ["--udp", node.udp]
+        args += ["--udp", ",".join(map(str, node.udp))]
     if node.whoami:
         args += ["--whoami", str(node.whoami)]
     log = open(state.dir / f"{node.name}.log", "ab")
@@ -785,7 +652,7 @@ def stop_host(data: dict, host: str) -> None:
 def start_host(tree_dir, host: str) -> None:
     p = plan(Path(tree_dir))
     state = State(p.name)
-    node = next(n for n in p.nodes if n.name == host)
+    node = p.node(host)
     _start_host(state, node, state.data["nodes"][host]["ns"])
 
 
@@ -794,16 +661,17 @@ def start_router(tree_dir, router: str) -> None:
     armed), daemons started on the tree's files."""
     p = plan(Path(tree_dir))
     state = State(p.name)
-    node = next(n for n in p.nodes if n.name == router)
+    node = p.node(router)
     ns = state.data["nodes"][router]["ns"]
+    addresses, routes = router_config(node)
     for link in node.links:
         _in(ns, "ip", "addr", "flush", "dev", link.ifname)
         _in(ns, "ip", "link", "set", link.ifname, "up")
-        for address in link.addresses:
+        for address in addresses[link.ifname]:
             _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
-    for route in node.routes:
+    for route in routes:
         _in(ns, "ip", "route", "replace", *route.split())
-    load_rules(ns, node.tree)
+    load_rules(ns, node, p.site)
     shutil.rmtree(state.dir / "ovl" / router, ignore_errors=True)
     _start_router(p, state, node, ns)
 
@@ -835,8 +703,8 @@ def _router(data: dict, name: str) -> dict:
 
 def _port(data: dict, router: str, which) -> list[str]:
     """The switch port of the router's link that ``which(ifname, addresses)`` picks."""
-    ifaces, _ = router_interfaces(staged_root(Path(data["tree"])) / router)
-    for ifname, addresses in sorted(ifaces.items()):
+    vpc = read_site_json(staged_root(Path(data["tree"])))["vpcs"][data["nodes"][router]["vpc"]]
+    for ifname, addresses in sorted(vpc["routers"][router]["interfaces"].items()):
         if which(ifname, addresses):
             return data["ports"][f"{router}/{ifname}"]
     raise VpcgenError(f"router {router} has no such link")

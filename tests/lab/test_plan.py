@@ -1,0 +1,86 @@
+"""The lab's plan is built from site.json alone (no root, no running lab)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE, copy_site, run_cli
+from vpcgen.lab import plan as lab_plan
+from vpcgen.lab.plan import Client, Core, Gateway, Host, Inet, Peer, Router
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("plan")
+    code, out, err = run_cli("build", copy_site(EXAMPLE, tmp / "example"), "--output", tmp / "out")
+    assert code == 0, out + err
+    return json.loads((tmp / "out/example/site.json").read_text())
+
+
+def build(site: dict, only: str | None = None) -> lab_plan.Plan:
+    return lab_plan.build(site, "vltest", Path("/nonexistent/tree"), Path("/nonexistent/staged"), only)
+
+
+def test_every_router_with_the_links_site_json_gives_it(site):
+    p = build(site)
+    routers = {r.name: r for r in p.of(Router)}
+    assert sorted(routers) == sorted(r for v in site["vpcs"].values() for r in v["routers"])
+    shop = routers["shop-r1"]
+    assert {link.ifname for link in shop.links} == set(site["vpcs"]["shop"]["routers"]["shop-r1"]["interfaces"])
+    assert shop.tree == Path("/nonexistent/staged/shop-r1") and shop.zone == "zone1" and shop.role == "first"
+    assert next(link for link in shop.links if link.ifname == "eth2.1200").addresses == ("10.10.1.254/24",)
+
+
+def test_hosts_cover_every_address_nat_and_load_balancers_use(site):
+    p = build(site)
+    shop = site["vpcs"]["shop"]
+    used = set(shop["static_nat"].values()) | {f["private_ip"] for f in shop["port_forwarding"]}
+    used |= {m for lb in shop["load_balancers"].values() for m in lb["members"]}
+    assert used <= {h.address for h in p.hosts("shop")}
+    for tier, info in shop["tiers"].items():
+        hosts = p.hosts("shop", tier)
+        assert len(hosts) >= 2 and all(isinstance(h, Host) and h.routes == [f"default via {info['gateway']}"]
+                                       for h in hosts)
+        assert all(h.links[0].segment == f"zone1/eth2.{info['vlan']}" for h in hosts)
+    web1 = p.host_at("shop", "10.10.1.11")
+    assert {80, 443, 8080, lab_plan.PROBE_TCP_PORT} <= set(web1.tcp)  # LB port, an ACL rule's ports, the probe
+    assert set(range(5000, 5010)) <= set(p.host_at("shop", "10.10.0.21").udp)  # the forwarded UDP range
+
+
+def test_vpn_peers_and_the_client_come_from_site_json(site):
+    p = build(site)
+    peers = {n.name: n for n in p.of(Peer)}
+    hq = site["vpcs"]["shop"]["vpn_peers"]["hq"]
+    tunnel = peers["shop-peer-hq"].tunnel
+    assert (tunnel.version, tunnel.peer_address, tunnel.router_address) == (2, hq["peer"], "203.0.113.12")
+    assert tunnel.local_cidrs == tuple(hq["local_cidrs"]) and tunnel.peer_cidrs == tuple(hq["peer_cidrs"])
+    assert tunnel.ike_proposals == tuple(hq["ike_proposals"]) and tunnel.esp_lifetime_s == hq["esp_lifetime_s"]
+    assert peers["shop-peer-branch"].tunnel.version == 1
+    assert peers["shop-peer-hq"].loopback == ["172.16.0.1/32"]
+    client = p.node("shop-ra-client")
+    assert isinstance(client, Client) and client.user == "alice" and client.server == "203.0.113.12"
+    assert client.local_cidrs == ("10.10.0.0/24", "10.10.2.0/24", "10.10.1.0/24")  # every tier, by tier name
+    inet = p.node("inet-zone1")
+    assert isinstance(inet, Inet) and inet.address == "203.0.113.1"
+    assert f"{hq['peer']}/32 via {peers['shop-peer-hq'].address}" in inet.routes
+
+
+def test_the_core_takes_the_zones_ospf_timers(site):
+    changed = copy.deepcopy(site)
+    changed["zones"]["zone1"]["ospf"].update(hello_interval_s=3, dead_interval_s=12)
+    core = build(changed).node("core-zone1")
+    assert isinstance(core, Core)
+    assert (core.ospf.hello_s, core.ospf.dead_s, core.ospf.authentication) == (3, 12, True)
+    assert core.links[0].segment == "zone1/eth1.99" and core.address == "100.64.0.1"
+    gw = build(site).node("shop-pg-corp")
+    assert isinstance(gw, Gateway) and gw.targets == ("192.168.0.5",) and gw.address == "172.31.0.1"
+
+
+def test_one_vpc_only(site):
+    p = build(site, "blog")
+    assert {n.name for n in p.of(Router)} == {"blog-r1"}
+    assert not p.of(Core) and not p.of(Peer) and p.vpcs().keys() == {"blog"}
