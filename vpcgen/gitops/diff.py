@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
 
 from ..api import BuildOptions, BuildResult, build_site
+from ..compiler.allocate import lock_changes
 from ..errors import DiagnosticsError, VpcgenError
 from ..site.intent import Site
 from ..site.secrets import REDACTED
@@ -243,31 +243,6 @@ def _pf_key(pf) -> str:
 
 
 # --- allocations -----------------------------------------------------------------------------
-
-def _flatten(data, prefix: str = "") -> dict[str, object]:
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
-def lock_changes(base_text: str, head_text: str) -> list[str]:
-    a = _flatten(yaml.safe_load(base_text) or {}) if base_text else {}
-    b = _flatten(yaml.safe_load(head_text) or {})
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if key.endswith(".zone"):
-            continue
-        if key not in a:
-            out.append(f"`{key}`: {b[key]} (new)")
-        elif key not in b:
-            out.append(f"`{key}`: {a[key]} released")
-        elif a[key] != b[key]:
-            out.append(f"`{key}`: {a[key]} → {b[key]}")
-    return out
-
 
 # --- output ----------------------------------------------------------------------------------
 
