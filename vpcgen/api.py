@@ -90,7 +90,7 @@ def _validate_site(site_dir) -> Validated:
     # every document that passes its schema goes on to the semantic checks, whatever the others do
     for doc in files.documents() + ([files.lock] if files.lock else []):
         problems += validate_document(doc)
-    problems += verify.check_files(_passed(files, problems))
+    problems += verify.check_files(files)
     checked = _passed(files, problems)
     site = build_intent(checked, _unchecked(problems))
     problems += verify.check_intent(site)
@@ -128,6 +128,8 @@ def _unchecked(problems: list[Diagnostic]) -> frozenset:
         path = PurePath(d.location.file) if d.location else None
         if path is not None and path.parent.name in KIND_DIRS and path.suffix in (".yaml", ".yml"):
             out.add((KIND_DIRS[path.parent.name], path.stem))
+        elif path is not None and path.name in KIND_DIRS and d.code == "bad-file-name":  # the folder itself
+            out.add((KIND_DIRS[path.name], "*"))
     return frozenset(out)
 
 

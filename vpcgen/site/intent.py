@@ -270,7 +270,7 @@ class Site:
 
     def exists(self, kind: str, name: str) -> bool:
         table = {"zone": self.zones, "acl": self.acls, "vpc": self.vpcs}[kind]
-        return name in table or (kind, name) in self.unchecked
+        return name in table or (kind, name) in self.unchecked or (kind, "*") in self.unchecked
 
 
 def _secret(ref) -> str | None:

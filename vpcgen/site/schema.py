@@ -163,9 +163,15 @@ def _diagnostic(doc: Document, error) -> Diagnostic:
     path = tuple(error.absolute_path)
     secret = _secret_field(doc.kind, path)
     if secret is not None:  # a secret field in any shape but {secret: NAME}: one message, no value, no key
-        message = (f"{_describe(secret)} must be a reference {{secret: NAME}} to a secret, never the value "
+        message = (f"{_describe(path[:len(secret)])} must be a reference {{secret: NAME}} to a secret, never the value "
                    "itself (value not shown; the value goes to VPCGEN_SECRET_<NAME> or secrets/<NAME>)")
         return Diagnostic(doc.loc(path[:len(secret)]), message, f"schema-{error.validator}")
+    if _holds_secret(doc.kind, path) and error.validator == "type":  # the kind of value, never the value
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        message = (f"the document must be a mapping (got {_kind_of(error.instance)})" if path == () else
+                   f"{_describe(path)} must be {_article(expected)} (got {_kind_of(error.instance)})")
+        return Diagnostic(doc.loc(path), message, "schema-type")
     if _holds_secret(doc.kind, path) and (error.validator in _SHOWS_VALUE
                                           or "propertyNames" in error.relative_schema_path):
         message = f"{_describe(path)} is not valid: {_shape_hint(error)} (value not shown: it may hold a secret)"

@@ -536,8 +536,9 @@ def check_warnings(site: Site) -> list[Diagnostic]:
     c = Checker()
     used = {t.acl for v in site.vpcs.values() for t in v.tiers} | \
         {g.acl for v in site.vpcs.values() for g in v.private_gateways}
+    unknown_users = any(kind == "vpc" for kind, _ in site.unchecked)  # a VPC left out may use any list
     for acl in site.acls.values():
-        if not acl.builtin and acl.name not in used:
+        if not acl.builtin and acl.name not in used and not unknown_users:
             _warn(c, acl.src, ("name",), f"ACL list '{acl.name}' is used by no tier or private gateway: its "
                   "rules have no effect", "unused-acl")
     for vpc in site.vpcs.values():
