@@ -249,3 +249,31 @@ def test_version_from_the_command_and_the_module():
     assert code == 0 and out.strip() == f"vpcgen {vpcgen.__version__}"
     module = subprocess.run([sys.executable, "-m", "vpcgen", "--version"], capture_output=True, text=True)
     assert module.returncode == 0 and module.stdout.strip() == f"vpcgen {vpcgen.__version__}"
+
+
+def test_diff_says_secret_values_cannot_be_compared_and_lists_the_references(tmp_path, monkeypatch):
+    """A site whose secrets are not in git (the normal case): a value rotated in place cannot show,
+    and the diff says so plainly, with every secret reference and what changed about it."""
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo / "sites/example")
+    (repo / ".gitignore").write_text("sites/*/secrets/\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", "-A")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "base")
+    site = repo / "sites/example"
+    (site / "secrets/hq-psk").write_text("Zq9-rotated-value, never shown")
+    vpc = site / "vpcs/shop.yaml"
+    vpc.write_text(vpc.read_text().replace("password: {secret: vpn-bob}", "password: {secret: vpn-bob2}"))
+    (site / "secrets/vpn-bob2").write_text("bob's new password")
+    monkeypatch.chdir(repo)
+    code, text, err = run_cli("diff", "sites/example", "--base", "HEAD")
+    assert code == 0, text + err
+    assert "note: secret values are not in git, so this diff cannot compare them" in text
+    assert "vpcgen deploy --dry-run" in text
+    assert "- 'hq-psk': reference unchanged (VPC 'shop' site-to-site VPN 'hq' psk), value not compared" in text
+    assert "- 'vpn-bob': reference removed (was VPC 'shop' remote-access user 'bob' password)" in text
+    assert "- 'vpn-bob2': reference added (VPC 'shop' remote-access user 'bob' password)" in text
+    code, markdown, _ = run_cli("diff", "sites/example", "--base", "HEAD", "--format", "markdown")
+    assert "- `hq-psk`: reference unchanged" in markdown
+    for output in (text, markdown):
+        assert "Zq9-rotated" not in output and "new password" not in output
