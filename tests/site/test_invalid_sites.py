@@ -204,3 +204,26 @@ def test_usage_error_exit_2():
     assert code == 2
     code, _, _ = run_cli("frobnicate")
     assert code == 2
+
+
+def test_locked_build_says_what_would_change(example, monkeypatch, tmp_path):
+    apply(example, [("vpcs/shop.yaml", "{name: db, netmask: 24, acl: db}",
+                     "{name: db, netmask: 24, acl: db}\n  - {name: cache, netmask: 24, acl: app}")])
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli("build", "example", "--locked", "--output", "out")
+    assert code == 1
+    assert "example/allocations.lock.yaml would change (--locked): `vpcs.shop.tiers.cache.cidr`: 10.10.3.0/24 (new); " \
+           "`vpcs.shop.tiers.cache.vlan`: " in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_has_no_type_labels():
+    from vpcgen.cli import app
+
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert {"validate", "build", "deploy", "diff"} <= set(commands)
+    for command in commands:
+        code, stdout, _ = run_cli(command, "--help")
+        assert code == 0
+        options = stdout.split("Options:")[-1]
+        assert "<bool>" not in stdout and "BOOLEAN" not in stdout and "<list[" not in options, (command, stdout)
