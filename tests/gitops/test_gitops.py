@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,7 +158,7 @@ def test_init_scaffolds_a_repository_that_builds(tmp_path, monkeypatch):
     used = set()
     for w in workflows:
         data = yaml.safe_load(w.read_text())
-        assert data["env"]["SITE"] == "sites/prod"
+        assert data["env"]["SITES"] == "sites"
         for job in data["jobs"].values():
             for step in job["steps"]:
                 if "uses" in step:  # every action pinned to a full commit
@@ -181,6 +182,74 @@ def test_init_scaffolds_a_repository_that_builds(tmp_path, monkeypatch):
     for bad in ("Prod", "prod$(id)", "p_q", "-p"):
         code, _, err = run_cli("init", f"sites/{bad}")
         assert code == 1 and "site name" in err and not (tmp_path / "sites" / bad).exists()
+
+
+def test_init_of_a_second_site_keeps_workflows_that_build_every_site(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init", "sites/prod")[0] == 0
+    workflows = {p: p.read_text() for p in (tmp_path / ".github/workflows").glob("*.yml")}
+    code, out, err = run_cli("init", "sites/lab")
+    assert code == 0, out + err
+    assert {p: p.read_text() for p in workflows} == workflows
+    for p in workflows:
+        assert f"{p.relative_to(tmp_path)} already builds every site under sites/, this one included" in out
+    # the workflows' loop finds both sites, as GitHub's runner would run it
+    pr = yaml.safe_load((tmp_path / ".github/workflows/vpcgen-pr.yml").read_text())
+    loop = next(s["run"] for s in pr["jobs"]["preview"]["steps"] if "for site in" in s.get("run", ""))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "vpcgen").write_text("#!/bin/sh\necho \"vpcgen $*\" >> calls\n")
+    (fake / "sudo").write_text("#!/bin/sh\nexec \"$@\"\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "SITES": "sites", "GITHUB_BASE_REF": "main"}
+    subprocess.run(["bash", "-e", "-c", loop], env=env, check=True, cwd=tmp_path)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [c for c in calls if c.startswith("vpcgen build")] == [
+        "vpcgen build sites/lab --locked --placeholder-secrets", "vpcgen build sites/prod --locked --placeholder-secrets"]
+    # workflows an older vpcgen wrote for one site are said to miss the new one
+    old = tmp_path / ".github/workflows/vpcgen-pr.yml"
+    old.write_text(old.read_text().replace("  SITES: sites", "  SITE: sites/prod"))
+    code, out, _ = run_cli("init", "sites/third")
+    assert code == 0 and f"warning: {old.relative_to(tmp_path)} builds one site only" in out
+
+
+def test_init_pins_the_running_vpcgen_as_a_git_url(tmp_path, monkeypatch):
+    from vpcgen.gitops import scaffold
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(scaffold, "package_source", lambda: None)
+    code, out, _ = run_cli("init", "sites/a")
+    assert code == 0 and "warning: this vpcgen was not installed from a git repository" in out
+    text = (tmp_path / ".github/workflows/vpcgen-main.yml").read_text()
+    assert yaml.safe_load(text)["env"]["VPCGEN_PACKAGE"] == scaffold.UNKNOWN_SOURCE
+    # the install step stops with a clear error until it is set
+    install = next(s["run"] for s in yaml.safe_load(text)["jobs"]["build"]["steps"] if "pip install" in s.get("run", ""))
+    guard = install.split("python -m pip")[0]
+    result = subprocess.run(["bash", "-e", "-c", guard], env={"VPCGEN_PACKAGE": scaffold.UNKNOWN_SOURCE,
+                            "GITHUB_WORKFLOW_REF": "w", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert result.returncode == 1 and "::error::set VPCGEN_PACKAGE" in result.stdout
+    pinned = "vpcgen @ git+https://git.example.org/ops/vpcgen@" + "a" * 40
+    monkeypatch.setattr(scaffold, "package_source", lambda: pinned)
+    shutil.rmtree(tmp_path / ".github")
+    code, out, _ = run_cli("init", "sites/b")
+    assert code == 0 and f"the workflows install {pinned}" in out
+    for w in (tmp_path / ".github/workflows").glob("*.yml"):
+        assert yaml.safe_load(w.read_text())["env"]["VPCGEN_PACKAGE"] == pinned
+    assert actionlint(*(tmp_path / ".github/workflows").glob("*.yml")).returncode == 0
+    # from a clone: its origin and HEAD
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT / "vpcgen", clone / "vpcgen", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", clone)
+    git(clone, "init", "-q")
+    git(clone, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", "-A")
+    git(clone, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "v")
+    git(clone, "remote", "add", "origin", "git@git.example.org:ops/vpcgen.git")
+    head = git(clone, "rev-parse", "HEAD").strip()
+    found = subprocess.run([sys.executable, "-c", "from vpcgen.gitops.scaffold import package_source; "
+                            "print(package_source())"], cwd=clone, capture_output=True, text=True,
+                           env={"PYTHONPATH": str(clone), "PATH": "/usr/bin:/bin"}).stdout.strip()
+    assert found == f"vpcgen @ git+https://git.example.org/ops/vpcgen.git@{head}"
 
 
 def test_project_workflow_runs_the_readme_test_command():
