@@ -120,6 +120,35 @@ def test_graph_of_the_example(fmt, snapshot, tmp_path):
         assert svg.returncode == 0 and "<svg" in svg.stdout, svg.stderr
 
 
+def test_graph_labels_clear_of_cluster_titles_and_lb_members_drawn():
+    """dot places an edge's label where the edge crosses a cluster border: on the title. No edge that
+    leaves a cluster carries a label, cluster titles sit on the left (edges leave rightwards), and
+    every load balancer member is a node linked to its load balancer and its tier."""
+    code, out, _ = run_cli("graph", EXAMPLE, "--format", "dot")
+    assert code == 0
+    placed = json.loads(subprocess.run(["dot", "-Tjson"], input=out, capture_output=True, text=True,
+                                       check=True).stdout)
+    names = {o["_gvid"]: o["name"] for o in placed["objects"]}
+    cluster_of = {}
+    for o in placed["objects"]:
+        if o["name"].startswith("cluster_vpc_"):
+            assert o.get("labeljust") == "l"
+            for n in o.get("nodes", []):
+                cluster_of[names[n]] = o["name"]
+    for e in placed["edges"]:
+        a, b = names[e["tail"]], names[e["head"]]
+        if cluster_of.get(a) != cluster_of.get(b):
+            assert not e.get("label"), (a, b, e.get("label"))
+    assert "VPN peer hq (IKEv2)" in out and "VPN peer branch (IKEv1)" in out
+    edges = set(re.findall(r"^  (\w+) -- (\w+)", out, re.M))
+    for lb, members, tier in (("www_http", ["10.10.1.11", "10.10.1.12"], "web"),
+                              ("www_tls", ["10.10.1.11", "10.10.1.12"], "web")):
+        for m in members:
+            mid = "member_shop_" + lb + "_" + m.replace(".", "_")
+            assert f'{mid} [shape=oval, label="{m}"];' in out
+            assert ("lb_shop_" + lb, mid) in edges and (mid, "tier_shop_" + tier) in edges
+
+
 def test_readme_picture_is_current():
     """docs/example-topology.svg is what `vpcgen graph --format dot | dot -Tsvg` draws today."""
     code, out, _ = run_cli("graph", EXAMPLE, "--format", "dot")
