@@ -151,7 +151,8 @@ def scaffold(site_dir) -> list[str]:
     if not wrote_workflows:
         pass
     elif source is None:
-        lines.append("warning: this vpcgen was not installed from a git repository: set VPCGEN_PACKAGE in "
+        lines.append("warning: where this vpcgen comes from is not known (neither installed from a git URL nor run "
+                     "from a clone with an https or ssh remote 'origin'): set VPCGEN_PACKAGE in "
                      ".github/workflows/vpcgen-*.yml to \"vpcgen @ git+https://<host>/<owner>/vpcgen@<commit>\" "
                      "(the workflows stop with an error until then)")
     elif written:
