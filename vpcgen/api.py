@@ -133,8 +133,17 @@ def _unchecked(problems: list[Diagnostic]) -> frozenset:
     return frozenset(out)
 
 
+# errors that leave a VPC's addressing intact: its allocation and placement checks still mean something
+_LOCAL_ERRORS = frozenset({
+    "unknown-acl", "unknown-public-ip", "public-ip-in-use", "port-collision", "port-range-size", "bad-port-range",
+    "unknown-proposal", "ikev1-one-network", "cookie-needs-http", "http-path-needs-http", "vpn-needs-source-nat",
+    "duplicate-vpn", "duplicate-vpn-peer", "duplicate-vpn-user", "duplicate-load-balancer", "duplicate-router",
+    "duplicate-mgmt", "route-conflict"})
+
+
 def _sound(site: Site, problems: list[Diagnostic]) -> Site:
-    bad = {d.location.file for d in problems if d.location}
+    """The site without the VPCs whose file (or zone's file) has an error that may affect addressing."""
+    bad = {d.location.file for d in problems if d.location and d.code not in _LOCAL_ERRORS}
     return replace(site, vpcs={n: v for n, v in site.vpcs.items() if v.src.file not in bad and v.zone in site.zones
                                and site.zones[v.zone].src.file not in bad})
 

@@ -110,7 +110,7 @@ def diff_site(site_dir, base_ref: str, environ: dict | None = None) -> Report:
     if placeholder:
         report.notes.append("some secrets are not available here: both revisions were built with placeholder "
                             "secrets, so changes of secret values cannot show")
-    elif base is not None:
+    elif base is not None and (secret_uses(base.intent) or secret_uses(head.intent)):
         report.notes.append("secret values are not in git, so this diff cannot compare them: both revisions were "
                             "built with today's secrets, and a secret rotated in place (secrets/<name> or "
                             "VPCGEN_SECRET_<NAME>) does not show here; `vpcgen deploy --dry-run` compares with "
