@@ -10,15 +10,16 @@ import gc
 import hashlib
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePath
 
 from .compiler import render
 from .site import verify
-from .compiler.allocate import Allocation, allocate, dump_lock
+from .compiler.allocate import Allocation, allocate, dump_lock, lock_changes
 from .errors import Diagnostic, DiagnosticsError
 from .site.intent import Site, build_intent
-from .site.loader import LOCK_FILE, SiteFiles, load_site
+from .site.entries import unknown_entries
+from .site.loader import KIND_DIRS, LOCK_FILE, SiteFiles, load_site
 from .site.schema import validate_document
 from .site.secrets import REDACTED, resolve
 from .tree import KNOWN_HOSTS, SECRET_SUMS, dump_json
@@ -41,6 +42,7 @@ class Validated:
     files: SiteFiles
     site: Site
     alloc: Allocation
+    warnings: list = field(default_factory=list)  # Diagnostics of severity "warning"
 
 
 @dataclass
@@ -55,6 +57,7 @@ class BuildResult:
     # secret-bearing files rendered with every secret value as <redacted> (redacted_view): what a
     # person may see of them; never written
     redacted: dict = field(default_factory=dict, repr=False)
+    warnings: list = field(default_factory=list)
 
 
 @contextmanager
@@ -83,15 +86,66 @@ def validate_site(site_dir) -> Validated:
 
 def _validate_site(site_dir) -> Validated:
     files, problems = load_site(site_dir)
+    problems += unknown_entries(site_dir)
+    # every document that passes its schema goes on to the semantic checks, whatever the others do
     for doc in files.documents() + ([files.lock] if files.lock else []):
         problems += validate_document(doc)
-    _raise_if(problems + verify.check_files(files))
-    site = build_intent(files)
-    _raise_if(verify.check_intent(site))
-    alloc = allocate(site, files.lock.data if files.lock else None)
-    _raise_if(alloc.diagnostics)
-    _raise_if(verify.check_placement(site, alloc.tier_cidrs))
-    return Validated(files, site, alloc)
+    problems += verify.check_files(files)
+    checked = _passed(files, problems)
+    site = build_intent(checked, _unchecked(problems))
+    problems += verify.check_intent(site)
+    warnings = verify.check_warnings(site)
+    # allocation and placement for the VPCs whose own file and zone file are free of errors
+    # (anything else would report consequences of those errors, not new ones)
+    part = _sound(site, problems)
+    alloc = allocate(part, checked.lock.data if checked.lock else None)
+    problems += alloc.diagnostics
+    part = _sound(part, alloc.diagnostics)
+    problems += verify.check_placement(part, alloc.tier_cidrs)
+    warnings += verify.check_placement_warnings(part, alloc.tier_cidrs)
+    if problems:
+        raise DiagnosticsError(problems, warnings)
+    return Validated(files, site, alloc, sorted(set(warnings), key=lambda d: (d.location, d.code, d.message)))
+
+
+def _passed(files: SiteFiles, problems: list[Diagnostic]) -> SiteFiles:
+    """The documents without a problem so far."""
+    bad = {d.location.file for d in problems if d.location}
+
+    def ok(docs):
+        return [d for d in docs if d.file not in bad]
+
+    return SiteFiles(root=files.root, site=files.site if files.site and files.site.file not in bad else None,
+                     zones=ok(files.zones), vpcs=ok(files.vpcs), acls=ok(files.acls),
+                     lock=files.lock if files.lock and files.lock.file not in bad else None,
+                     known_hosts=files.known_hosts)
+
+
+def _unchecked(problems: list[Diagnostic]) -> frozenset:
+    """(kind, name) of the documents that were left out: referring to them is no error of its own."""
+    out = set()
+    for d in problems:
+        path = PurePath(d.location.file) if d.location else None
+        if path is not None and path.parent.name in KIND_DIRS and path.suffix in (".yaml", ".yml"):
+            out.add((KIND_DIRS[path.parent.name], path.stem))
+        elif path is not None and path.name in KIND_DIRS and d.code == "bad-file-name":  # the folder itself
+            out.add((KIND_DIRS[path.name], "*"))
+    return frozenset(out)
+
+
+# errors that leave a VPC's addressing intact: its allocation and placement checks still mean something
+_LOCAL_ERRORS = frozenset({
+    "unknown-acl", "unknown-public-ip", "public-ip-in-use", "port-collision", "port-range-size", "bad-port-range",
+    "unknown-proposal", "ikev1-one-network", "cookie-needs-http", "http-path-needs-http", "vpn-needs-source-nat",
+    "duplicate-vpn", "duplicate-vpn-peer", "duplicate-vpn-user", "duplicate-load-balancer", "duplicate-router",
+    "duplicate-mgmt", "route-conflict"})
+
+
+def _sound(site: Site, problems: list[Diagnostic]) -> Site:
+    """The site without the VPCs whose file (or zone's file) has an error that may affect addressing."""
+    bad = {d.location.file for d in problems if d.location and d.code not in _LOCAL_ERRORS}
+    return replace(site, vpcs={n: v for n, v in site.vpcs.items() if v.src.file not in bad and v.zone in site.zones
+                               and site.zones[v.zone].src.file not in bad})
 
 
 def build_site(site_dir, options: BuildOptions) -> BuildResult:
@@ -103,7 +157,8 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     v = _validate_site(site_dir)
     site, alloc = v.site, v.alloc
     secrets, missing = resolve(site, v.files.root, options.environ, options.placeholder_secrets)
-    _raise_if(missing)
+    if missing:
+        raise DiagnosticsError(missing, v.warnings)
     for doc in v.files.documents():
         doc.node = None  # every located check has passed: positions are no longer needed
     lock_text = dump_lock(alloc.lock_data(site))
@@ -111,8 +166,11 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     lock_changed = lock_text != old_lock
     if options.locked and lock_changed:
         where = v.files.lock.file if v.files.lock else os.path.join(str(site_dir), LOCK_FILE)
-        raise DiagnosticsError([Diagnostic(None, f"{where} would change (--locked): run `vpcgen build` "
-                                           "without --locked and commit the lock file", "lock-changed")])
+        changes = lock_changes(old_lock or "", lock_text)
+        shown = "; ".join(changes[:20]) + (f"; and {len(changes) - 20} more" if len(changes) > 20 else "")
+        raise DiagnosticsError([Diagnostic(None, f"{where} would change (--locked): {shown or 'rewritten'}; run "
+                                           "`vpcgen build` without --locked and commit the lock file",
+                                           "lock-changed")], v.warnings)
     views = router_views(site, alloc)
     site_bytes = dump_json(site_json(site, alloc, views))
     digest = hashlib.sha256(site_bytes).hexdigest()
@@ -130,7 +188,7 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
                 if mode == render.SECRET_MODE and path != SECRET_SUMS:
                     redacted[f"{view.name}/{path}"] = data
     return BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views], intent=site,
-                       redacted=redacted)
+                       redacted=redacted, warnings=v.warnings)
 
 
 def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:

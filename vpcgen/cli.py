@@ -24,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no "<bool>" type labels on flags
 )
 
 
@@ -38,8 +39,8 @@ def _run(fn):
     try:
         return fn()
     except DiagnosticsError as exc:
-        count = len(exc.diagnostics)
-        _fail([str(d) for d in exc.diagnostics] + [f"{count} error{'s' if count != 1 else ''}"])
+        both = sorted(exc.diagnostics + exc.warnings, key=_where)
+        _fail([str(d) for d in both] + [_count(len(exc.diagnostics), len(exc.warnings))])
     except VpcgenError as exc:
         text = str(exc)  # a message that starts with its location is printed as FILE:LINE:COL: error: ...
         _fail([text if re.match(r"^\S+:\d+(:\d+)?: error: ", text) else f"error: {text}"])
@@ -52,6 +53,28 @@ def _run(fn):
         raise
     except Exception as exc:  # a bug in vpcgen: still one clear line, never a traceback
         _fail([f"error: internal error: {type(exc).__name__}: {exc} (please report this as a vpcgen bug)"])
+
+
+def _where(d) -> tuple:
+    loc = d.location
+    return (loc.file, loc.line, loc.column) if loc else ("", 0, 0), d.severity, d.code, d.message
+
+
+def _count(errors: int, warnings: int) -> str:
+    parts = [f"{errors} error{'s' if errors != 1 else ''}"] if errors else []
+    parts += [f"{warnings} warning{'s' if warnings != 1 else ''}"] if warnings else []
+    return ", ".join(parts)
+
+
+def _warnings(warnings: list, strict: bool) -> None:
+    """Print warnings (stderr); with --strict they fail the command like errors."""
+    for w in warnings:
+        typer.echo(str(w), err=True)
+    if warnings and strict:
+        _fail([f"{_count(0, len(warnings))}: failing because of --strict"])
+
+
+STRICT_HELP = "Fail (exit 1) on warnings too: dead or surprising configuration."
 
 
 def _terminated(signum, frame) -> None:
@@ -84,42 +107,50 @@ def _site_of(path: Path) -> Path:
 
 
 @app.command()
-def validate(site_dirs: list[Path] = typer.Argument(..., help="Site folders (e.g. sites/example), or files "
-                                                  "inside them (as pre-commit passes them).")) -> None:
-    """Check sites against the schemas and every semantic rule; print every error."""
+def validate(site_dirs: list[Path] = typer.Argument(..., metavar="SITE_DIR...", help="Site folders (e.g. "
+                                                  "sites/example), or files inside them (as pre-commit passes them)."),
+             strict: bool = typer.Option(False, "--strict", help=STRICT_HELP)) -> None:
+    """Check sites against the schemas and every semantic rule; print every error and warning."""
     from .api import validate_site
     from .errors import DiagnosticsError
 
     def body():
-        problems = []
+        problems, warnings = [], []
         for site_dir in dict.fromkeys(_site_of(p) for p in site_dirs):
             try:
                 v = validate_site(site_dir)
             except DiagnosticsError as exc:
                 problems += exc.diagnostics
+                warnings += exc.warnings
                 continue
+            warnings += v.warnings
             typer.echo(f"{site_dir}: valid ({len(v.site.vpcs)} VPCs, "
-                       f"{sum(len(x.routers) for x in v.site.vpcs.values())} routers)")
+                       f"{sum(len(x.routers) for x in v.site.vpcs.values())} routers"
+                       f"{', ' + _count(0, len(v.warnings)) if v.warnings else ''})")
         if problems:
-            raise DiagnosticsError(problems)
+            raise DiagnosticsError(problems, warnings)
+        _warnings(warnings, strict)
 
     _run(body)
 
 
 @app.command()
 def build(
-    site_dir: Path = typer.Argument(..., help="The site folder, e.g. sites/example."),
-    output: Path = typer.Option(Path("output"), "--output", "-o", help="Write DIR/<site>/."),
+    site_dir: Path = typer.Argument(..., metavar="SITE_DIR", help="The site folder, e.g. sites/example."),
+    output: Path = typer.Option(Path("output"), "--output", "-o", metavar="DIR", help="Write DIR/<site>/."),
     locked: bool = typer.Option(False, "--locked", help="Fail instead of changing allocations.lock.yaml."),
     placeholder_secrets: bool = typer.Option(
         False, "--placeholder-secrets", help="Render fake secrets; the tree is marked not deployable."),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP + " Nothing is written then."),
 ) -> None:
     """Validate, allocate and render one configuration tree per router."""
     from .api import BuildOptions, build_site, write_build
 
     def body():
         options = BuildOptions(output=output, locked=locked, placeholder_secrets=placeholder_secrets)
-        result = write_build(site_dir, build_site(site_dir, options), options)
+        built = build_site(site_dir, options)
+        _warnings(built.warnings, strict)
+        result = write_build(site_dir, built, options)
         names = ", ".join(result.routers[:8]) + (", ..." if len(result.routers) > 8 else "")
         typer.echo(f"built {result.output_dir} ({len(result.routers)} routers: {names})")
         if result.lock_changed:
@@ -132,8 +163,8 @@ def build(
 
 @app.command()
 def check(
-    tree_dir: Path = typer.Argument(..., help="A built site, e.g. output/example."),
-    router: Optional[list[str]] = typer.Option(None, "--router", help="Check only this router (repeatable)."),
+    tree_dir: Path = typer.Argument(..., metavar="TREE_DIR", help="A built site, e.g. output/example."),
+    router: Optional[list[str]] = typer.Option(None, "--router", metavar="NAME", help="Check only this router (repeatable)."),
 ) -> None:
     """Run the daemons' own checkers on built router trees (needs root for network namespaces)."""
     from .ops.check import check_tree
@@ -161,13 +192,13 @@ def run() -> None:  # pragma: no cover - console entry for `python -m vpcgen`
 
 @app.command()
 def deploy(
-    tree_dir: Path = typer.Argument(..., help="A built site, e.g. output/example."),
-    router: Optional[list[str]] = typer.Option(None, "--router", help="Deploy only this router (repeatable)."),
+    tree_dir: Path = typer.Argument(..., metavar="TREE_DIR", help="A built site, e.g. output/example."),
+    router: Optional[list[str]] = typer.Option(None, "--router", metavar="NAME", help="Deploy only this router (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; change nothing."),
-    parallel: int = typer.Option(1, "--parallel", min=1, max=256, help="VPCs deployed at the same time."),
+    parallel: int = typer.Option(1, "--parallel", min=1, max=256, metavar="N", help="VPCs deployed at the same time."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable); "
+        None, "--known-hosts", metavar="FILE", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", metavar="KEY", help="SSH private key (repeatable); "
                                                   "the SSH agent and ~/.ssh keys are used too."),
 ) -> None:
     """Ship built router trees over SSH: one atomic release per router, backup before master."""
@@ -185,6 +216,8 @@ def deploy(
             if dry_run and o.status == "planned":
                 typer.echo(f"{'':<{width}}    files: {', '.join(o.files) or 'none'}")
                 typer.echo(f"{'':<{width}}    reload: {', '.join(o.services) or 'nothing'}")
+                for path in o.secrets:  # the fact only: never a value, a sum or a part of one
+                    typer.echo(f"{'':<{width}}    secret changed: {path} (<redacted>)")
         counts = {s: sum(o.status == s for o in outcomes)
                   for s in ("changed", "skipped", "failed", "rolled back", "planned", "unchanged")}
         typer.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no routers")
@@ -202,8 +235,8 @@ class DiffFormat(str, Enum):
 
 @app.command()
 def diff(
-    site_dir: Path = typer.Argument(..., help="The site folder, e.g. sites/example (inside a git repository)."),
-    base: str = typer.Option(..., "--base", help="The git revision to compare with, e.g. origin/main."),
+    site_dir: Path = typer.Argument(..., metavar="SITE_DIR", help="The site folder, e.g. sites/example (inside a git repository)."),
+    base: str = typer.Option(..., "--base", metavar="GIT_REF", help="The git revision to compare with, e.g. origin/main."),
     format: DiffFormat = typer.Option(DiffFormat.text, "--format", help="text, or markdown for a PR comment."),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when anything changes (like git diff)."),
 ) -> None:
@@ -227,7 +260,7 @@ class GraphFormat(str, Enum):
 
 @app.command()
 def graph(
-    site_dir: Path = typer.Argument(..., help="The site folder, e.g. sites/example."),
+    site_dir: Path = typer.Argument(..., metavar="SITE_DIR", help="The site folder, e.g. sites/example."),
     format: GraphFormat = typer.Option(GraphFormat.mermaid, "--format", help="mermaid (renders in pull requests "
                                        "and READMEs) or dot (Graphviz: dot -Tsvg)."),
 ) -> None:
@@ -245,8 +278,8 @@ def graph(
 
 @app.command()
 def schema(
-    kind: Optional[str] = typer.Argument(None, help="site, zone, vpc, acl, lock or defs."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every schema into this folder."),
+    kind: Optional[str] = typer.Argument(None, metavar="KIND", help="site, zone, vpc, acl, lock or defs."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR", help="Write every schema into this folder."),
 ) -> None:
     """Print a JSON Schema of the site files (Draft 2020-12), or write them all for editors."""
     from .site.schema import KINDS, schema_text
@@ -269,7 +302,7 @@ def schema(
 
 @app.command()
 def init(
-    site_dir: Path = typer.Argument(..., help="The new site folder, e.g. sites/prod (the repository root is the "
+    site_dir: Path = typer.Argument(..., metavar="SITE_DIR", help="The new site folder, e.g. sites/prod (the repository root is the "
                                     "folder above sites/)."),
 ) -> None:
     """Scaffold a site repository that validates and builds: site, zone, VPC, ACLs, CI workflows,

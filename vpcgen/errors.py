@@ -26,10 +26,11 @@ class Diagnostic:
     location: Location | None
     message: str
     code: str
+    severity: str = "error"  # or "warning": dead or surprising configuration that still builds
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
-        return f"{where}error: {self.message} [{self.code}]"
+        return f"{where}{self.severity}: {self.message} [{self.code}]"
 
 
 class VpcgenError(Exception):
@@ -39,14 +40,15 @@ class VpcgenError(Exception):
 class DiagnosticsError(VpcgenError):
     """The input is wrong; carries every problem found, in a stable order."""
 
-    def __init__(self, diagnostics: list[Diagnostic]):
+    def __init__(self, diagnostics: list[Diagnostic], warnings: list[Diagnostic] = ()):
         self.diagnostics = sorted(set(diagnostics), key=_sort_key)
+        self.warnings = sorted(set(warnings), key=_sort_key)  # printed with the errors, never counted as one
         super().__init__("\n".join(str(d) for d in self.diagnostics))
 
 
 def _sort_key(d: Diagnostic):
     loc = d.location or Location("")
-    return (loc.file, loc.line, loc.column, d.code, d.message)
+    return (loc.file, loc.line, loc.column, d.code, d.message, d.severity)
 
 
 class CheckError(VpcgenError):

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,35 @@ def test_graph_of_the_example(fmt, snapshot, tmp_path):
         assert svg.returncode == 0 and "<svg" in svg.stdout, svg.stderr
 
 
+def test_graph_labels_clear_of_cluster_titles_and_lb_members_drawn():
+    """dot places an edge's label where the edge crosses a cluster border: on the title. No edge that
+    leaves a cluster carries a label, cluster titles sit on the left (edges leave rightwards), and
+    every load balancer member is a node linked to its load balancer and its tier."""
+    code, out, _ = run_cli("graph", EXAMPLE, "--format", "dot")
+    assert code == 0
+    placed = json.loads(subprocess.run(["dot", "-Tjson"], input=out, capture_output=True, text=True,
+                                       check=True).stdout)
+    names = {o["_gvid"]: o["name"] for o in placed["objects"]}
+    cluster_of = {}
+    for o in placed["objects"]:
+        if o["name"].startswith("cluster_vpc_"):
+            assert o.get("labeljust") == "l"
+            for n in o.get("nodes", []):
+                cluster_of[names[n]] = o["name"]
+    for e in placed["edges"]:
+        a, b = names[e["tail"]], names[e["head"]]
+        if cluster_of.get(a) != cluster_of.get(b):
+            assert not e.get("label"), (a, b, e.get("label"))
+    assert "VPN peer hq (IKEv2)" in out and "VPN peer branch (IKEv1)" in out
+    edges = set(re.findall(r"^  (\w+) -- (\w+)", out, re.M))
+    for lb, members, tier in (("www_http", ["10.10.1.11", "10.10.1.12"], "web"),
+                              ("www_tls", ["10.10.1.11", "10.10.1.12"], "web")):
+        for m in members:
+            mid = "member_shop_" + lb + "_" + m.replace(".", "_")
+            assert f'{mid} [shape=oval, label="{m}"];' in out
+            assert ("lb_shop_" + lb, mid) in edges and (mid, "tier_shop_" + tier) in edges
+
+
 def test_readme_picture_is_current():
     """docs/example-topology.svg is what `vpcgen graph --format dot | dot -Tsvg` draws today."""
     code, out, _ = run_cli("graph", EXAMPLE, "--format", "dot")
@@ -164,8 +194,8 @@ def test_init_scaffolds_a_repository_that_builds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli("init", "sites/prod")
     assert code == 0, out + err
-    code, out, err = run_cli("build", "sites/prod", "--output", "out")
-    assert code == 0, out + err
+    code, out, err = run_cli("build", "sites/prod", "--output", "out", "--strict")
+    assert code == 0, out + err  # no warning either: what it scaffolds does what it says
     code, _, err = run_cli("check", "out/prod")
     assert code == 0, err
     ignore = (tmp_path / ".gitignore").read_text()
@@ -175,7 +205,7 @@ def test_init_scaffolds_a_repository_that_builds(tmp_path, monkeypatch):
     used = set()
     for w in workflows:
         data = yaml.safe_load(w.read_text())
-        assert data["env"]["SITE"] == "sites/prod"
+        assert data["env"]["SITES"] == "sites"
         for job in data["jobs"].values():
             for step in job["steps"]:
                 if "uses" in step:  # every action pinned to a full commit
@@ -199,6 +229,74 @@ def test_init_scaffolds_a_repository_that_builds(tmp_path, monkeypatch):
     for bad in ("Prod", "prod$(id)", "p_q", "-p"):
         code, _, err = run_cli("init", f"sites/{bad}")
         assert code == 1 and "site name" in err and not (tmp_path / "sites" / bad).exists()
+
+
+def test_init_of_a_second_site_keeps_workflows_that_build_every_site(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init", "sites/prod")[0] == 0
+    workflows = {p: p.read_text() for p in (tmp_path / ".github/workflows").glob("*.yml")}
+    code, out, err = run_cli("init", "sites/lab")
+    assert code == 0, out + err
+    assert {p: p.read_text() for p in workflows} == workflows
+    for p in workflows:
+        assert f"{p.relative_to(tmp_path)} already builds every site under sites/, this one included" in out
+    # the workflows' loop finds both sites, as GitHub's runner would run it
+    pr = yaml.safe_load((tmp_path / ".github/workflows/vpcgen-pr.yml").read_text())
+    loop = next(s["run"] for s in pr["jobs"]["preview"]["steps"] if "for site in" in s.get("run", ""))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "vpcgen").write_text("#!/bin/sh\necho \"vpcgen $*\" >> calls\n")
+    (fake / "sudo").write_text("#!/bin/sh\nexec \"$@\"\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "SITES": "sites", "GITHUB_BASE_REF": "main"}
+    subprocess.run(["bash", "-e", "-c", loop], env=env, check=True, cwd=tmp_path)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [c for c in calls if c.startswith("vpcgen build")] == [
+        "vpcgen build sites/lab --locked --placeholder-secrets", "vpcgen build sites/prod --locked --placeholder-secrets"]
+    # workflows an older vpcgen wrote for one site are said to miss the new one
+    old = tmp_path / ".github/workflows/vpcgen-pr.yml"
+    old.write_text(old.read_text().replace("  SITES: sites", "  SITE: sites/prod"))
+    code, out, _ = run_cli("init", "sites/third")
+    assert code == 0 and f"warning: {old.relative_to(tmp_path)} builds one site only" in out
+
+
+def test_init_pins_the_running_vpcgen_as_a_git_url(tmp_path, monkeypatch):
+    from vpcgen.gitops import scaffold
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(scaffold, "package_source", lambda: None)
+    code, out, _ = run_cli("init", "sites/a")
+    assert code == 0 and "warning: where this vpcgen comes from is not known" in out
+    text = (tmp_path / ".github/workflows/vpcgen-main.yml").read_text()
+    assert yaml.safe_load(text)["env"]["VPCGEN_PACKAGE"] == scaffold.UNKNOWN_SOURCE
+    # the install step stops with a clear error until it is set
+    install = next(s["run"] for s in yaml.safe_load(text)["jobs"]["build"]["steps"] if "pip install" in s.get("run", ""))
+    guard = install.split("python -m pip")[0]
+    result = subprocess.run(["bash", "-e", "-c", guard], env={"VPCGEN_PACKAGE": scaffold.UNKNOWN_SOURCE,
+                            "GITHUB_WORKFLOW_REF": "w", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert result.returncode == 1 and "::error::set VPCGEN_PACKAGE" in result.stdout
+    pinned = "vpcgen @ git+https://git.example.org/ops/vpcgen@" + "a" * 40
+    monkeypatch.setattr(scaffold, "package_source", lambda: pinned)
+    shutil.rmtree(tmp_path / ".github")
+    code, out, _ = run_cli("init", "sites/b")
+    assert code == 0 and f"the workflows install {pinned}" in out
+    for w in (tmp_path / ".github/workflows").glob("*.yml"):
+        assert yaml.safe_load(w.read_text())["env"]["VPCGEN_PACKAGE"] == pinned
+    assert actionlint(*(tmp_path / ".github/workflows").glob("*.yml")).returncode == 0
+    # from a clone: its origin and HEAD
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT / "vpcgen", clone / "vpcgen", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", clone)
+    git(clone, "init", "-q")
+    git(clone, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", "-A")
+    git(clone, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "v")
+    git(clone, "remote", "add", "origin", "git@git.example.org:ops/vpcgen.git")
+    head = git(clone, "rev-parse", "HEAD").strip()
+    found = subprocess.run([sys.executable, "-c", "from vpcgen.gitops.scaffold import package_source; "
+                            "print(package_source())"], cwd=clone, capture_output=True, text=True,
+                           env={"PYTHONPATH": str(clone), "PATH": "/usr/bin:/bin"}).stdout.strip()
+    assert found == f"vpcgen @ git+https://git.example.org/ops/vpcgen.git@{head}"
 
 
 def test_project_workflow_runs_the_readme_test_command():
@@ -267,3 +365,31 @@ def test_version_from_the_command_and_the_module():
     assert code == 0 and out.strip() == f"vpcgen {vpcgen.__version__}"
     module = subprocess.run([sys.executable, "-m", "vpcgen", "--version"], capture_output=True, text=True)
     assert module.returncode == 0 and module.stdout.strip() == f"vpcgen {vpcgen.__version__}"
+
+
+def test_diff_says_secret_values_cannot_be_compared_and_lists_the_references(tmp_path, monkeypatch):
+    """A site whose secrets are not in git (the normal case): a value rotated in place cannot show,
+    and the diff says so plainly, with every secret reference and what changed about it."""
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo / "sites/example")
+    (repo / ".gitignore").write_text("sites/*/secrets/\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", "-A")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "base")
+    site = repo / "sites/example"
+    (site / "secrets/hq-psk").write_text("Zq9-rotated-value, never shown")
+    vpc = site / "vpcs/shop.yaml"
+    vpc.write_text(vpc.read_text().replace("password: {secret: vpn-bob}", "password: {secret: vpn-bob2}"))
+    (site / "secrets/vpn-bob2").write_text("bob's new password")
+    monkeypatch.chdir(repo)
+    code, text, err = run_cli("diff", "sites/example", "--base", "HEAD")
+    assert code == 0, text + err
+    assert "note: secret values are not in git, so this diff cannot compare them" in text
+    assert "vpcgen deploy --dry-run" in text
+    assert "- 'hq-psk': reference unchanged (VPC 'shop' site-to-site VPN 'hq' psk), value not compared" in text
+    assert "- 'vpn-bob': reference removed (was VPC 'shop' remote-access user 'bob' password)" in text
+    assert "- 'vpn-bob2': reference added (VPC 'shop' remote-access user 'bob' password)" in text
+    code, markdown, _ = run_cli("diff", "sites/example", "--base", "HEAD", "--format", "markdown")
+    assert "- `hq-psk`: reference unchanged" in markdown
+    for output in (text, markdown):
+        assert "Zq9-rotated" not in output and "new password" not in output

@@ -23,13 +23,88 @@ def netns_list(prefix: str = f"vpcgen-chk-{os.getpid()}-") -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.startswith(prefix)}
 
 
-DAEMONS = ("charon", "conntrackd", "keepalived", "haproxy", "zebra", "ospfd")
+DAEMONS = ("charon", "conntrackd", "keepalived", "haproxy", "zebra", "ospfd", "bfdd", "watchfrr")
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def daemon_pids() -> set[str]:
-    """PIDs of the daemons checks start (read only: the machine's own instances stay untouched)."""
-    return {line for name in DAEMONS
-            for line in subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()}
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, name, state) of every process, from /proc."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        out[int(entry)] = (int(ppid), name, state)
+    return out
+
+
+@pytest.fixture
+def own_daemons():
+    """The daemons this test process started and that still run, and only those: the test process
+    becomes a child subreaper, so a daemon that forks into the background is re-parented to it
+    instead of to init, and stays recognisable as ours (other tests and labs on the machine may
+    run the same daemons at the same time)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+    def alive() -> set[str]:
+        procs, me = _processes(), os.getpid()
+        mine, found = {me}, True
+        while found:  # every descendant of this process
+            found = False
+            for pid, (ppid, _, _) in procs.items():
+                if ppid in mine and pid not in mine:
+                    mine.add(pid)
+                    found = True
+        return {f"{procs[p][1]}[{p}]" for p in mine - {me} if procs[p][1] in DAEMONS and procs[p][2] != "Z"}
+
+    try:
+        yield alive
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        for pid, (ppid, _, state) in _processes().items():  # reap the orphans that came to us
+            if ppid == os.getpid() and state == "Z":
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+
+def test_daemons_of_others_are_not_counted(own_daemons, tmp_path):
+    """A daemon someone else starts while a test runs (another test, a lab) is not this test's."""
+    import ctypes
+    import shutil
+    import signal
+    import time
+
+    fake = tmp_path / "haproxy"
+    shutil.copy("/bin/sleep", fake)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)  # its orphan goes elsewhere: it is not ours
+    subprocess.run(["sh", "-c", f"{fake} 60 >/dev/null 2>&1 &"], check=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    deadline, pid = time.monotonic() + 5, None
+    while pid is None and time.monotonic() < deadline:
+        pid = next((p for p in _processes() if _cmdline(p).startswith(str(fake))), None)
+    assert pid is not None
+    try:
+        assert f"haproxy[{pid}]" not in own_daemons()
+    finally:
+        os.kill(pid, signal.SIGTERM)  # by its own PID: the process this test started
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def built(site: Path, tmp_path: Path, *extra: str) -> Path:
@@ -64,8 +139,9 @@ CHECKED_BY = {"etc/keepalived": {"keepalived", "conntrackd", "notify"}, "etc/hap
 @pytest.mark.parametrize("site,extra", [(EXAMPLE, ()), (FIXTURE_SITES / "edge", ()),
                                         (FIXTURE_SITES / "services", ("--placeholder-secrets",))],
                          ids=["example", "edge", "services-placeholders"])
-def test_check_passes_on_built_sites(site, extra, tmp_path):
-    before, pids = netns_list(), daemon_pids()
+def test_check_passes_on_built_sites(site, extra, tmp_path, own_daemons):
+    before = netns_list()
+    assert not own_daemons()
     tree = built(site, tmp_path, *extra)
     code, stdout, stderr = run_cli("check", tree)
     assert code == 0, stdout + stderr
@@ -78,7 +154,7 @@ def test_check_passes_on_built_sites(site, extra, tmp_path):
                 assert {(router, c) for c in checkers} <= checked
                 kinds |= checkers
     assert netns_list() == before, "check must remove the namespaces it creates"
-    assert daemon_pids() <= pids, "check must stop every daemon it starts"
+    assert not own_daemons(), "check must stop every daemon it starts"
     if site == EXAMPLE:  # the example exercises every checker
         assert kinds == {"keepalived", "conntrackd", "notify", "haproxy", "strongswan", "frr", "dnsmasq", "chrony"}
 

@@ -45,6 +45,7 @@ class Lab:
         self.routers = tmp / "routers"
         self.routers.mkdir()
         text = (self.site / "site.yaml.in").read_text()
+        (self.site / "site.yaml.in").unlink()  # a file vpcgen does not read is an error in a site folder
         (self.site / "site.yaml").write_text(text.replace("@PORT@", str(server.port))
                                              .replace("@ROUTERS@", str(self.routers)))
         (self.site / "known_hosts").write_text(server.known_hosts())

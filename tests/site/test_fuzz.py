@@ -48,11 +48,12 @@ MEMORY_LIMIT = 1 << 30  # RLIMIT_AS of the child: a blow-up is a MemoryError (a 
 TIMEOUT_S = 10.0
 
 # one located diagnostic; FILE may hold ':' only as part of LINE:COL
-LOCATED = re.compile(r"^(?P<file>[^:\n]+):(?P<line>[0-9]+):(?P<col>[0-9]+): error: (?P<message>.+) "
+LOCATED = re.compile(r"^(?P<file>[^:\n]+):(?P<line>[0-9]+):(?P<col>[0-9]+): (?P<severity>error|warning): "
+                     r"(?P<message>.+) "
                      r"\[(?P<code>[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*)\]$")
 # a diagnostic located at a whole file (a file that cannot be read, a folder in the wrong place)
-FILE_LEVEL = re.compile(r"^(?P<file>[^:\n]+): error: (?P<message>.+) \[(?P<code>[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*)\]$")
-COUNT = re.compile(r"^(?P<n>[0-9]+) errors?$")
+FILE_LEVEL = re.compile(r"^(?P<file>[^:\n]+): (?P<severity>error|warning): (?P<message>.+) \[(?P<code>[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*)\]$")
+COUNT = re.compile(r"^(?P<n>[0-9]+) errors?(, (?P<w>[0-9]+) warnings?)?$")
 
 
 @dataclass
@@ -169,8 +170,10 @@ def diagnostics(outcome: Outcome, allow_file_level: bool = False) -> list[re.Mat
         m = LOCATED.match(line) or (FILE_LEVEL.match(line) if allow_file_level else None)
         assert m, f"not a located error: {line!r}\n{text}"
         found.append(m)
-    assert int(count["n"]) == len(found), "the count line does not count the errors\n" + text
-    return found
+    assert int(count["n"]) == sum(m["severity"] == "error" for m in found), \
+        "the count line does not count the errors\n" + text
+    assert int(count["w"] or 0) == sum(m["severity"] == "warning" for m in found), text
+    return [m for m in found if m["severity"] == "error"]
 
 
 def check_contract(outcome: Outcome, site: Path | None = None) -> list[re.Match]:
@@ -180,7 +183,9 @@ def check_contract(outcome: Outcome, site: Path | None = None) -> list[re.Match]
     assert outcome.exit_code in (0, 1), text
     assert outcome.rss_growth < 512 << 20, "memory: " + text
     if outcome.exit_code == 0:
-        assert "Traceback" not in outcome.stdout + outcome.stderr and not outcome.stderr.strip(), text
+        assert "Traceback" not in outcome.stdout + outcome.stderr, text
+        assert all(LOCATED.match(line) and LOCATED.match(line)["severity"] == "warning"
+                   for line in outcome.stderr.splitlines()), "exit 0 with something other than warnings\n" + text
         return []
     found = diagnostics(outcome)
     if site is not None:  # FILE as the user would open it: a file of the site, LINE inside it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,18 @@ CASES = [
     ("transit-exhausted", [("zones/zone1.yaml", "cidr: 100.64.0.0/24", "cidr: 100.64.0.0/30")]),
     ("ikev1-two-networks", [("vpcs/shop.yaml", "peer_cidrs: [172.17.0.0/16]", "peer_cidrs: [172.17.0.0/16, 172.18.0.0/24]")]),
     ("acl-protocol-zero", [("acls/app.yaml", "protocol: 50", "protocol: 0")]),
+    # folders and files vpcgen does not read, secrets written as values
+    ("misnamed-folders", [("vpc/extra.yaml", None, "name: extra\n"), ("acl/extra.yaml", None, "name: extra\n")]),
+    ("stray-top-level-file", [("zone.yaml", None, "name: zone2\n")]),
+    ("secret-as-value", [("vpcs/shop.yaml", "psk: {secret: hq-psk}", "psk: s3cr3t-office"),
+                         ("vpcs/shop.yaml", "server_key: {secret: ra-key}", "server_key: [k3y-m4t3r1al]"),
+                         ("vpcs/shop.yaml", "password: {secret: vpn-bob}", "password: {secret: \"b0b pw\"}"),
+                         ("zones/zone1.yaml", "auth_key: {secret: ospf-zone1}", "auth_key: 0.5")]),
+    ("netmask-never-fits", [("vpcs/right.yaml", "netmask: 22", "netmask: 8")]),
+    # warnings: fail only with --strict (STRICT)
+    ("tier-without-acl", [("vpcs/shop.yaml", "{name: app, netmask: 24, acl: app}", "{name: app, netmask: 24}")]),
+    ("nat-vpc-in-super-cidr", [("vpcs/blog.yaml", "cidr: 10.20.0.0/16", "cidr: 10.130.0.0/16"),
+                               ("vpcs/blog.yaml", "private_ip: 10.20.0.10", "private_ip: 10.130.0.10")]),
     ("private-gateway-broadcast", [("vpcs/shop.yaml", "address: 172.31.0.2/30", "address: 172.31.0.3/30"),
                                    ("vpcs/shop.yaml", "gateway: 172.31.0.1", "gateway: 172.31.0.0")]),
     # guest services: tier hosts and DHCP ranges (one case per rule)
@@ -123,9 +136,14 @@ CASES = [
 ]
 
 
+# cases whose mistakes are warnings: the build succeeds unless --strict
+STRICT = {"tier-without-acl", "nat-vpc-in-super-cidr"}
+
+
 def apply(site: Path, edits) -> None:
     for rel, old, new in edits:
         path = site / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
         if old is None:
             if new is None:
                 path.unlink()
@@ -157,32 +175,52 @@ def test_invalid_site(case, edits, example, tmp_path, monkeypatch, snapshot):
         path = example / "acls/db.yaml"
         path.write_bytes(path.read_bytes().replace("Datab\xe4se".encode("utf-8"), b"Datab\xe4se"))
     monkeypatch.chdir(tmp_path)  # FILE as the user would open it: relative to where vpcgen runs
-    code, stdout, stderr = run_cli("build", "example", "--output", "out")
+    code, stdout, stderr = run_cli("build", "example", "--output", "out", *(["--strict"] if case in STRICT else []))
     assert code == 1, stdout + stderr
     assert "Traceback" not in stderr and "internal error" not in stderr
     lines = stderr.strip().splitlines()
     assert lines and all(line.startswith("example/") or line.startswith("error:") or
-                         line.endswith("error") or line.endswith("errors") for line in lines), stderr
+                         re.match(r"^[0-9]+ (errors?|warnings?)\b", line) for line in lines), stderr
+    if case in STRICT:
+        lines = lines[:-1]
+        assert all(" warning: " in line for line in lines), stderr
+    else:
+        assert lines[-1].split(",")[0] == f"{sum(' error: ' in line or line.startswith('error:') for line in lines)} "\
+            f"error{'s' if sum(' error: ' in line or line.startswith('error:') for line in lines) != 1 else ''}", stderr
+    assert "s3cr3t" not in stderr and "k3y" not in stderr and "b0b" not in stderr and "0.5" not in stderr
     assert tree_digest(out) == before, "a failed build must leave the earlier output untouched"
     assert (example / "allocations.lock.yaml").read_bytes() == lock_before
     assert stderr == snapshot
+    if case in STRICT:  # warnings alone never fail a build
+        code, stdout, warned = run_cli("build", "example", "--output", "elsewhere")
+        assert code == 0 and warned == "".join(line + "\n" for line in lines), stdout + warned
+
+
+# ten independent mistakes in ten places, schema and semantic rules mixed: one run reports them all
+TEN_MISTAKES = [
+    ("site.yaml", "port: 3922", "port: 0", "example/site.yaml:10:11: error: ", "[schema-minimum]"),
+    ("acls/web.yaml", "action: deny,", "action: reject,", "example/acls/web.yaml:", "[schema-enum]"),
+    ("vpcs/left.yaml", "redundant: true", "redundant: 3", "example/vpcs/left.yaml:6:", "[schema-type]"),
+    ("acls/app.yaml", "{number: 20,", "{number: 10,", "example/acls/app.yaml:6:", "[duplicate-rule-number]"),
+    ("acls/db.yaml", "protocol: all}", "protocol: all, ports: 80}", "example/acls/db.yaml:", "[ports-without-tcp-udp]"),
+    ("acls/corp-gw.yaml", "name: corp-gw", "name: corp-gw2", "example/acls/corp-gw.yaml:2:7:", "[name-mismatch]"),
+    ("vpcs/blog.yaml", "zone: zone1", "zone: nowhere", "example/vpcs/blog.yaml:4:", "[unknown-zone]"),
+    ("vpcs/right.yaml", "netmask: 22", "netmask: 8", "example/vpcs/right.yaml:5:", "[netmask-too-large]"),
+    ("vpcs/shop.yaml", "private_ip: 10.10.1.10}", "private_ip: 10.10.9.10}", "example/vpcs/shop.yaml:",
+     "[private-ip-outside]"),
+    ("zone.yaml", None, "name: zone2\n", "example/zone.yaml: error: ", "[unknown-entry]"),
+]
 
 
 def test_validate_reports_every_error_at_once(example, monkeypatch, tmp_path):
-    apply(example, [("vpcs/shop.yaml", "acl: db}", "acl: nope}"),
-                    ("vpcs/blog.yaml", "zone: zone1", "zone: nowhere"),
-                    ("acls/web.yaml", "action: deny,", "action: reject,")])
+    apply(example, [(rel, old, new) for rel, old, new, _, _ in TEN_MISTAKES])
     monkeypatch.chdir(tmp_path)
     code, _, stderr = run_cli("validate", "example")
     assert code == 1
-    # the schema error stops the semantic stage, so fix it and see both semantic errors together
-    assert "example/acls/web.yaml:" in stderr and "[schema-enum]" in stderr
-    apply(example, [("acls/web.yaml", "action: reject,", "action: deny,")])
-    code, _, stderr = run_cli("validate", "example")
-    assert code == 1
-    assert "example/vpcs/shop.yaml:" in stderr and "[unknown-acl]" in stderr
-    assert "example/vpcs/blog.yaml:" in stderr and "[unknown-zone]" in stderr
-    assert stderr.strip().endswith("2 errors")
+    lines = stderr.strip().splitlines()
+    for _, _, _, where, code_ in TEN_MISTAKES:
+        assert any(line.startswith(where) and line.endswith(code_) for line in lines), (where, code_, stderr)
+    assert lines[-1] == "10 errors", stderr  # nothing reported twice, no consequence of another mistake
 
 
 def test_usage_error_exit_2():
@@ -190,3 +228,26 @@ def test_usage_error_exit_2():
     assert code == 2
     code, _, _ = run_cli("frobnicate")
     assert code == 2
+
+
+def test_locked_build_says_what_would_change(example, monkeypatch, tmp_path):
+    apply(example, [("vpcs/shop.yaml", "{name: db, netmask: 24, acl: db}",
+                     "{name: db, netmask: 24, acl: db}\n  - {name: cache, netmask: 24, acl: app}")])
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli("build", "example", "--locked", "--output", "out")
+    assert code == 1
+    assert "example/allocations.lock.yaml would change (--locked): `vpcs.shop.tiers.cache.cidr`: 10.10.3.0/24 (new); " \
+           "`vpcs.shop.tiers.cache.vlan`: " in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_has_no_type_labels():
+    from vpcgen.cli import app
+
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert {"validate", "build", "deploy", "diff"} <= set(commands)
+    for command in commands:
+        code, stdout, _ = run_cli(command, "--help")
+        assert code == 0
+        options = stdout.split("Options:")[-1]
+        assert "<bool>" not in stdout and "BOOLEAN" not in stdout and "<list[" not in options, (command, stdout)

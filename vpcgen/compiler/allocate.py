@@ -187,13 +187,24 @@ def _routed_cidrs(site: Site, zone_name: str, vpcs: list[Vpc], locked: dict, all
         else:
             fresh.append(vpc)
     for vpc in fresh:
+        if vpc.netmask < addr.net(zone.super_cidr).prefixlen:
+            _err(alloc, vpc.src, ("netmask",), f"a /{vpc.netmask} VPC can never fit in zone '{zone_name}' "
+                 f"super_cidr {zone.super_cidr}", "netmask-too-large")
+            continue
         cidr = lowest_free_block(zone.super_cidr, vpc.netmask, used)
         if cidr is None:
             _err(alloc, vpc.src, ("netmask",), f"zone '{zone_name}' super_cidr {zone.super_cidr} is exhausted: "
-                 f"no free /{vpc.netmask} left for VPC '{vpc.name}'", "pool-exhausted")
+                 f"no free /{vpc.netmask} left for VPC '{vpc.name}' ({len(used)} VPC CIDRs already take "
+                 f"{_share(zone.super_cidr, used)} of it)", "pool-exhausted")
             continue
         alloc.vpc_cidrs[vpc.name] = cidr
         used.append(cidr)
+
+
+def _share(space: str, used: list[str]) -> str:
+    total = addr.net(space).size
+    taken = sum(addr.net(u).size for u in used if addr.contains(space, u))
+    return f"{100 * taken // total}%"
 
 
 def _valid_block(cidr: str, space: str, prefixlen: int, used: list[str]) -> bool:
@@ -389,3 +400,35 @@ def _transit(site: Site, zone_name: str, vpcs: list[Vpc], locked: dict, alloc: A
                  f"no address left for router '{r.name}'", "pool-exhausted")
             continue
         alloc.transit[(vpc.name, r.name)] = addr.to_ip(value)
+
+
+def _flatten(data, prefix: str = "") -> dict[str, object]:
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}
+
+
+def lock_changes(base_text: str, head_text: str) -> list[str]:
+    """What changes between two lock files, one line per value: `vpcs.shop.vrid`: 1 → 2."""
+    def load(text: str) -> dict:
+        try:
+            data = yaml.safe_load(text) if text else {}
+        except yaml.YAMLError:
+            data = None
+        return _flatten(data) if isinstance(data, dict) else {}
+
+    a, b = load(base_text), load(head_text)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key.endswith(".zone"):
+            continue
+        if key not in a:
+            out.append(f"`{key}`: {b[key]} (new)")
+        elif key not in b:
+            out.append(f"`{key}`: {a[key]} released")
+        elif a[key] != b[key]:
+            out.append(f"`{key}`: {a[key]} → {b[key]}")
+    return out

@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
 
 from ..api import BuildOptions, BuildResult, build_site
+from ..compiler.allocate import lock_changes
 from ..errors import DiagnosticsError, VpcgenError
 from ..site.intent import Site
 from ..site.secrets import REDACTED
@@ -44,6 +44,7 @@ class Report:
     routers: dict[str, list[FileChange]] = field(default_factory=dict)  # changed routers only
     unchanged: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)  # every secret reference: where it is used, what changed
 
     @property
     def changed(self) -> bool:
@@ -109,11 +110,14 @@ def diff_site(site_dir, base_ref: str, environ: dict | None = None) -> Report:
     if placeholder:
         report.notes.append("some secrets are not available here: both revisions were built with placeholder "
                             "secrets, so changes of secret values cannot show")
-    elif base is not None:
-        report.notes.append("secret values are not in git: both revisions were built with today's secrets, so a "
-                            "rotated secret does not show here (`vpcgen deploy --dry-run` shows it per router)")
+    elif base is not None and (secret_uses(base.intent) or secret_uses(head.intent)):
+        report.notes.append("secret values are not in git, so this diff cannot compare them: both revisions were "
+                            "built with today's secrets, and a secret rotated in place (secrets/<name> or "
+                            "VPCGEN_SECRET_<NAME>) does not show here; `vpcgen deploy --dry-run` compares with "
+                            "what the routers run and names each changed secret file per router")
     if base is None:
         report.notes.append(f"the site does not exist at '{base_ref}': everything is new")
+    report.secrets = secret_changes(base.intent if base else None, head.intent)
     report.intent = intent_changes(base.intent if base else None, head.intent)
     report.allocations = lock_changes(base.lock_text if base else "", head.lock_text)
     _router_changes(report, base.tree if base else {}, head.tree, base.redacted if base else {}, head.redacted)
@@ -127,6 +131,43 @@ def _text(path: str, data: bytes, redacted: dict) -> str:
     as <redacted> (no search-and-replace of values, which could hide config text equal to a secret
     or reveal a short one by its context); any other file holds no secret and is shown as is."""
     return redacted.get(path, data).decode("utf-8", "replace")
+
+
+def secret_uses(site: Site | None) -> dict[str, list[str]]:
+    """Secret name -> where the site refers to it (never its value)."""
+    out: dict[str, list[str]] = {}
+    if site is None:
+        return out
+    for zone in site.zones.values():
+        if zone.ospf is not None and zone.ospf.auth_key:
+            out.setdefault(zone.ospf.auth_key, []).append(f"zone `{zone.name}` OSPF auth_key")
+    for vpc in site.vpcs.values():
+        for v in vpc.site_to_site:
+            out.setdefault(v.psk, []).append(f"VPC `{vpc.name}` site-to-site VPN `{v.name}` psk")
+        ra = vpc.remote_access
+        if ra is not None:
+            out.setdefault(ra.server_cert, []).append(f"VPC `{vpc.name}` remote-access server_cert")
+            out.setdefault(ra.server_key, []).append(f"VPC `{vpc.name}` remote-access server_key")
+            for u in ra.users:
+                out.setdefault(u.password, []).append(f"VPC `{vpc.name}` remote-access user `{u.name}` password")
+    return {name: sorted(uses) for name, uses in sorted(out.items())}
+
+
+def secret_changes(base: Site | None, head: Site) -> list[str]:
+    """One line per secret reference of either revision: where it is used and whether that changed.
+    Values are not in git: whether a value changed is never known here."""
+    before, after = secret_uses(base), secret_uses(head)
+    out = []
+    for name in sorted(set(before) | set(after)):
+        if name not in before:
+            out.append(f"`{name}`: reference added ({'; '.join(after[name])})")
+        elif name not in after:
+            out.append(f"`{name}`: reference removed (was {'; '.join(before[name])})")
+        elif before[name] != after[name]:
+            out.append(f"`{name}`: used by {'; '.join(after[name])} (was {'; '.join(before[name])})")
+        else:
+            out.append(f"`{name}`: reference unchanged ({'; '.join(after[name])}), value not compared")
+    return out
 
 
 # --- routers ---------------------------------------------------------------------------------
@@ -262,31 +303,6 @@ def _pf_key(pf) -> str:
 
 # --- allocations -----------------------------------------------------------------------------
 
-def _flatten(data, prefix: str = "") -> dict[str, object]:
-    if isinstance(data, dict):
-        out = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: data}
-
-
-def lock_changes(base_text: str, head_text: str) -> list[str]:
-    a = _flatten(yaml.safe_load(base_text) or {}) if base_text else {}
-    b = _flatten(yaml.safe_load(head_text) or {})
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if key.endswith(".zone"):
-            continue
-        if key not in a:
-            out.append(f"`{key}`: {b[key]} (new)")
-        elif key not in b:
-            out.append(f"`{key}`: {a[key]} released")
-        elif a[key] != b[key]:
-            out.append(f"`{key}`: {a[key]} → {b[key]}")
-    return out
-
-
 # --- output ----------------------------------------------------------------------------------
 
 def _summary(report: Report, markdown: bool) -> list[str]:
@@ -304,6 +320,9 @@ def _summary(report: Report, markdown: bool) -> list[str]:
     lines += section("Intent", "", report.intent)
     lines += section("Allocations", " (`allocations.lock.yaml`)" if markdown else " (allocations.lock.yaml)",
                      report.allocations)
+    if report.secrets:
+        lines += section("Secrets", " (references only: values are not in git and cannot be compared here)",
+                         report.secrets)
     changed = sorted(report.routers)
     if markdown:
         lines.append(f"**Routers:** {len(changed)} changed, {len(report.unchanged)} unchanged")

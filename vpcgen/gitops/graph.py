@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..compiler.allocate import Allocation
 from ..compiler.topology import serves_dns
+from ..site import addr
 from ..site.intent import SOURCE_NAT_IP, Site
 
 
@@ -18,7 +19,7 @@ from ..site.intent import SOURCE_NAT_IP, Site
 class Node:
     id: str
     lines: list[str]
-    kind: str  # router | tier | public-ip | peer | gateway | pool | internet | core
+    kind: str  # router | tier | public-ip | peer | gateway | pool | internet | core | lb | member
 
 
 @dataclass
@@ -81,12 +82,26 @@ def model(site: Site, alloc: Allocation) -> Graph:
                 edges.append(Edge(rid, gid, f"ACL {g.acl}"))
             if vpc.remote_access:
                 pid = _id("pool", vpc.name)
-                vc.nodes.append(Node(pid, ["remote-access VPN", f"pool {vpc.remote_access.pool}",
+                vc.nodes.append(Node(pid, ["remote-access VPN (IKEv2 EAP)", f"pool {vpc.remote_access.pool}",
                                            f"{len(vpc.remote_access.users)} users"], "pool"))
-                edges.append(Edge(rid, pid, "IKEv2 EAP", dashed=True))
+                edges.append(Edge(rid, pid, dashed=True))
+            tiers = [(t.name, alloc.tier_cidrs.get((vpc.name, t.name))) for t in vpc.tiers]
+            for lb in sorted(vpc.load_balancers, key=lambda x: x.name):
+                lid = _id("lb", vpc.name, lb.name)
+                vc.nodes.append(Node(lid, [f"load balancer {lb.name}", f"{lb.protocol} :{lb.public_port} → "
+                                           f":{lb.private_port}", f"{lb.algorithm}, {lb.stickiness} stickiness"],
+                                     "lb"))
+                edges.append(Edge(_id("pip", vpc.name, lb.public_ip), lid))
+                for m in lb.members:
+                    mid = _id("member", vpc.name, lb.name, m)
+                    vc.nodes.append(Node(mid, [m], "member"))
+                    edges.append(Edge(lid, mid))
+                    home = next((name for name, cidr in tiers if cidr and addr.in_net(m, cidr)), None)
+                    if home is not None:
+                        edges.append(Edge(mid, _id("tier", vpc.name, home), dashed=True))
             zc.clusters.append(vc)
-            if vpc.routed:
-                edges.append(Edge(_id("core", zone.name), rid, f"area {alloc.areas.get(vpc.name)}"))
+            if vpc.routed:  # the area is in the VPC's title: an edge label here would sit on it
+                edges.append(Edge(_id("core", zone.name), rid))
             for p in sorted(vpc.public_ips, key=lambda p: p.name):
                 pid = _id("pip", vpc.name, p.name)
                 zc.nodes.append(Node(pid, [f"{vpc.name}/{p.name}", alloc.public_ips.get((vpc.name, p.name), "?")]
@@ -95,8 +110,11 @@ def model(site: Site, alloc: Allocation) -> Graph:
                 edges.append(Edge(pid, rid))
             for v in sorted(vpc.site_to_site, key=lambda v: v.name):
                 peer = _id("peer", vpc.name, v.name)
-                zc.nodes.append(Node(peer, [f"VPN peer {v.name}", v.peer, ", ".join(v.peer_cidrs)], "peer"))
-                edges.append(Edge(rid, peer, f"IKEv{v.ike_version}", dashed=True))
+                # the IKE version goes into the node: a label on this edge, which leaves the VPC's
+                # cluster, is placed by dot on top of the cluster's title
+                zc.nodes.append(Node(peer, [f"VPN peer {v.name} (IKEv{v.ike_version})", v.peer,
+                                            ", ".join(v.peer_cidrs)], "peer"))
+                edges.append(Edge(rid, peer, dashed=True))
         clusters.append(zc)
     return Graph(clusters, edges)
 
@@ -117,7 +135,7 @@ def _uses(vpc, name: str) -> list[str]:
 
 _MERMAID_SHAPES = {"router": ('["', '"]'), "tier": ('("', '")'), "public-ip": ('{{"', '"}}'), "peer": ('>"', '"]'),
                    "gateway": ('[/"', '"/]'), "pool": ('[("', '")]'), "internet": ('(("', '"))'),
-                   "core": ('(("', '"))')}
+                   "core": ('(("', '"))'), "lb": ('[["', '"]]'), "member": ('(["', '"])')}
 
 
 def _mq(text: str) -> str:
@@ -149,7 +167,7 @@ def mermaid(graph: Graph) -> str:
 # --- Graphviz dot ----------------------------------------------------------------------------
 
 _DOT_SHAPES = {"router": "box3d", "tier": "box", "public-ip": "hexagon", "peer": "cds", "gateway": "parallelogram",
-               "pool": "cylinder", "internet": "ellipse", "core": "octagon"}
+               "pool": "cylinder", "internet": "ellipse", "core": "octagon", "lb": "component", "member": "oval"}
 
 
 NEWLINE = "\\n"  # dot's line break inside a label
@@ -167,6 +185,7 @@ def dot(graph: Graph) -> str:
         pad = "  " * depth
         out.append(f"{pad}subgraph cluster_{c.id} {{")
         out.append(f'{pad}  label="{_dq(c.label)}";')
+        out.append(f'{pad}  labeljust=l;')  # titles on the left: edges leave clusters rightwards (rankdir LR)
         for n in c.nodes:
             style = ', style="rounded"' if n.kind == "tier" else ""
             label = NEWLINE.join(_dq(x) for x in n.lines)

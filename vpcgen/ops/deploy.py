@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import tarfile
 import threading
 import time
@@ -129,6 +130,7 @@ class Outcome:
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
     services: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)  # secret-bearing files whose content differs (dry run)
 
 
 class RemoteError(Exception):
@@ -209,14 +211,36 @@ def connect(target: Target, known_hosts: Path, identity: list[str], timeout: flo
         raise RemoteError(f"host key of {target.mgmt} has CHANGED (got {exc.key.get_name()} "
                           f"{exc.key.get_base64()[:16]}...): refusing; if the router was rebuilt, update "
                           f"{known_hosts}") from None
+    except paramiko.AuthenticationException:
+        raise RemoteError(f"ssh to {ssh['user']}@{target.mgmt}:{ssh['port']}: authentication failed (no key was "
+                          "accepted: give one with -i KEY or load it into the SSH agent)") from None
     except paramiko.SSHException as exc:
         if "not found in known_hosts" in str(exc):
             raise RemoteError(f"host key of {target.mgmt} is not in {known_hosts}: refusing (vpcgen never "
                               "adds host keys; pin it with ssh-keyscan after checking it)") from None
-        raise RemoteError(f"ssh to {target.mgmt}: {exc}") from None
+        raise RemoteError(f"ssh to {target.mgmt}:{ssh['port']}: {exc}") from None
     except OSError as exc:
-        raise RemoteError(f"cannot reach {target.mgmt}:{ssh['port']}: {exc}") from None
+        raise RemoteError(f"cannot reach {target.mgmt}:{ssh['port']}: {connect_reason(exc, timeout)}") from None
     return conn
+
+
+def connect_reason(exc: OSError, timeout: float) -> str:
+    """Why a TCP connection failed, in words (paramiko's NoValidConnectionsError says "[Errno None]
+    Unable to connect to port 22 on ..." and hides the reason in .errors)."""
+    causes = list(getattr(exc, "errors", {}).values()) or [exc]
+    reasons = []
+    for cause in causes:
+        if isinstance(cause, (TimeoutError, socket.timeout)):
+            reason = f"no answer within {timeout:.0f} s"
+        elif isinstance(cause, socket.gaierror):
+            reason = f"cannot resolve the address ({cause.strerror or cause})"
+        elif getattr(cause, "errno", None):
+            reason = os.strerror(cause.errno).lower()
+        else:
+            reason = str(cause) or type(cause).__name__
+        if reason not in reasons:
+            reasons.append(reason)
+    return ", ".join(reasons)
 
 
 class Remote:
@@ -551,7 +575,8 @@ def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, prog
     note = (f"finishing the interrupted deploy of {probe.pending[0]}" if probe.pending
             else "first deploy" if current is None else "")
     if dry_run:
-        return Outcome(target.name, "planned", note, files=changed_files, services=services)
+        return Outcome(target.name, "planned", note, files=changed_files, services=services,
+                       secrets=_changed_secrets(current, new))
     fallback = probe.fallback()
     if current is not None and current.key() == new.key():
         release = probe.current  # switched to by a deploy that died before confirming it: apply it again
@@ -596,6 +621,15 @@ def _router_part(manifest: dict) -> str:
     """What makes two deploys of a router the same: its files, services and deploy settings (not the
     site digest, which changes whenever any router of the site changes)."""
     return json.dumps({k: manifest.get(k) for k in ("files", "services", "deploy", "router", "mgmt")}, sort_keys=True)
+
+
+def _changed_secrets(old: State | None, new: State) -> list[str]:
+    """Secret-bearing files whose content differs from the router's. Compared by the sums in the
+    0600 secret-sums.json files of the tree and of the router's release (readable only by whoever
+    can read the secret files beside them); only the changed/unchanged bit per file ever leaves
+    this function, never a sum or any part of one."""
+    before = old.secret_sums if old is not None else {}
+    return sorted(p for p, digest in new.secret_sums.items() if before.get(p) != digest)
 
 
 def _changed_files(old: State | None, new: State) -> list[str]:

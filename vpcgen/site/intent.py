@@ -286,6 +286,13 @@ class Site:
     vpcs: dict  # name -> Vpc
     acls: dict  # name -> Acl, built-ins included
     src: Src = _src()
+    # (kind, name) of documents that failed to load or to pass their schema: they exist, so a
+    # reference to one is not reported as dangling
+    unchecked: frozenset = field(default=frozenset(), compare=False)
+
+    def exists(self, kind: str, name: str) -> bool:
+        table = {"zone": self.zones, "acl": self.acls, "vpc": self.vpcs}[kind]
+        return name in table or (kind, name) in self.unchecked or (kind, "*") in self.unchecked
 
 
 def _secret(ref) -> str | None:
@@ -420,9 +427,12 @@ def builtin_acls() -> dict[str, Acl]:
     }
 
 
-def build_intent(files: SiteFiles) -> Site:
-    """Schema-valid documents -> intent. Cross-references are checked later (verify)."""
-    d = files.site.data
+def build_intent(files: SiteFiles, unchecked: frozenset = frozenset()) -> Site:
+    """Schema-valid documents -> intent. Cross-references are checked later (verify).
+
+    ``files.site`` may be None (site.yaml failed its checks): the schema's defaults stand in, so
+    that the other documents are still checked."""
+    d = files.site.data if files.site is not None else {"name": files.root.name}
     defaults = d.get("defaults", {})
     vrrp = {**default("site", "defaults", "vrrp"), **defaults.get("vrrp", {})}
     vrrp_defaults = Vrrp(advert_interval_ms=vrrp["advert_interval_ms"], preempt=vrrp["preempt"])
@@ -442,4 +452,4 @@ def build_intent(files: SiteFiles) -> Site:
                       commands=deploy.get("commands", default("site", "defaults", "deploy", "commands"))),
         zones={doc.data["name"]: _zone(doc) for doc in sorted(files.zones, key=lambda x: x.data["name"])},
         vpcs={doc.data["name"]: _vpc(doc, vrrp_defaults) for doc in sorted(files.vpcs, key=lambda x: x.data["name"])},
-        acls=dict(sorted(acls.items())), src=Src(files.site))
+        acls=dict(sorted(acls.items())), src=Src(files.site), unchecked=frozenset(unchecked))

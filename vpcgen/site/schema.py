@@ -18,6 +18,7 @@ from ..errors import Diagnostic
 from .loader import Document
 
 KINDS = ("site", "zone", "vpc", "acl", "lock")  # lock: allocations.lock.yaml, untrusted like the rest
+SECRET_DEF = "secret"  # defs.schema.json's secret reference: every field that takes a secret uses it
 
 
 def schema_text(kind: str) -> str:
@@ -34,6 +35,8 @@ def _inline(node, defs: dict):
             rest = {k: _inline(v, defs) for k, v in node.items() if k != "$ref"}
             if "pattern" in target and "description" in target:  # what a value must look like, for errors
                 rest["x-pattern-hint"] = target["description"]
+            if name == SECRET_DEF:  # a field that takes a secret: its value is never shown in a message
+                rest["x-secret"] = True
             return {**target, **rest}
         return {k: _inline(v, defs) for k, v in node.items()}
     if isinstance(node, list):
@@ -93,8 +96,57 @@ def validate_document(doc: Document) -> list[Diagnostic]:
     found = [_diagnostic(doc, error) for error in exact.iter_errors(doc.data)]
     if not found:  # the two validators disagree: the document is still refused, never passed
         path = tuple(int(p) if p.isdigit() else p for p in (getattr(rejected, "path", None) or [])[1:])
-        found = [Diagnostic(doc.loc(path), f"{_describe(path)}: {rejected.message}", "schema-rejected")]
+        shown = "value not shown" if _secret_field(doc.kind, path) or _holds_secret(doc.kind, path) \
+            else rejected.message
+        found = [Diagnostic(doc.loc(path), f"{_describe(path)}: {shown}", "schema-rejected")]
     return found
+
+
+def secret_paths(kind: str) -> list[tuple]:
+    """The JSON paths (array items as 0) of every field of ``kind`` that takes a secret."""
+    out: list[tuple] = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        if node.get("x-secret"):
+            out.append(path)
+            return
+        for key, child in node.get("properties", {}).items():
+            walk(child, path + (key,))
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], path + (0,))
+        for combinator in ("anyOf", "oneOf", "allOf"):
+            for child in node.get(combinator, []):
+                walk(child, path)
+
+    walk(inlined(kind), ())
+    return sorted(set(out), key=str)
+
+
+@cache
+def secret_paths_cached(kind: str) -> tuple:
+    return tuple(secret_paths(kind))
+
+
+def _shape(path) -> tuple:
+    return tuple(0 if isinstance(p, int) else p for p in path)
+
+
+def _secret_field(kind: str, path: tuple) -> tuple | None:
+    """The secret field that ``path`` is or lies inside of, if any."""
+    shape = _shape(path)
+    return next((s for s in secret_paths_cached(kind) if shape[:len(s)] == s), None)
+
+
+def _holds_secret(kind: str, path: tuple) -> bool:
+    """Whether the value at ``path`` contains a field that takes a secret."""
+    shape = _shape(path)
+    return any(s[:len(shape)] == shape for s in secret_paths_cached(kind))
+
+
+# validators whose message shows the value (or a key) it rejected
+_SHOWS_VALUE = {"type", "enum", "pattern", "anyOf", "oneOf", "const", "propertyNames", "format"}
 
 
 def _describe(path) -> str:
@@ -109,6 +161,21 @@ def _describe(path) -> str:
 
 def _diagnostic(doc: Document, error) -> Diagnostic:
     path = tuple(error.absolute_path)
+    secret = _secret_field(doc.kind, path)
+    if secret is not None:  # a secret field in any shape but {secret: NAME}: one message, no value, no key
+        message = (f"{_describe(path[:len(secret)])} must be a reference {{secret: NAME}} to a secret, never the value "
+                   "itself (value not shown; the value goes to VPCGEN_SECRET_<NAME> or secrets/<NAME>)")
+        return Diagnostic(doc.loc(path[:len(secret)]), message, f"schema-{error.validator}")
+    if _holds_secret(doc.kind, path) and error.validator == "type":  # the kind of value, never the value
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        message = (f"the document must be a mapping (got {_kind_of(error.instance)})" if path == () else
+                   f"{_describe(path)} must be {_article(expected)} (got {_kind_of(error.instance)})")
+        return Diagnostic(doc.loc(path), message, "schema-type")
+    if _holds_secret(doc.kind, path) and (error.validator in _SHOWS_VALUE
+                                          or "propertyNames" in error.relative_schema_path):
+        message = f"{_describe(path)} is not valid: {_shape_hint(error)} (value not shown: it may hold a secret)"
+        return Diagnostic(doc.loc(path), message, f"schema-{error.validator}")
     if "propertyNames" in error.relative_schema_path:  # a bad key: point at the key itself
         what = f"key {_short(error.instance)} of {_describe(path)}"
         return Diagnostic(doc.loc(path + (error.instance,), key=True),
@@ -158,6 +225,15 @@ def _diagnostic(doc: Document, error) -> Diagnostic:
     else:  # pragma: no cover - any keyword not mapped above still gets a located message
         message = f"{what}: {error.message}"
     return Diagnostic(doc.loc(path, key=key_loc), message, f"schema-{validator}")
+
+
+def _shape_hint(error) -> str:
+    expected = error.schema.get("type")
+    if error.validator == "type" and expected:
+        return f"it must be {_article(' or '.join(expected) if isinstance(expected, list) else expected)}"
+    if error.validator == "additionalProperties":
+        return f"allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}"
+    return error.validator
 
 
 def _pattern_hint(schema: dict) -> str:

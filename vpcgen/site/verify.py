@@ -160,7 +160,7 @@ def _check_acl(c: Checker, acl) -> None:
 def _check_vpc(c: Checker, site: Site, vpc: Vpc) -> None:
     s = vpc.src
     zone = site.zones.get(vpc.zone)
-    if zone is None:
+    if zone is None and not site.exists("zone", vpc.zone):
         c.err(s, ("zone",), f"zone '{vpc.zone}' does not exist (zones: {', '.join(site.zones) or 'none'})",
               "unknown-zone")
     raw = s.doc.data
@@ -176,6 +176,12 @@ def _check_vpc(c: Checker, site: Site, vpc: Vpc) -> None:
         if zone is not None and (zone.super_cidr is None or zone.ospf is None):
             c.err(s, ("netmask",), f"routed VPCs need super_cidr and ospf in zone '{zone.name}'",
                   "zone-not-routed")
+        elif zone is not None and addr.is_canonical(zone.super_cidr) \
+                and vpc.netmask < addr.net(zone.super_cidr).prefixlen:
+            space = addr.net(zone.super_cidr).prefixlen
+            c.err(s, ("netmask",), f"a /{vpc.netmask} VPC can never fit in zone '{zone.name}' super_cidr "
+                  f"{zone.super_cidr} (a /{space}): give netmask {space} or more, or a larger super_cidr",
+                  "netmask-too-large")
         for t in vpc.tiers:
             if t.cidr is not None:
                 c.err(t.src, ("cidr",), "tiers of a routed VPC take netmask: the VPC's CIDR is allocated",
@@ -207,7 +213,7 @@ def _check_tiers(c: Checker, site: Site, vpc: Vpc) -> None:
         if t.name in names:
             c.err(t.src, ("name",), f"tier '{t.name}' is defined twice", "duplicate-tier")
         names.add(t.name)
-        if t.acl not in site.acls:
+        if not site.exists("acl", t.acl):
             c.err(t.src, ("acl",), f"ACL list '{t.acl}' does not exist", "unknown-acl")
         if (t.cidr is None) == (t.netmask is None):
             c.err(t.src, (), "a tier takes either cidr or netmask, not both or neither", "tier-cidr-or-netmask")
@@ -384,7 +390,7 @@ def _check_private_gateways(c: Checker, site: Site, vpc: Vpc) -> None:
         if g.name in names:
             c.err(g.src, ("name",), f"private gateway '{g.name}' is defined twice", "duplicate-private-gateway")
         names.add(g.name)
-        if g.acl not in site.acls:
+        if not site.exists("acl", g.acl):
             c.err(g.src, ("acl",), f"ACL list '{g.acl}' does not exist", "unknown-acl")
         network = str(addr.net(g.address).cidr)
         # a /31 (RFC 3021) has no network or broadcast address
@@ -596,3 +602,80 @@ def reserved_addresses(vpc: Vpc, tier, cidr: str) -> dict[str, str]:
         for i, r in enumerate(vpc.routers):
             out[addr.router_address(cidr, i)] = f"address of router '{r.name}'"
     return out
+
+
+# --- warnings: configuration that builds but cannot do what it says, or surprises --------------
+
+def _warn(c: Checker, src: Src, sub: tuple, message: str, code: str, key: bool = False) -> None:
+    c.diagnostics.append(Diagnostic(src.loc(*sub, key=key), message, code, "warning"))
+
+
+def check_warnings(site: Site) -> list[Diagnostic]:
+    """Warnings that need only the intent: ACL lists nothing uses, NAT VPCs inside the space routed
+    VPCs are carved from."""
+    c = Checker()
+    used = {t.acl for v in site.vpcs.values() for t in v.tiers} | \
+        {g.acl for v in site.vpcs.values() for g in v.private_gateways}
+    unknown_users = any(kind == "vpc" for kind, _ in site.unchecked)  # a VPC left out may use any list
+    for acl in site.acls.values():
+        if not acl.builtin and acl.name not in used and not unknown_users:
+            _warn(c, acl.src, ("name",), f"ACL list '{acl.name}' is used by no tier or private gateway: its "
+                  "rules have no effect", "unused-acl")
+    for vpc in site.vpcs.values():
+        zone = site.zones.get(vpc.zone)
+        if vpc.routed or vpc.cidr is None or zone is None or zone.super_cidr is None \
+                or not addr.is_canonical(vpc.cidr) or not addr.is_canonical(zone.super_cidr):
+            continue
+        if addr.overlaps(vpc.cidr, zone.super_cidr):
+            _warn(c, vpc.src, ("cidr",), f"VPC '{vpc.name}' gives cidr {vpc.cidr}, so it is a NAT VPC (source NAT "
+                  f"through a public IP), although {vpc.cidr} lies in zone '{zone.name}' super_cidr "
+                  f"{zone.super_cidr}, the space routed VPCs are carved from; for a routed VPC (OSPF, no NAT) "
+                  f"write `netmask: {addr.net(vpc.cidr).prefixlen}` instead of `cidr:`, or move the NAT VPC "
+                  "outside the super_cidr", "nat-vpc-in-super-cidr")
+    return c.diagnostics
+
+
+def _acl_admits(acl, protocol: str, ports: tuple[int, int] | None) -> bool:
+    """Whether any rule of ``acl`` allows some ingress of ``protocol`` on ``ports`` (None: any
+    traffic). Deliberately generous: a warning is given only when nothing could ever pass."""
+    numbers = {"tcp": 6, "udp": 17}
+    for rule in acl.rules:
+        if rule.action != "allow" or rule.traffic != "ingress":
+            continue
+        if ports is None or rule.protocol == "all":
+            return True
+        if rule.protocol != protocol and rule.protocol != numbers.get(protocol):
+            continue
+        if rule.ports is None or (rule.ports[0] <= ports[1] and ports[0] <= rule.ports[1]):
+            return True
+    return False
+
+
+def check_placement_warnings(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[Diagnostic]:
+    """Static NAT, port forwards and load balancers into a tier whose ACL list lets none of their
+    traffic in (a tier without `acl` gets default_deny): they can never carry a connection."""
+    c = Checker()
+    for vpc in site.vpcs.values():
+        tiers = [(t, tier_cidrs[(vpc.name, t.name)]) for t in vpc.tiers if (vpc.name, t.name) in tier_cidrs]
+
+        def dead(address: str, protocol: str, ports, what: str, src: Src, sub: tuple) -> None:
+            tier = next((t for t, cidr in tiers if addr.in_net(address, cidr)), None)
+            acl = site.acls.get(tier.acl) if tier is not None else None
+            if acl is None or _acl_admits(acl, protocol, ports):
+                return
+            why = " (the default: the tier gives no acl)" if "acl" not in tier.src.doc.data["tiers"][
+                tier.src.path[-1]] else ""
+            traffic = "any traffic" if ports is None else f"{protocol}/{_ports(ports)}"
+            _warn(c, src, sub, f"{what} can never connect: tier '{tier.name}' uses ACL list '{acl.name}'{why}, "
+                  f"which allows no {traffic} ingress; give the tier an ACL list that allows it", "unreachable-nat")
+
+        for s in vpc.static_nat:
+            dead(s.private_ip, "all", None, f"static NAT {s.public_ip} -> {s.private_ip}", s.src, ("private_ip",))
+        for pf in vpc.port_forwarding:
+            dead(pf.private_ip, pf.protocol, pf.private_port, f"port forwarding {pf.protocol}/{_ports(pf.public_port)} "
+                 f"-> {pf.private_ip}:{_ports(pf.private_port)}", pf.src, ("private_ip",))
+        for lb in vpc.load_balancers:
+            if lb.members:
+                dead(lb.members[0], "tcp", (lb.private_port, lb.private_port), f"load balancer '{lb.name}'",
+                     lb.src, ("members",))
+    return c.diagnostics
