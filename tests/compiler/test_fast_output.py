@@ -4,10 +4,12 @@ the site refuses fractions and nothing computes one; orjson would write 1e-7 whe
 
 import json
 
+import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
 from vpcgen.compiler.allocate import LOCK_HEADER, dump_lock
+from vpcgen.compiler.write import promote_tree
 from vpcgen.tree import dump_json
 
 
@@ -46,3 +48,32 @@ def test_lock_text_as_the_pure_python_emitter_writes_it(data):
     """The lock is emitted by libyaml: the same text PyYAML's own emitter writes."""
     expected = LOCK_HEADER + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000)
     assert dump_lock(data) == expected
+
+
+def test_a_failure_while_streaming_leaves_the_previous_tree(tmp_path):
+    """The tree is written as it is rendered: a failure half-way (here the third file) leaves the
+    previous output as it was and no staging folder behind."""
+    target = tmp_path / "out" / "site"
+    promote_tree(iter([("site.json", (b"{}\n", 0o644)), ("r1/etc/a.conf", (b"old\n", 0o600))]), target)
+
+    def files():
+        yield "site.json", (b'{"new": 1}\n', 0o644)
+        yield "r1/etc/a.conf", (b"new\n", 0o600)
+        raise RuntimeError("render failed")
+
+    with pytest.raises(RuntimeError):
+        promote_tree(files(), target)
+    assert (target / "site.json").read_bytes() == b"{}\n"
+    assert (target / "r1/etc/a.conf").read_bytes() == b"old\n"
+    assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".site.new")) == []
+
+
+def test_streamed_tree_modes_and_folders(tmp_path):
+    target = tmp_path / "site"
+    promote_tree(iter([("a/b/c/x", (b"1", 0o600)), ("a/b/y", (b"2", 0o755)), ("z", (b"3", 0o644))]), target)
+    assert oct((target / "a/b/c/x").stat().st_mode & 0o7777) == "0o600"
+    assert oct((target / "a/b/y").stat().st_mode & 0o7777) == "0o755"
+    assert oct((target / "a/b").stat().st_mode & 0o7777) == "0o755"
+    with pytest.raises(ValueError):
+        promote_tree(iter([("../escape", (b"1", 0o644))]), tmp_path / "other")
+    assert not (tmp_path / "escape").exists()
