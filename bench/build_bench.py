@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--tiers", type=int, default=4)
     parser.add_argument("--rules", type=int, default=30)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-services", dest="services", action="store_false", help="NAT VPCs only")
     parser.add_argument("--aerleon", help="aerleon's aclgen executable: also compare against it")
     parser.add_argument("--aerleon-vpcs", type=int, default=250)
     parser.add_argument("--work", help="keep sites and outputs here (default: a temporary folder)")
@@ -79,7 +80,7 @@ def main() -> None:
           f"(min, median) | build/load (min, median) | build peak RSS MiB")
     try:
         for n in args.vpcs:
-            site = generate(tmp / f"n{n}", n, args.tiers, args.rules)
+            site = generate(tmp / f"n{n}", n, args.tiers, args.rules, args.services)
             out = tmp / f"out{n}"
             build(site, out)  # writes the lock, warms the caches
             builds, loads = [], []
@@ -100,7 +101,7 @@ def main() -> None:
                           f"for x{high / low:.0f} input")
         if args.aerleon:
             n = args.aerleon_vpcs
-            site = generate(tmp / f"a{n}", n, args.tiers, args.rules)
+            site = generate(tmp / f"a{n}", n, args.tiers, args.rules, args.services)
             policies = tmp / f"aerleon{n}"
             rules = convert(site, policies)
             acls = policies / "acls"
