@@ -1,16 +1,24 @@
-"""Wall time and peak memory of `vpcgen build` on synthetic sites (run on demand, not in CI).
+"""Build time, libyaml load time and peak memory of `vpcgen build` on synthetic sites (run on
+demand, not in CI), side by side in one run.
 
-    python3 bench/build_bench.py --vpcs 1000 2000 [--tiers 4] [--rules 30] [--runs 3]
+    python3 bench/build_bench.py --vpcs 1000 2000 10000 [--runs 3] [--aerleon PATH/TO/aclgen]
 
-Each build runs in a fresh process; peak memory is that process's maximum resident set size.
-The first build of a site writes its lock file; the timed runs are the median of --runs builds
-with the lock present, as in everyday use.
+For each size: the site (bench/generate.py's shape: redundant NAT VPCs x 4 tiers x 30-rule ACLs),
+then, alternating, --runs builds and --runs loads of the same files by PyYAML's CSafeLoader
+(libyaml), each in a fresh process; peak memory is the build process's maximum resident set size.
+The first build writes the lock file; the timed builds find it, as in everyday use, and replace
+the previous output. Figures are min and median; the ratio is build / load, pair by pair.
+
+With --aerleon (an `aclgen` of aerleon 1.18, installed in a venv of its own), the ACLs of the
+--aerleon-vpcs site are converted to aerleon policies (bench/aerleon_policies.py) and aclgen renders
+them to iptables, alternating with vpcgen building that site: the ratio is aclgen / vpcgen.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,42 +27,94 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from aerleon_policies import convert  # noqa: E402
 from generate import generate  # noqa: E402
 
+# what "just loading the files" means: every YAML file of the site through CSafeLoader
+LOAD = """
+import sys, yaml
+from pathlib import Path
+for path in sorted(Path(sys.argv[1]).rglob("*.yaml")):
+    yaml.load(path.read_bytes(), Loader=yaml.CSafeLoader)
+"""
 
-def timed_build(site: Path, out: Path) -> tuple[float, float]:
+
+def timed(args: list[str], **kwargs) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "vpcgen.cli", "build", str(site), "--output", str(out),
-                             "--placeholder-secrets"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
     _, status, rusage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status != 0:
-        raise SystemExit(f"build failed for {site}:\n{proc.stderr.read().decode()[:2000]}")
-    return wall, rusage.ru_maxrss / 1024  # MiB
+        raise SystemExit(f"{args[:4]} failed:\n{proc.stderr.read().decode()[:2000]}")
+    return wall, rusage.ru_maxrss / 1024
+
+
+def build(site: Path, out: Path) -> tuple[float, float]:
+    return timed([sys.executable, "-m", "vpcgen.cli", "build", str(site), "--output", str(out),
+                  "--placeholder-secrets"])
+
+
+def load(site: Path) -> tuple[float, float]:
+    return timed([sys.executable, "-c", LOAD, str(site)])
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):7.2f} {statistics.median(values):7.2f}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--vpcs", type=int, nargs="+", default=[1000, 2000])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vpcs", type=int, nargs="+", default=[1000, 2000, 10000])
     parser.add_argument("--tiers", type=int, default=4)
     parser.add_argument("--rules", type=int, default=30)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-services", dest="services", action="store_false")
+    parser.add_argument("--no-services", dest="services", action="store_false", help="NAT VPCs only")
+    parser.add_argument("--aerleon", help="aerleon's aclgen executable: also compare against it")
+    parser.add_argument("--aerleon-vpcs", type=int, default=250)
+    parser.add_argument("--work", help="keep sites and outputs here (default: a temporary folder)")
     args = parser.parse_args()
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    tmp = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="vpcgen-bench-"))
+    medians = {}
+    print(f"{'VPCs':>6} {'routers':>7} {'files':>6} {'rules':>8} | build s (min, median) | CSafeLoader load s "
+          f"(min, median) | build/load (min, median) | build peak RSS MiB")
+    try:
         for n in args.vpcs:
-            site = generate(Path(tmp) / f"n{n}", n, args.tiers, args.rules, args.services)
-            timed_build(site, Path(tmp) / "out")  # writes the lock
-            runs = [timed_build(site, Path(tmp) / "out") for _ in range(args.runs)]
-            wall = statistics.median(r[0] for r in runs)
-            peak = max(r[1] for r in runs)
-            results[n] = wall
-            print(f"{n:>6} VPCs  {2 * n:>6} routers  {n * args.tiers:>6} tiers  "
-                  f"{n * args.tiers * args.rules:>7} rules   wall {wall:6.2f} s   peak RSS {peak:7.1f} MiB")
-    if len(results) > 1:
-        low, high = min(results), max(results)
-        print(f"scaling {low} -> {high} VPCs: x{results[high] / results[low]:.2f} time for x{high / low:.1f} input")
+            site = generate(tmp / f"n{n}", n, args.tiers, args.rules, args.services)
+            out = tmp / f"out{n}"
+            build(site, out)  # writes the lock, warms the caches
+            builds, loads = [], []
+            for _ in range(args.runs):
+                builds.append(build(site, out))
+                loads.append(load(site))
+            files = sum(1 for _ in site.rglob("*.yaml"))
+            ratios = [b[0] / l[0] for b, l in zip(builds, loads)]
+            medians[n] = statistics.median(b[0] for b in builds)
+            print(f"{n:>6} {2 * n:>7} {files:>6} {n * args.tiers * args.rules:>8} | {spread([b[0] for b in builds])}"
+                  f"       | {spread([l[0] for l in loads])}            | {spread(ratios)}          | "
+                  f"{max(b[1] for b in builds):8.0f}", flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+        for low in medians:
+            for high in medians:
+                if high > low:
+                    print(f"scaling {low} -> {high} VPCs: x{medians[high] / medians[low]:.2f} build time "
+                          f"for x{high / low:.0f} input")
+        if args.aerleon:
+            n = args.aerleon_vpcs
+            site = generate(tmp / f"a{n}", n, args.tiers, args.rules, args.services)
+            policies = tmp / f"aerleon{n}"
+            rules = convert(site, policies)
+            acls = policies / "acls"
+            acls.mkdir(exist_ok=True)
+            aclgen = [args.aerleon, "--base_directory", str(policies / "policies"), "--definitions_directory",
+                      str(policies / "def"), "--output_directory", str(acls)]
+            build(site, tmp / f"outa{n}")
+            pairs = [(timed(aclgen)[0], build(site, tmp / f"outa{n}")[0]) for _ in range(args.runs)]
+            print(f"aerleon aclgen on the same {rules} rules ({n} VPCs): {spread([a for a, _ in pairs])} s; "
+                  f"vpcgen build {spread([v for _, v in pairs])} s; aclgen/vpcgen {spread([a / v for a, v in pairs])}")
+    finally:
+        if not args.work:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

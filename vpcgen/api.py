@@ -12,6 +12,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
+from typing import Callable, Iterator
 
 from .compiler import render
 from .site import verify
@@ -48,7 +49,9 @@ class Validated:
 @dataclass
 class BuildResult:
     site: str
-    tree: dict  # relative path -> (bytes, mode)
+    # (relative path, (bytes, mode)) of the whole tree, router by router: rendered as it is consumed,
+    # so writing it holds one router's files at a time, never the whole output
+    render: Callable[[], Iterator[tuple[str, tuple[bytes, int]]]] = field(repr=False)
     lock_text: str
     lock_changed: bool
     routers: list[str]
@@ -58,6 +61,14 @@ class BuildResult:
     # person may see of them; never written
     redacted: dict = field(default_factory=dict, repr=False)
     warnings: list = field(default_factory=list)
+    _tree: dict | None = field(default=None, repr=False)
+
+    @property
+    def tree(self) -> dict:
+        """relative path -> (bytes, mode): the whole tree in memory (for comparing trees)."""
+        if self._tree is None:
+            self._tree = dict(self.render())
+        return self._tree
 
 
 @contextmanager
@@ -175,20 +186,29 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     site_bytes = dump_json(site_json(site, alloc, views))
     digest = hashlib.sha256(site_bytes).hexdigest()
     env = render.environment()
-    tree: dict[str, tuple[bytes, int]] = {"site.json": (site_bytes, render.TEXT_MODE)}
+    head: list[tuple[str, tuple[bytes, int]]] = [("site.json", (site_bytes, render.TEXT_MODE))]
     if v.files.known_hosts is not None:  # deploy checks host keys against it: the tree carries it along
-        tree[KNOWN_HOSTS] = (v.files.known_hosts.encode("utf-8"), render.TEXT_MODE)
+        head.append((KNOWN_HOSTS, (v.files.known_hosts.encode("utf-8"), render.TEXT_MODE)))
+    deployable = not options.placeholder_secrets
+
+    def tree():
+        yield from head
+        for view in views:
+            for path, entry in render.render_router(env, view, secrets, deployable, digest).items():
+                yield f"{view.name}/{path}", entry
+
     redacted: dict[str, bytes] = {}
-    markers = {name: REDACTED for name in secrets}
-    for view in views:
-        for path, entry in render.render_router(env, view, secrets, not options.placeholder_secrets, digest).items():
-            tree[f"{view.name}/{path}"] = entry
-        if options.redacted_view and secrets:
+    if options.redacted_view and secrets:
+        markers = {name: REDACTED for name in secrets}
+        for view in views:
             for path, (data, mode) in render.render_router(env, view, markers, False, digest).items():
                 if mode == render.SECRET_MODE and path != SECRET_SUMS:
                     redacted[f"{view.name}/{path}"] = data
-    return BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views], intent=site,
-                       redacted=redacted, warnings=v.warnings)
+    result = BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views], intent=site,
+                         redacted=redacted, warnings=v.warnings)
+    if options.redacted_view:  # a diff compares whole trees: render now, as before
+        result.tree
+    return result
 
 
 def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:
@@ -200,7 +220,8 @@ def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildRe
     lock = StagedFile(Path(site_dir) / LOCK_FILE, result.lock_text.encode("utf-8"), 0o644) \
         if result.lock_changed else None
     try:
-        promote_tree(result.tree, target)
+        with _no_cyclic_gc():  # rendering happens here, router by router, as the files are written
+            promote_tree(result._tree.items() if result._tree is not None else result.render(), target)
     except BaseException:
         if lock is not None:
             lock.discard()

@@ -21,6 +21,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from .errors import VpcgenError
 
 MANIFEST = "etc/vpcgen/manifest.json"
@@ -151,8 +153,19 @@ def manifest_entries(files: dict[str, tuple[bytes, int, str]]) -> tuple[list[dic
     return listed, secret
 
 
+_ORJSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+
+
 def dump_json(data) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    """Two-space indented, keys sorted, UTF-8 kept, one final newline. orjson writes the same bytes as
+    ``json.dumps(indent=2, sort_keys=True, ensure_ascii=False)`` (whose indenting encoder is pure
+    Python, ~40x slower) for everything a tree holds (never a float: orjson writes 1e-7 where json
+    writes 1e-07); what orjson refuses (an integer beyond 64 bits, a non-string key) takes the
+    standard library's path, so the output never depends on which one wrote it."""
+    try:
+        return orjson.dumps(data, option=_ORJSON_OPTIONS) + b"\n"
+    except orjson.JSONEncodeError:
+        return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _read_json(path: Path, shown: str) -> tuple[object, bytes]:

@@ -72,8 +72,11 @@ class Allocation:
         return {"vpcs": out}
 
 
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter: same text, ~10x faster
+
+
 def dump_lock(data: dict) -> str:
-    return LOCK_HEADER + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000)
+    return LOCK_HEADER + yaml.dump(data, Dumper=_Dumper, sort_keys=True, default_flow_style=False, width=1000)
 
 
 class _Pool:

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import VpcgenError
 
@@ -19,9 +20,18 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+def _write(root_fd: int, rel: str, data: bytes, mode: int, made: set[str]) -> None:
+    """One file of a fresh staging folder, opened relative to it; each folder is made once."""
+    folder = os.path.dirname(rel)
+    if folder not in made:
+        missing = []
+        while folder and folder not in made:
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        for name in reversed(missing):
+            os.mkdir(name, 0o755, dir_fd=root_fd)
+            made.add(name)
+    fd = os.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=root_fd)
     try:
         view = memoryview(data)
         while view:
@@ -72,14 +82,24 @@ def _promote_lock(parent: Path, name: str):
         os.close(fd)
 
 
-def promote_tree(tree: dict, target: Path) -> None:
+def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path) -> None:
+    """Write ``files`` (relative path, (bytes, mode)), consumed one at a time, into a staging folder,
+    then swap it into place: an exception while they are produced or written leaves ``target`` as
+    it was."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _promote_lock(target.parent, target.name):
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
         try:
-            for rel, (data, mode) in sorted(tree.items()):
-                _write(staging / rel, data, mode)
+            root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                made = {""}
+                for rel, (data, mode) in files:
+                    if rel.startswith("/") or ".." in rel.split("/"):
+                        raise ValueError(f"{rel}: not a path inside the tree")
+                    _write(root_fd, rel, data, mode, made)
+            finally:
+                os.close(root_fd)
             os.chmod(staging, 0o755)
             _sync_filesystem(staging)
             if target.is_dir() and not target.is_symlink():

@@ -1,17 +1,29 @@
-"""Reading a site folder: YAML documents with positions kept in a side table.
+"""Reading a site folder: YAML documents, with positions found only when a diagnostic needs one.
 
-Only this module reads the site's files. Parsing uses libyaml (``CSafeLoader``) to compose node
-trees, which keep a start mark on every node; the nodes are then turned into plain Python values
-while every value's and key's position is recorded under its JSON path.
+Only this module reads the site's files. A file is read by yaml-rs (a Rust parser, about ten times
+faster than libyaml's ``CSafeLoader`` with PyYAML's resolver) whenever its text and values show that
+the result is exactly what the positioned reader gives: no anchors, aliases, tags or directives, no
+number in a form that YAML 1.1 and 1.2 read differently, no value that PyYAML would resolve to
+another type. Every other file, and every file with a problem, takes the positioned reader: libyaml
+composes node trees that keep a start mark on every node, and the nodes are turned into plain
+values with every bound of the input enforced. A diagnostic found later (schema, semantics) composes
+its one file again to find the line and column of the path it names.
+
+Scalars are YAML 1.1 as PyYAML reads them, whichever reader ran: ``yes``/``no``/``on``/``off`` are
+booleans, ``010`` is octal (8), ``0x10`` hexadecimal, ``1:20`` sexagesimal (80), ``1_000`` is 1000;
+a fraction is refused, and so is a date.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+from itertools import accumulate
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import yaml
 
 from ..errors import Diagnostic, DiagnosticsError, Location
@@ -20,6 +32,23 @@ try:  # libyaml is an order of magnitude faster; fall back only where it is miss
     _Loader = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on the PyYAML build
     _Loader = yaml.SafeLoader
+
+
+
+def _import_yaml_rs():
+    """yaml-rs's allocator (mimalloc) reserves 1 GiB of address space when it loads: a process
+    bounded by RLIMIT_AS (the fuzz tests run vpcgen so) would fail on it. Arenas of 64 MiB keep
+    its speed; the variable is read once, at load, and then removed again."""
+    previous = os.environ.get("MIMALLOC_ARENA_RESERVE")
+    os.environ["MIMALLOC_ARENA_RESERVE"] = previous or "64MiB"
+    try:
+        return importlib.import_module("yaml_rs")
+    finally:
+        if previous is None:
+            del os.environ["MIMALLOC_ARENA_RESERVE"]
+
+
+yaml_rs = _import_yaml_rs()
 
 KIND_DIRS = {"zones": "zone", "vpcs": "vpc", "acls": "acl"}
 LOCK_FILE = "allocations.lock.yaml"
@@ -33,6 +62,7 @@ class Document:
     file: str  # as the user would open it
     data: object
     node: object = None  # the composed YAML node tree: positions are looked up in it when needed
+    text: str | None = None  # the file's text, composed into ``node`` by the first ``loc``
 
     @property
     def stem(self) -> str:
@@ -40,6 +70,11 @@ class Document:
 
     def loc(self, path: Path_ = (), key: bool = False) -> Location:
         """The location of ``path``'s value (or of its key): else of its nearest existing parent."""
+        if self.node is None and self.text is not None:
+            try:
+                self.node = yaml.compose(self.text, Loader=_Loader)
+            except yaml.YAMLError:  # yaml-rs read what libyaml does not: the file is named, not placed
+                self.text = None
         node, key_node = self.node, None
         for step in tuple(path):
             child = None
@@ -211,6 +246,70 @@ def _line_col(text: str, index: int) -> tuple[int, int]:
     return text.count("\n", 0, index) + 1, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
+# What sends a file to the positioned reader before yaml-rs reads it: anchors, aliases and tags
+# (their bounds and refusals live there), tabs and carriage returns, directives and document markers,
+# and a plain number that YAML 1.2 reads differently from YAML 1.1 because it starts with 0 or an
+# underscore (010, 0o10, 0X10, _1), found where a plain scalar may start.
+_NOT_FAST_TEXT = ("&", "*", "!", "\t", "\r", "\n%", "\n---", "\n...")
+# a character libyaml's reader refuses anywhere in a file, comments included
+_NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_NUMBER_HINTS = tuple(f"{a}{b}" for a in " [,{:\n-+" for b in "0_")  # cheap substring tests first
+_NUMBER_FORM = re.compile(r"(?:[:\[,{?\n]|- ) *[-+]?(?:0\w|_)")
+# where the JSON shows a null: yaml-rs reads .inf, .nan and 1e400 as floats that JSON writes as null
+_INFINITE = re.compile(r"\d[eE]|\.(?:inf|Inf|INF|nan|NaN|NAN)")
+
+
+def _implicit_pattern() -> re.Pattern:
+    """A line holding a text that PyYAML's resolver gives another type than str when it is plain
+    (bool, int, float, null, timestamp, merge, value, yaml): `yes`, `1:20`, an empty line..."""
+    patterns = {regexp.pattern for resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.values()
+                for _tag, regexp in resolvers}
+    return re.compile(b"|".join(sorted(f"(?:{p})".encode() for p in patterns)), re.X | re.M)
+
+
+_IMPLICIT = _implicit_pattern()
+# a backslash (an escaped control character, quote or backslash), C1 controls, U+2028/2029
+_JSON_UNSAFE = re.compile(rb"\\|\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
+_LONG_LINE = re.compile(b"^.{%d}" % (MAX_SCALAR + 1), re.M)
+_JSON_FRACTION = re.compile(rb"\d[.eE]")
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+_DEPTH_STEP = tuple(1 if c in b"[{" else -1 for c in range(256))
+_FAST_DEPTH = MAX_DEPTH - 2  # deeper documents take the positioned reader, which draws the line
+
+
+def _fast(decoded: str):
+    """The document as yaml-rs reads it, or ``None`` where the positioned reader must decide.
+
+    The value tree is checked as orjson's compact JSON of it, at C speed: orjson refuses a key
+    that is not a string (`80:` is "80" in the positioned reader) and a number beyond 64 bits;
+    once the JSON holds no backslash, every '"' opens or closes a string, so splitting at them
+    separates the strings (which must hold no control character and nothing PyYAML resolves to
+    another type) from the structure (no fraction, no nesting deeper than ``_FAST_DEPTH``)."""
+    if decoded[:1] in ("", "%", "-", "+", "0", "_") or any(t in decoded for t in _NOT_FAST_TEXT):
+        return None
+    if _NOT_PRINTABLE.search(decoded):
+        return None
+    if any(h in decoded for h in _NUMBER_HINTS) and _NUMBER_FORM.search(decoded):
+        return None
+    try:
+        data = yaml_rs.loads(decoded, parse_datetime=False)
+        encoded = orjson.dumps(data)
+    except Exception:  # a duplicate key, a syntax error, a limit: the positioned reader reports it
+        return None
+    if type(data) not in (dict, list) or _JSON_UNSAFE.search(encoded):
+        return None
+    parts = encoded.split(b'"')
+    strings = b"\n".join(set(parts[1::2]))  # keys and words repeat: each distinct text once
+    if _IMPLICIT.search(strings) or (len(strings) > MAX_SCALAR and _LONG_LINE.search(strings)):
+        return None
+    skeleton = b"".join(parts[0::2])
+    if _JSON_FRACTION.search(skeleton) or (b"null" in skeleton and _INFINITE.search(decoded)):
+        return None
+    if max(accumulate(map(_DEPTH_STEP.__getitem__, skeleton.translate(None, _NOT_BRACKET)))) > _FAST_DEPTH:
+        return None
+    return data
+
+
 def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Diagnostic]]:
     """Parse one file's bytes into a Document; problems are returned, never raised."""
     doc = Document(kind=kind, file=file, data=None)
@@ -225,6 +324,10 @@ def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Di
         return doc, [Diagnostic(Location(file, line, column), "file is not valid UTF-8", "not-utf8")]
     if decoded.startswith("\ufeff"):
         decoded = decoded[1:]
+    data = _fast(decoded)
+    if data is not None:
+        doc.data, doc.text = data, decoded
+        return doc, []
     try:
         nodes = list(yaml.compose_all(decoded, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:

@@ -8,6 +8,7 @@ No message ever contains a secret value.
 
 from __future__ import annotations
 
+import functools
 import re
 from importlib import resources
 from pathlib import Path
@@ -31,6 +32,7 @@ def _placeholder_file(name: str) -> str:
     return resources.files("vpcgen.site").joinpath("placeholder", name).read_text(encoding="ascii")
 
 
+@functools.lru_cache(maxsize=32)
 def _certificate(value: str):
     """The parsed certificate, or None: charon must be able to load what the build accepts."""
     try:
@@ -39,6 +41,7 @@ def _certificate(value: str):
         return None
 
 
+@functools.lru_cache(maxsize=32)  # one key serves many VPCs: checking an RSA key takes ~0.1 s
 def _private_key(value: str):
     try:  # an encrypted key is refused too: charon would wait for a passphrase nobody types
         return serialization.load_pem_private_key(value.encode("utf-8"), password=None)
