@@ -28,12 +28,13 @@ one, and the symbolic comparison of two revisions evaluates the very same code o
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from . import boxes as bx
-from .boxes import DST, PORTS, Box
+from .boxes import DST, PORTS, SRC, Box
 
 NUMBERS = bx.NUMBERS
 ECHO_REQUEST = 8
@@ -348,47 +349,74 @@ class Model:
         v = self.site["vpcs"][vpc]
         egress = Stage(v["tiers"][tier]["acl"], "egress")
         out: list[Route] = []
-        taken: list[Box] = []
+        taken: list[tuple[int, int]] = []  # destinations already routed (sorted, disjoint)
+        selectors: list[Box] = []  # flows already routed by their source too (VPN tunnels)
 
-        def add(region: list[Box], **kw) -> None:
-            region = bx.minus(region, taken)
-            if region:
-                out.append(Route(tuple(region), **kw))
-                taken.extend(region)
+        def carve(intervals) -> list[Box]:
+            """Destinations not routed yet (a site has many tiers: bisect, not box arithmetic)."""
+            pieces = []
+            for lo, hi in intervals:
+                i = max(0, bisect.bisect_right(taken, (lo, 2**33)) - 1)
+                at = lo
+                while i < len(taken) and taken[i][0] <= hi:
+                    if taken[i][1] >= at:
+                        if taken[i][0] > at:
+                            pieces.append((at, taken[i][0] - 1))
+                        at = taken[i][1] + 1
+                    i += 1
+                if at <= hi:
+                    pieces.append((at, hi))
+            return bx.minus(_dst(pieces), selectors)
 
-        own = _dst([bx.cidr(v["tiers"][tier]["cidr"])])
-        add(own, to=Endpoint("tier", vpc, tier), label=f"{vpc}/{tier}", in_scope=False,
-            why="inside a tier nothing is filtered")
+        def add(intervals, sources=None, **kw) -> None:
+            region = carve(intervals)
+            if not region:
+                return
+            for src, stages, snat in sources or [(None, kw.pop("stages", ()), kw.pop("snat", False))]:
+                part = region if src is None else bx.meet(region, src)
+                if part:
+                    out.append(Route(tuple(part), stages=stages, snat=snat, **kw))
+            for b in region:
+                if b[SRC] == bx.ADDRESSES:
+                    bisect.insort(taken, b[DST])
+                else:
+                    selectors.append(b)
+
+        add([bx.cidr(v["tiers"][tier]["cidr"])], to=Endpoint("tier", vpc, tier), label=f"{vpc}/{tier}",
+            in_scope=False, why="inside a tier nothing is filtered")
         for name, t in sorted(v["tiers"].items()):
             if name != tier:
-                add(_dst([bx.cidr(t["cidr"])]), to=Endpoint("tier", vpc, name), label=f"{vpc}/{name}",
+                add([bx.cidr(t["cidr"])], to=Endpoint("tier", vpc, name), label=f"{vpc}/{name}",
                     stages=(egress, Stage(t["acl"], "ingress")))
         for name, g in sorted(v["private_gateways"].items()):
-            add(_dst(_cidrs(g["routes"])), to=Endpoint("gateway", vpc, name), label=f"{vpc}/pg:{name}",
+            add(_cidrs(g["routes"]), to=Endpoint("gateway", vpc, name), label=f"{vpc}/pg:{name}",
                 stages=(egress, Stage(g["acl"], "egress")))
         for name, p in sorted(v["vpn_peers"].items()):
-            region = [bx.box(src=s, dst=d) for s in _cidrs(p["local_cidrs"]) for d in _cidrs(p["peer_cidrs"])]
-            add(region, to=Endpoint("peer", vpc, name), label=f"{vpc}/vpn:{name}", stages=(egress,))
+            region = bx.minus([bx.box(src=s, dst=d) for s in _cidrs(p["local_cidrs"]) for d in _cidrs(p["peer_cidrs"])],
+                              selectors)
+            region = [piece for b in region for piece in
+                      bx.meet([b], carve([b[DST]]))]  # not what a tier or private gateway took
+            if region:
+                out.append(Route(tuple(region), Endpoint("peer", vpc, name), f"{vpc}/vpn:{name}", (egress,)))
+                selectors.extend(region)
         if v.get("remote_access"):
-            add(_dst([bx.cidr(v["remote_access"]["pool"])]), to=Endpoint("client", vpc),
-                label=f"{vpc}/remote-access", stages=(egress,))
+            add([bx.cidr(v["remote_access"]["pool"])], to=Endpoint("client", vpc), label=f"{vpc}/remote-access",
+                stages=(egress,))
         # a routed VPC's tiers: from the routed VPCs of its zone through the core, from anywhere else
         # through the internet (a NAT VPC's hosts then seen as their source NAT address)
-        seen = [([bx.FULL], None)]
+        seen: list[tuple[list[Box] | None, int | None]] = [(None, None)]
         if v["kind"] == "nat":
             hosts = {private: public for public, private in v["static_nat"].items()}
             seen = [([bx.box(src=(bx.ip(h), bx.ip(h)))], bx.ip(v["public_ips"][p])) for h, p in sorted(hosts.items())]
-            rest = bx.minus([bx.FULL], [b for r, _ in seen for b in r])
             snat = v["public_ips"].get("source-nat")
-            seen.append((rest, bx.ip(snat) if snat else None))
+            seen.append((bx.minus([bx.FULL], [b for r, _ in seen for b in r]), bx.ip(snat) if snat else None))
         for other, w in sorted(self.site["vpcs"].items()):
             if other != vpc and w["kind"] == "routed":
                 for name, t in sorted(w["tiers"].items()):
-                    for src, address in seen:
-                        add(bx.meet(src, _dst([bx.cidr(t["cidr"])])), to=Endpoint("tier", other, name),
-                            label=f"{other}/{name}", stages=(egress, Stage(t["acl"], "ingress", 0, address)),
-                            snat=address is not None)
-        rest = bx.minus([bx.FULL], taken)
+                    add([bx.cidr(t["cidr"])], [(src, (egress, Stage(t["acl"], "ingress", 0, address)),
+                                                address is not None) for src, address in seen],
+                        to=Endpoint("tier", other, name), label=f"{other}/{name}")
+        rest = carve([bx.ADDRESSES])
         public = bx.normalize(self.public_addresses() + list(self.hairpin))
         out.append(Route(tuple(rest), Endpoint("internet"), "internet", (egress,), snat=v["kind"] == "nat",
                          within=(DST, tuple(bx.difference(self.internet(), public)))))
