@@ -145,14 +145,19 @@ def _number(lo: int, hi: int) -> str:
     return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
-def _protocol(lo: int, hi: int) -> str:
+def _protocol(lo: int, hi: int) -> str | int:
     if (lo, hi) == bx.PROTOCOLS:
         return "all"
-    return PROTOCOL_NAMES.get(lo, str(lo)) if lo == hi else f"{lo}-{hi}"
+    return PROTOCOL_NAMES.get(lo, lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _icmp(lo: int, hi: int) -> str | int:
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def _entries(change: str, frm: str, to: str, eboxes: list[EBox], free_src, free_dst,
-             vias: list[tuple[str, list[Box]]]) -> list[dict]:
+             vias: list[tuple[str, list[Box]]]) -> list[tuple]:
+    """(a sort key..., the entry) per entry."""
     out = []
     for e in merge(eboxes):
         sources, destinations = _cover(e[SRC], free_src), _cover(e[DST], free_dst)
@@ -166,12 +171,12 @@ def _entries(change: str, frm: str, to: str, eboxes: list[EBox], free_src, free_
                         if ports != bx.PORTS:
                             entry["ports"] = _number(*ports)
                         if itype != bx.ICMP:
-                            entry["icmp_type"] = _number(*itype)
+                            entry["icmp_type"] = _icmp(*itype)
                         if icode != bx.ICMP:
-                            entry["icmp_code"] = _number(*icode)
+                            entry["icmp_code"] = _icmp(*icode)
                         if via:
                             entry["via"] = "; ".join(via)
-                        out.append(entry)
+                        out.append((proto, ports, itype, icode, e[SRC][0], e[DST][0], entry))
     return out
 
 
@@ -254,6 +259,6 @@ def changes(base: dict | None, head: dict) -> list[dict]:
             diff = _difference(now, before)
             if diff:
                 entries += _entries(change, frm, to, diff, free_src, free_dst, now.vias)
-    entries.sort(key=lambda e: (ORDER[e["change"]], e["from"] != "internet", e["from"], e["to"],
-                                json.dumps(e, sort_keys=True)))
-    return entries
+    entries.sort(key=lambda k: (ORDER[k[-1]["change"]], k[-1]["from"] != "internet", k[-1]["from"], k[-1]["to"])
+                 + k[:-1])
+    return [k[-1] for k in entries]
