@@ -252,8 +252,8 @@ def changes(base: dict | None, head: dict) -> list[dict]:
         # the internet's sources are everything but the site's networks: 0.0.0.0/0 says it best
         free_src = bx.complement(bx.normalize(_addresses(mb, frm) + _addresses(mh, frm))) \
             if frm == "internet" else []
-        free_dst = list(public)
-        if frm != "internet" and "/" in frm and ":" not in frm and frm.split("/")[1] != "remote-access":
+        free_dst = []  # from a tier, its own hosts and the site's public addresses are outside the contract
+        if frm != "internet" and ":" not in frm and not frm.endswith("/remote-access"):
             free_dst = bx.normalize(public + bx.intersection(_addresses(mb, frm), _addresses(mh, frm)))
         for change, now, before in (("allowed", h, b), ("denied", b, h)):
             diff = _difference(now, before)
