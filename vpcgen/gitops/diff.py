@@ -24,6 +24,7 @@ import yaml
 from ..api import BuildOptions, BuildResult, build_site
 from ..errors import DiagnosticsError, VpcgenError
 from ..site.intent import Site
+from ..reach import boxes
 from ..reach.symbolic import changes as reachability_changes
 from ..site.secrets import REDACTED
 from ..tree import MANIFEST, SECRET_SUMS, SITE_JSON
@@ -146,6 +147,14 @@ def _exposed(entry: dict) -> bool:
 
 
 def _addresses(cidrs: list[str], limit: int = 4) -> str:
+    """A short form for a table: the CIDRs, or what they leave out when that is shorter."""
+    if len(cidrs) > limit:
+        rest = boxes.cidrs(boxes.complement(boxes.cidr(c) for c in cidrs))
+        if len(rest) < len(cidrs):
+            cidrs, prefix = rest, "any except "
+            if len(cidrs) <= limit:
+                return prefix + ", ".join(cidrs)
+            return prefix + ", ".join(cidrs[:limit]) + f" (+{len(cidrs) - limit} more)"
     shown = ", ".join(cidrs[:limit])
     return shown + (f" (+{len(cidrs) - limit} more)" if len(cidrs) > limit else "")
 
