@@ -146,3 +146,21 @@ def test_one_flow_is_decided_by_the_same_stages(protocol, port, allowed):
     v = Model(s).decide(Flow(Endpoint("tier", "shop", "web", "10.0.1.7"), "10.0.2.9", protocol, port))
     assert v.delivered is allowed
     assert v.rules == (("web", "egress", 100), ("db", "ingress", 10 if allowed else None))
+
+
+def test_only_the_vpcs_whose_part_changed_are_recomputed(monkeypatch):
+    from vpcgen.reach import symbolic
+    base = site(web=[EGRESS_ALL], db=[rule(10, "allow", "ingress", "tcp", (5432, 5432), ["10.0.1.0/24"])])
+    other = copy.deepcopy(base["vpcs"]["shop"])
+    other["cidr"] = "10.1.0.0/16"
+    other["tiers"] = {"web": {"cidr": "10.1.1.0/24", "acl": "other"}}
+    other["public_ips"] = {"source-nat": "203.0.113.20"}
+    base["vpcs"]["blog"] = other
+    base["acls"]["other"] = [EGRESS_ALL]
+    head = copy.deepcopy(base)
+    head["acls"]["db"][0]["ports"] = [5433, 5433]
+    seen = []
+    real = symbolic.delivered
+    monkeypatch.setattr(symbolic, "delivered", lambda model, vpc, only=None: seen.append(vpc) or real(model, vpc, only))
+    assert [e["change"] for e in symbolic.changes(base, head)] == ["allowed", "denied"]
+    assert seen == ["shop", "shop"]
