@@ -9,6 +9,7 @@ order below), which keeps that true through every intersection and difference.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 
 SRC, DST, PROTO, PORT, ITYPE, ICODE = range(6)
@@ -24,6 +25,7 @@ Interval = tuple[int, int]
 Box = tuple[Interval, Interval, Interval, Interval, Interval, Interval]
 
 
+@functools.lru_cache(maxsize=65536)
 def cidr(text: str) -> Interval:
     net = ipaddress.ip_network(text)
     return int(net.network_address), int(net.broadcast_address)

@@ -243,6 +243,7 @@ class Model:
     hairpin: tuple = ()  # more addresses to treat as the site's own public ones (the other revision's)
     _tiers: list = field(init=False, repr=False)
     _routes: dict = field(init=False, repr=False, default_factory=dict)
+    _memo: dict = field(init=False, repr=False, default_factory=dict)  # site-wide address sets
 
     def __post_init__(self):
         self.site.setdefault("vpcs", {})
@@ -271,6 +272,11 @@ class Model:
     def site_networks(self) -> list[tuple[int, int]]:
         """Every address that is not the internet: tiers, VPN peer networks, remote-access pools,
         private gateways' routes."""
+        if "networks" not in self._memo:
+            self._memo["networks"] = self._site_networks()
+        return self._memo["networks"]
+
+    def _site_networks(self) -> list[tuple[int, int]]:
         out = []
         for v in self.site["vpcs"].values():
             out += _cidrs(t["cidr"] for t in v["tiers"].values())
@@ -281,10 +287,15 @@ class Model:
         return bx.normalize(out)
 
     def internet(self) -> list[tuple[int, int]]:
-        return bx.complement(self.site_networks())
+        if "internet" not in self._memo:
+            self._memo["internet"] = bx.complement(self.site_networks())
+        return self._memo["internet"]
 
     def public_addresses(self) -> list[tuple[int, int]]:
-        return bx.normalize((bx.ip(a), bx.ip(a)) for v in self.site["vpcs"].values() for a in v["public_ips"].values())
+        if "public" not in self._memo:
+            self._memo["public"] = bx.normalize((bx.ip(a), bx.ip(a)) for v in self.site["vpcs"].values()
+                                                for a in v["public_ips"].values())
+        return self._memo["public"]
 
     def sources(self) -> list[Endpoint]:
         """Every endpoint flows start at (the internet first)."""

@@ -5,9 +5,10 @@ over source, destination as written, protocol, port, ICMP type and code): the st
 ones that decide single flows. Per (from, to) endpoint pair, the flows delivered now and not
 before are *allowed*, the others *denied*; they are merged into few entries (adjacent and equal
 boxes joined dimension by dimension) and written with the fewest CIDRs, using the freedom the
-entry's meaning gives: an entry only covers flows from its ``from`` endpoint, so a source
-address that belongs to no such endpoint in either revision may be included, and so may a
-destination outside what the site forwards (the source's own tier, the site's public addresses).
+entry's meaning gives: an entry only covers flows from its ``from`` endpoint, so an internet
+entry's sources may include addresses that are the internet in neither revision (0.0.0.0/0
+rather than its many holes), and a tier's destinations the site's public addresses (hairpin,
+outside what the entries speak about).
 
 Only VPCs whose part of the site changed are recomputed: a VPC's own document and lists, and
 the site-wide facts every VPC depends on (which addresses are the internet, the routed VPCs'
@@ -224,8 +225,7 @@ ORDER = {"allowed": 0, "denied": 1}
 
 def changes(base: dict | None, head: dict) -> list[dict]:
     """The reachability entries from ``base`` to ``head`` (site.json documents; None: no site)."""
-    base = copy.deepcopy(base) if base else copy.deepcopy(EMPTY_SITE)
-    head = copy.deepcopy(head)
+    base = base or copy.deepcopy(EMPTY_SITE)
     public = bx.normalize(Model(base).public_addresses() + Model(head).public_addresses())
     mb, mh = Model(base, hairpin=tuple(public)), Model(head, hairpin=tuple(public))
     same_networks = mb.site_networks() == mh.site_networks()
@@ -252,9 +252,8 @@ def changes(base: dict | None, head: dict) -> list[dict]:
         # the internet's sources are everything but the site's networks: 0.0.0.0/0 says it best
         free_src = bx.complement(bx.normalize(_addresses(mb, frm) + _addresses(mh, frm))) \
             if frm == "internet" else []
-        free_dst = []  # from a tier, its own hosts and the site's public addresses are outside the contract
-        if frm != "internet" and ":" not in frm and not frm.endswith("/remote-access"):
-            free_dst = bx.normalize(public + bx.intersection(_addresses(mb, frm), _addresses(mh, frm)))
+        # from a tier, the site's public addresses (hairpin) are outside the contract
+        free_dst = public if frm != "internet" and ":" not in frm and not frm.endswith("/remote-access") else []
         for change, now, before in (("allowed", h, b), ("denied", b, h)):
             diff = _difference(now, before)
             if diff:
