@@ -164,3 +164,18 @@ def test_only_the_vpcs_whose_part_changed_are_recomputed(monkeypatch):
     monkeypatch.setattr(symbolic, "delivered", lambda model, vpc, only=None: seen.append(vpc) or real(model, vpc, only))
     assert [e["change"] for e in symbolic.changes(base, head)] == ["allowed", "denied"]
     assert seen == ["shop", "shop"]
+
+
+def test_a_network_that_moves_from_the_internet_to_a_gateway_but_reaches_the_same_tier_is_no_change():
+    base = site(web=[EGRESS_ALL])
+    base["vpcs"]["core"] = {
+        "zone": "z", "kind": "routed", "cidr": "10.128.0.0/22", "tiers": {"r": {"cidr": "10.128.0.0/24", "acl": "r"}},
+        "public_ips": {}, "static_nat": {}, "port_forwarding": [], "load_balancers": {}, "vpn_peers": {},
+        "remote_access": None, "private_gateways": {"corp": {"routes": ["192.168.0.0/24"], "acl": "gw"}}}
+    base["acls"]["r"] = [rule(10, "allow", "ingress", "tcp", (22, 22))]
+    base["acls"]["gw"] = [rule(10, "allow", "ingress", "all")]
+    head = copy.deepcopy(base)
+    head["vpcs"]["core"]["private_gateways"]["corp"]["routes"] = ["192.168.0.0/16"]
+    # 192.168.1.0-192.168.255.255 reached core/r on tcp/22 from the internet and now through the
+    # gateway: the same delivery; only the web tier loses them as internet destinations
+    assert [(e["change"], e["from"], e["to"]) for e in exact(base, head)] == [("denied", "shop/web", "internet")]

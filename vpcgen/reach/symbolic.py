@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import itertools
 import json
 from dataclasses import dataclass, field
 
@@ -223,6 +224,25 @@ def _routed(site: dict) -> dict[str, str]:
 ORDER = {"allowed": 0, "denied": 1}
 
 
+def _flows(eboxes: list[EBox]) -> list[Box]:
+    return [b for e in eboxes for b in itertools.product(*e)]
+
+
+def _same_delivery(diffs: dict) -> None:
+    """A flow whose source changed endpoints (a network moved from the internet to a VPN, say) but
+    which is delivered to the same endpoint in both revisions did not change: out of both lists."""
+    for (change, frm, to), allowed in list(diffs.items()):
+        if change != "allowed" or not allowed:
+            continue
+        for (other, was, where), denied in list(diffs.items()):
+            if other != "denied" or where != to or was == frm or not denied:
+                continue
+            same = bx.meet(_flows(allowed), _flows(denied))
+            if same:
+                diffs[(change, frm, to)] = allowed = _restrict(bx.minus(_flows(allowed), same), None)
+                diffs[(other, was, where)] = _restrict(bx.minus(_flows(denied), same), None)
+
+
 def changes(base: dict | None, head: dict) -> list[dict]:
     """The reachability entries from ``base`` to ``head`` (site.json documents; None: no site)."""
     base = base or copy.deepcopy(EMPTY_SITE)
@@ -243,21 +263,27 @@ def changes(base: dict | None, head: dict) -> list[dict]:
             db.update(delivered(mb, name, only))
         if name in head["vpcs"]:
             dh.update(delivered(mh, name, only))
-    entries = []
+    diffs: dict[tuple[str, str, str], list[EBox]] = {}  # (change, from, to) -> flows
     for key in sorted(set(db) | set(dh)):
-        frm, to = key
         b, h = db.get(key), dh.get(key)
         if b is not None and h is not None and b.boxes == h.boxes and b.within == h.within:
+            continue
+        for change, now, before in (("allowed", h, b), ("denied", b, h)):
+            diff = _difference(now, before)
+            if diff:
+                diffs[(change, *key)] = diff
+    _same_delivery(diffs)
+    entries = []
+    for (change, frm, to), diff in diffs.items():
+        if not diff:
             continue
         # the internet's sources are everything but the site's networks: 0.0.0.0/0 says it best
         free_src = bx.complement(bx.normalize(_addresses(mb, frm) + _addresses(mh, frm))) \
             if frm == "internet" else []
         # from a tier, the site's public addresses (hairpin) are outside the contract
         free_dst = public if frm != "internet" and ":" not in frm and not frm.endswith("/remote-access") else []
-        for change, now, before in (("allowed", h, b), ("denied", b, h)):
-            diff = _difference(now, before)
-            if diff:
-                entries += _entries(change, frm, to, diff, free_src, free_dst, now.vias)
+        vias = (dh if change == "allowed" else db)[(frm, to)].vias
+        entries += _entries(change, frm, to, diff, free_src, free_dst, vias)
     entries.sort(key=lambda k: (ORDER[k[-1]["change"]], k[-1]["from"] != "internet", k[-1]["from"], k[-1]["to"])
                  + k[:-1])
     return [k[-1] for k in entries]
