@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import functools
 import ipaddress
+import socket
 
 SRC, DST, PROTO, PORT, ITYPE, ICODE = range(6)
 ADDRESSES = (0, 2**32 - 1)
@@ -27,12 +28,15 @@ Box = tuple[Interval, Interval, Interval, Interval, Interval, Interval]
 
 @functools.lru_cache(maxsize=65536)
 def cidr(text: str) -> Interval:
-    net = ipaddress.ip_network(text)
-    return int(net.network_address), int(net.broadcast_address)
+    address, _, length = text.partition("/")
+    bits = 32 - int(length or 32)
+    lo = ip(address) >> bits << bits
+    return lo, lo | ((1 << bits) - 1)
 
 
 def ip(text: str) -> int:
-    return int(ipaddress.ip_address(text.split("/")[0]))
+    """An IPv4 address (a prefix length after it is ignored) as an integer."""
+    return int.from_bytes(socket.inet_aton(text.split("/")[0]), "big")
 
 
 def box(**dims: Interval) -> Box:

@@ -29,7 +29,6 @@ one, and the symbolic comparison of two revisions evaluates the very same code o
 from __future__ import annotations
 
 import bisect
-import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -248,15 +247,17 @@ class Model:
     def __post_init__(self):
         self.site.setdefault("vpcs", {})
         self.site.setdefault("acls", {})
-        self._tiers = [(vpc_name, tier_name, ipaddress.ip_network(t["cidr"]))
-                       for vpc_name, v in sorted(self.site["vpcs"].items()) for tier_name, t in sorted(v["tiers"].items())]
+        self._tiers = None
 
     # --- where an address is ---------------------------------------------------------------
 
     def tier_of(self, address: str, vpc: str | None = None) -> tuple[str, str] | None:
-        a = ipaddress.ip_address(address.split("/")[0])
-        for vpc_name, tier_name, net in self._tiers:
-            if vpc in (None, vpc_name) and a in net:
+        if self._tiers is None:
+            self._tiers = [(vpc_name, tier_name, bx.cidr(t["cidr"])) for vpc_name, v in sorted(self.site["vpcs"].items())
+                           for tier_name, t in sorted(v["tiers"].items())]
+        a = bx.ip(address)
+        for vpc_name, tier_name, (lo, hi) in self._tiers:
+            if vpc in (None, vpc_name) and lo <= a <= hi:
                 return vpc_name, tier_name
         return None
 

@@ -207,17 +207,17 @@ def _addresses(model: Model, endpoint: str) -> list[tuple[int, int]]:
     return []
 
 
-def _fingerprint(site: dict, name: str) -> str | None:
-    """What a VPC's own reachability depends on, besides the site-wide facts."""
+def _fingerprint(site: dict, name: str) -> tuple | None:
+    """What a VPC's own reachability depends on, besides the site-wide facts (compared with ==)."""
     v = site["vpcs"].get(name)
     if v is None:
         return None
     acls = {t["acl"] for t in v["tiers"].values()} | {g["acl"] for g in v["private_gateways"].values()}
     mine = {k: x for k, x in v.items() if k not in ("routers", "vrrp")}
-    return json.dumps([mine, {a: site["acls"].get(a) for a in sorted(acls)}], sort_keys=True)
+    return mine, {a: site["acls"].get(a) for a in acls}
 
 
-def _routed(site: dict) -> dict[str, str]:
+def _routed(site: dict) -> dict[str, tuple]:
     return {name: _fingerprint(site, name) for name, v in site["vpcs"].items() if v["kind"] == "routed"}
 
 
