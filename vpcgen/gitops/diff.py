@@ -1,7 +1,9 @@
 """`vpcgen diff`: what a change to the site does to every router, for pull-request previews.
 
 The base revision is read with `git archive` (the working tree is never touched) and built in a
-temporary folder; the working tree is built in memory. Both builds are compared per router
+temporary folder; the working tree is built in memory. First comes what the change does: the
+flows it newly allows or denies, computed exactly from both revisions' site.json by the one
+model of the site's filtering (vpcgen.reach). Then both builds are compared per router
 file, the intents are compared object by object, the lock files key by key. Secret-bearing files
 are shown as rendered with every secret value as <redacted>; their real contents are only compared.
 """
