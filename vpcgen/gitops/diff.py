@@ -11,6 +11,7 @@ are shown as rendered with every secret value as <redacted>; their real contents
 from __future__ import annotations
 
 import difflib
+import gc
 import io
 import json
 import os
@@ -86,6 +87,18 @@ def _build(site_dir: Path, environ: dict, placeholder: bool) -> BuildResult:
 
 
 def diff_site(site_dir, base_ref: str, environ: dict | None = None) -> Report:
+    # millions of long-lived objects (two builds, two parsed sites) and no garbage cycles worth
+    # collecting: the cyclic collector would only rescan them (measured: seconds on 1,000 VPCs)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _diff_site(site_dir, base_ref, environ)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _diff_site(site_dir, base_ref: str, environ: dict | None = None) -> Report:
     site_dir = Path(site_dir)
     environ = dict(os.environ) if environ is None else environ
     with tempfile.TemporaryDirectory(prefix="vpcgen-diff-") as tmp:
