@@ -64,6 +64,14 @@ def test_the_daemons_table_and_the_contract_agree():
     assert set(tree.CHECK_COMMANDS) | set(tree.HEALTH_COMMANDS) <= set(tree.SERVICES)
 
 
+def test_the_reachability_model_reads_only_a_resolved_site():
+    """vpcgen.reach is shared by the lab and the diff: it imports nothing else of vpcgen."""
+    for path in sorted((PACKAGE / "reach").glob("*.py")):
+        bad = sorted(m for m in imported(path) if m.split(".")[0] != "reach")
+        assert not bad, f"{path.relative_to(PACKAGE.parent)} imports {bad}"
+
+
 def test_four_worlds_at_the_top():
+    """Plus the one model of reachability (reach) the lab and gitops share."""
     folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
-    assert folders == ["compiler", "gitops", "lab", "ops", "site"]
+    assert folders == ["compiler", "gitops", "lab", "ops", "reach", "site"]

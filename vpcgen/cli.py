@@ -231,21 +231,25 @@ def deploy(
 class DiffFormat(str, Enum):
     text = "text"
     markdown = "markdown"
+    json = "json"
 
 
 @app.command()
 def diff(
     site_dir: Path = typer.Argument(..., metavar="SITE_DIR", help="The site folder, e.g. sites/example (inside a git repository)."),
     base: str = typer.Option(..., "--base", metavar="GIT_REF", help="The git revision to compare with, e.g. origin/main."),
-    format: DiffFormat = typer.Option(DiffFormat.text, "--format", help="text, or markdown for a PR comment."),
+    format: DiffFormat = typer.Option(DiffFormat.text, "--format", help="text, markdown for a PR comment, or json "
+                                      "(\"reachability\": the flows the change newly allows or denies)."),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when anything changes (like git diff)."),
 ) -> None:
-    """Build the base revision and the working tree, and show what changes on which router."""
-    from .gitops.diff import diff_site, render_markdown, render_text
+    """Build the base revision and the working tree, and show which flows the change newly allows or
+    denies, then what changes on which router."""
+    from .gitops.diff import diff_site, render_json, render_markdown, render_text
 
     def body():
         report = diff_site(site_dir, base)
-        typer.echo(render_markdown(report) if format == DiffFormat.markdown else render_text(report), nl=False)
+        render = {DiffFormat.markdown: render_markdown, DiffFormat.json: render_json}.get(format, render_text)
+        typer.echo(render(report), nl=False)
         if exit_code and report.changed:
             raise typer.Exit(1)
 

@@ -11,11 +11,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..reach.model import PROBE_TCP_PORT, PROBE_UDP_PORT  # noqa: F401  (re-exported: the model names them)
+
 PEERS_NET = "198.18.0.0/24"  # between the internet side and the VPN peers (RFC 2544 space)
 PEERS_GATEWAY = "198.18.0.1"
 CORE_LOOPBACK = "192.0.2.254/32"  # a network behind the core (routed VPCs reach it)
-PROBE_TCP_PORT = 7777  # named by no ACL rule: what a default deny decides
-PROBE_UDP_PORT = 7777
 WHOAMI_PORT = 7  # answers with the address a connection came from
 ECHO_PORT = 80  # the internet side's echo service (TCP survival across a failover)
 

@@ -3,7 +3,7 @@ compared with the oracle's verdict (source egress, then destination ingress; NAT
 
 from __future__ import annotations
 
-from ..oracle import Endpoint, probes
+from ...reach.model import Endpoint, probes
 from ..plan import PROBE_TCP_PORT, internet_sources
 
 

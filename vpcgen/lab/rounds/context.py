@@ -1,5 +1,5 @@
-"""What every round works with: the running lab, its plan (from site.json), the oracle, and the
-helpers that look at or act on the routers."""
+"""What every round works with: the running lab, its plan (from site.json), the oracle
+(vpcgen.reach.model, the same model that reviews a diff), and the helpers that look at or act on the routers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import run as lab
 from ...ops import netns
 from ...tree import VRRP_STATE, read_site_json
-from ..oracle import Endpoint, Flow, Model, probes
+from ...reach.model import Endpoint, Flow, Model, probes
 from ..plan import WHOAMI_PORT, Host, build as build_plan, transit_ifname
 
 HTTP_GET = "GET / HTTP/1.0\\n\\n"

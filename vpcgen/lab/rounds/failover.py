@@ -7,7 +7,7 @@ import statistics
 import time
 
 from .. import run as lab
-from ..oracle import Endpoint
+from ...reach.model import Endpoint
 from ..plan import ECHO_PORT
 
 

@@ -8,7 +8,7 @@ import time
 
 from .. import run as lab
 from ...ops import netns
-from ..oracle import Endpoint, probes
+from ...reach.model import Endpoint, probes
 from ..plan import PROBE_TCP_PORT, WHOAMI_PORT, Client, Gateway, Peer
 from .acl import compare
 

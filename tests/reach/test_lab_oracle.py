@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from conftest import EXAMPLE, copy_site, run_cli
-from vpcgen.lab.oracle import Endpoint, Flow, Model, decide
+from vpcgen.reach.model import Endpoint, Flow, Model, decide
 
 
 def rule(number, action, traffic, protocol="all", ports=None, cidrs=("0.0.0.0/0",), icmp_type=None):
