@@ -169,13 +169,17 @@ def deploy(
         None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
     identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable); "
                                                   "the SSH agent and ~/.ssh keys are used too."),
+    confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
+                                          "which a router restores its previous release by itself unless a new "
+                                          "SSH session has confirmed the new one healthy."),
 ) -> None:
     """Ship built router trees over SSH: one atomic release per router, backup before master."""
     from .ops.deploy import DeployOptions, deploy_tree
 
     def body():
         options = DeployOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
-                                identity=[str(i) for i in identity or []], dry_run=dry_run, parallel=parallel)
+                                identity=[str(i) for i in identity or []], dry_run=dry_run, parallel=parallel,
+                                confirm_timeout=confirm_timeout)
         outcomes = deploy_tree(tree_dir, router, options,
                                lambda name, message: typer.echo(f"[{name}] {message}", err=True))
         width = max([len(o.router) for o in outcomes] + [6])

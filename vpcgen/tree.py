@@ -75,6 +75,22 @@ SPLIT_FILE = f"{STATE_DIR}/split"  # the second router's keepalived track file (
 VRRP_STATE_COMMAND = f"cat {VRRP_STATE}"
 
 
+# deploy's state under a router's deploy root (releases, the current link, the unconfirmed mark)
+DEPLOY_STATE = "var/lib/vpcgen"
+RELEASES = "releases"
+CURRENT = "current"
+PENDING = "pending"  # a release switched to but not yet confirmed: its id, the fallback, others
+HISTORY = "history"  # confirmed releases, oldest first
+# commit-confirm, under DEPLOY_STATE: the timer's revert script, its lock, the armed mark
+# (release id, timer's process group), the record of a revert the router made by itself, a log
+CONFIRM_DIR = "confirm"
+CONFIRM_SCRIPT = f"{CONFIRM_DIR}/revert.sh"
+CONFIRM_LOCK = f"{CONFIRM_DIR}/lock"
+CONFIRM_ARMED = f"{CONFIRM_DIR}/armed"
+CONFIRM_REVERTED = f"{CONFIRM_DIR}/reverted"
+CONFIRM_LOG = f"{CONFIRM_DIR}/log"
+
+
 def on_router(key: str, root: str = "/") -> str:
     """The absolute path of generated file ``key`` on a router (or under a deploy root)."""
     return f"{root.rstrip('/')}/{GENERATED[key]}"

@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from contextlib import contextmanager
@@ -425,7 +426,7 @@ def test_client_dying_mid_upload_leaves_no_release(lab, monkeypatch):
     assert lab.complete("solo-r1") != first and not [r for r in lab.releases("solo-r1") if r.startswith(".")]
 
 
-def test_session_lost_after_the_switch_is_finished_later(lab, server):
+def test_session_lost_after_the_switch_is_undone_by_the_router(lab, server):
     # the iptables reload cuts the deploy's connection (the router's sshd child dies) before it runs
     lab.command("reload", "iptables", f"[ ! -e {{root}}/drop-session ] || {{ rm {{root}}/drop-session; "
                 f"kill -9 $(pgrep -P {server.proc.pid}) 0; }}; "
@@ -437,22 +438,100 @@ def test_session_lost_after_the_switch_is_finished_later(lab, server):
     lab.build()
     (lab.root("solo-r1") / "drop-session").write_text("")
     lab.clear_log()
-    code, out, err = lab.deploy("--router", "solo-r1")
-    assert code == 1 and results(out) == {"solo-r1": "failed"}, out + err
-    wait_idle(lab.root("solo-r1"))
-    second = lab.complete("solo-r1")
-    assert second != first and lab.log() == []  # switched, never reloaded
-    assert lab.pending("solo-r1").read_text().split()[:2] == [second, first]
-    # the next deploy of the same tree knows it is not done: not "skipped"
-    code, out, _ = lab.deploy("--router", "solo-r1", "--dry-run")
-    assert results(out) == {"solo-r1": "planned"} and "reload: iptables" in out
+    start = time.monotonic()
+    code, out, err = lab.deploy("--router", "solo-r1", "--confirm-timeout", "3")
+    assert code == 1 and results(out) == {"solo-r1": "rolled back"}, out + err
+    assert f"the router restored {first} by itself" in out and time.monotonic() - start >= 3
+    # switched, never reloaded by the deployer; the router's own revert reloaded the first release
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
+    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
     code, out, err = lab.deploy("--router", "solo-r1")
     assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert lab.complete("solo-r1") != first
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan may wait for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def killed_deployer(lab, timeout: str) -> tuple[str, str]:
+    """Deploy a change to solo-r1 from a separate `vpcgen deploy` process that its router kills with
+    SIGKILL while the iptables reload runs (after the switch); (first release, second release)."""
+    pidfile = lab.root("solo-r1") / "deployer.pid"
+    lab.command("reload", "iptables", f"[ ! -e {{root}}/kill-deployer ] || {{ rm {{root}}/kill-deployer; "
+                f"kill -9 $(cat {pidfile}); }}; "
+                f"echo {{router}} iptables $(readlink -f {{root}}/var/lib/vpcgen/current) >> {lab.routers}/log")
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    lab.change_acl(8080)
+    lab.build()
+    (lab.root("solo-r1") / "kill-deployer").write_text("")
+    lab.clear_log()
+    command = [sys.executable, "-m", "vpcgen", "deploy", str(lab.out / "deploy"), "-i", str(lab.server.user_key),
+               "--router", "solo-r1", "--confirm-timeout", timeout]
+    proc = subprocess.run(["sh", "-c", f'echo $$ > {pidfile}; exec "$@"', "sh", *command], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -9, proc.stdout + proc.stderr  # killed by the router, not finished
+    assert "switching to" in proc.stderr and "rolled back" not in proc.stdout
+    second = lab.current("solo-r1").name
+    assert second != first and lab.pending("solo-r1").read_text().split()[:2] == [second, first]
+    return first, second
+
+
+def test_router_reverts_when_the_deployer_is_killed_after_the_switch(lab):
+    first, second = killed_deployer(lab, "3")
+    armed = lab.root("solo-r1") / "var/lib/vpcgen/confirm/armed"
+    timer = int(armed.read_text().split()[1])
+    deadline = time.monotonic() + 20
+    while alive(timer):
+        assert time.monotonic() < deadline, "the router's timer did not finish"
+        time.sleep(0.2)
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists() and not armed.exists()
+    # the router reloaded what the previous release needs, on that release
+    assert lab.log()[-1] == ("solo-r1", "iptables", str(lab.current("solo-r1")))
+    record = (lab.root("solo-r1") / "var/lib/vpcgen/confirm/reverted").read_text().split()
+    assert record == [second, first, "restored"]
+    # the next deploy says what the router did, and deploys the tree afresh
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert f"the router undid the unconfirmed release {second} by itself" in err
+    assert lab.complete("solo-r1") not in (first,) and not lab.pending("solo-r1").exists()
+
+
+def test_next_deploy_takes_over_a_dead_deployers_timer(lab):
+    first, second = killed_deployer(lab, "600")
+    timer = int((lab.root("solo-r1") / "var/lib/vpcgen/confirm/armed").read_text().split()[1])
+    assert alive(timer)
+    lab.clear_log()
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert f"took over the confirm timer of the unconfirmed release {second}" in err
     assert "finishing the interrupted deploy" in out
-    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
     assert lab.complete("solo-r1") == second and not lab.pending("solo-r1").exists()
-    code, out, _ = lab.deploy("--router", "solo-r1")
-    assert code == 0 and results(out) == {"solo-r1": "skipped"}
+    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
+    deadline = time.monotonic() + 5
+    while alive(timer):  # the dead deployer's timer was cancelled, not left to fire
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_confirm_that_comes_too_late_is_undone(lab):
+    """A deployer alive but slower than the timeout: the router's revert wins, deploy says so."""
+    lab.command("health", "iptables", "sleep 4")
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    lab.change_acl(8080)
+    lab.build()
+    code, out, err = lab.deploy("--router", "solo-r1", "--confirm-timeout", "2")
+    assert code == 1 and results(out) == {"solo-r1": "rolled back"}, out + err
+    assert f"the router restored {first} by itself" in out
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
 
 
 def test_traversal_and_broken_manifests_are_refused(lab, tmp_path):
