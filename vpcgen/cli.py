@@ -189,6 +189,8 @@ def deploy(
             if dry_run and o.status == "planned":
                 typer.echo(f"{'':<{width}}    files: {', '.join(o.files) or 'none'}")
                 typer.echo(f"{'':<{width}}    reload: {', '.join(o.services) or 'nothing'}")
+                for line in o.diff:
+                    typer.echo(line)
         counts = {s: sum(o.status == s for o in outcomes)
                   for s in ("changed", "skipped", "failed", "rolled back", "planned", "unchanged")}
         typer.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no routers")

@@ -672,3 +672,33 @@ def test_upload_verifies_every_file_secret_ones_included(lab):
             assert sums[path] == hashlib.sha256(data).hexdigest() and data == (tree / "pair-r1" / path).read_bytes()
             assert stat.S_IMODE(members[path].mode) == stat.S_IMODE((tree / "pair-r1" / path).stat().st_mode)
     assert set(sums) == set(target.files()) and {"etc/swanctl/vpcgen-secrets.conf", "etc/vpcgen/secret-sums.json"} <= set(sums)
+
+
+def test_dry_run_shows_the_deployed_files_against_the_tree_secrets_redacted(lab, monkeypatch):
+    tree = lab.build()
+    assert lab.deploy()[0] == 0
+    rules = lab.root("solo-r1") / "etc/iptables/rules.v4"
+    # a hand edit on the router shows too: the diff is against what is there now, not the last release
+    rules.unlink()
+    rules.write_text((tree / "solo-r1/etc/iptables/rules.v4").read_text() + "# edited by hand\n")
+    lab.change_acl(8080)
+    monkeypatch.setenv("VPCGEN_SECRET_HQ_PSK", "the new secret")
+    lab.build()
+    code, out, err = lab.deploy("--dry-run")
+    assert code == 0 and results(out) == {r: "planned" for r in ROUTERS}, out + err
+    root = lab.root("solo-r1")
+    assert f"--- solo-r1:{root}/etc/iptables/rules.v4" in out
+    assert f"+++ {tree}/solo-r1/etc/iptables/rules.v4" in out
+    removed = [line for line in out.splitlines() if line.startswith("-") and "--dport 80 " in line + " "]
+    added = [line for line in out.splitlines() if line.startswith("+") and "--dport 8080 " in line + " "]
+    assert removed and added and "-# edited by hand" in out.splitlines()
+    secret_file = f"pair-r1:{lab.root('pair-r1')}/etc/swanctl/vpcgen-secrets.conf"
+    assert f"--- {secret_file}" in out and "@@ secret file differs: content not shown @@" in out
+    for value in (SECRETS["VPCGEN_SECRET_HQ_PSK"], "the new secret"):
+        for form in (value, base64.b64encode(value.encode()).decode()):
+            assert form not in out + err
+    # the routers are untouched
+    assert lab.complete("pair-r1") and "# edited by hand" in rules.read_text()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    code, out, _ = lab.deploy("--router", "solo-r1", "--dry-run")
+    assert results(out) == {"solo-r1": "unchanged"} and "---" not in out

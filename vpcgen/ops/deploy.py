@@ -18,6 +18,8 @@ apply its release again (or undo it), never skip the router.
 
 from __future__ import annotations
 
+import base64
+import difflib
 import hashlib
 import io
 import json
@@ -133,6 +135,7 @@ class Outcome:
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
     services: list[str] = field(default_factory=list)
+    diff: list[str] = field(default_factory=list)  # dry run: deployed now against the tree, secrets redacted
 
 
 class RemoteError(Exception):
@@ -677,6 +680,54 @@ class RouterDeploy:
                                f"{confirm.timeout + REVERT_GRACE:g} s: {last}")
             time.sleep(1.0)
 
+    # --- dry run: what is deployed now against the tree ---
+
+    def deployed(self, paths: list[str], secret: list[str]) -> dict[str, bytes | str | None]:
+        """The live files under the deploy root (through vpcgen's links, hand edits included), in one
+        session: path -> content, or for secret files only their sha256 (their content never leaves
+        the router); None for a missing file."""
+        q, root = self.q, self.t.root
+        parts = [f"f={q(f'{root}/{p}')}; echo {q('@@file ' + p)}; [ ! -f \"$f\" ] || base64 -w0 < \"$f\"; echo"
+                 for p in paths]
+        parts += [f"f={q(f'{root}/{p}')}; echo {q('@@secret ' + p)}; [ ! -f \"$f\" ] || sha256sum < \"$f\" | cut -c1-64"
+                  for p in secret]
+        _, out = self.r.run("\n".join(parts + ["true"]))
+        found: dict[str, bytes | str | None] = {}
+        for kind, path, body in re.findall(r"^@@(file|secret) (\S+)\n(.*?)$", out, re.M):
+            body = body.strip()
+            found[path] = (base64.b64decode(body) if kind == "file" else body) if body else None
+        return found
+
+    def plan_diff(self, current: State | None) -> list[str]:
+        """Unified diff of every file as deployed on the router now against the tree (like `terraform
+        plan`); secret files only say whether they differ."""
+        tree, name = self.t.tree, self.t.name
+        secret = {e.path for e in tree.entries if e.secret} | {
+            f["path"] for f in (current.manifest["files"] if current else []) if f.get("secret") or f["mode"] == "0600"}
+        paths = sorted({e.path for e in tree.entries} | (set(current.files()) if current else set()))
+        live = self.deployed([p for p in paths if p not in secret], [p for p in paths if p in secret])
+        sums, lines = tree.sums(), []
+        for path in paths:
+            shown = f"{self.t.root}/{path}"
+            wanted = tree.dir / path if path in sums else None
+            if path in secret:
+                if live.get(path) != sums.get(path):
+                    state = ("absent on the router" if live.get(path) is None else "removed by the tree"
+                             if wanted is None else "differs")
+                    lines += [f"--- {name}:{shown}", f"+++ {wanted or '/dev/null'}",
+                              f"@@ secret file {state}: content not shown @@"]
+                continue
+            old = live.get(path) or b""
+            new = _read_shipped(wanted) if wanted else b""
+            if old == new and (live.get(path) is None) == (wanted is None):
+                continue
+            lines += [line.rstrip("\n") for line in difflib.unified_diff(
+                old.decode("utf-8", "replace").splitlines(keepends=True),
+                new.decode("utf-8", "replace").splitlines(keepends=True),
+                fromfile=f"{name}:{shown}" if live.get(path) is not None else "/dev/null",
+                tofile=str(wanted) if wanted else "/dev/null", n=3)]
+        return lines
+
 
 def release_name(target: Target, taken: list[str]) -> str:
     name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{_sha(target.tree.manifest_bytes)[:12]}"
@@ -698,7 +749,8 @@ def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, prog
     note = (f"finishing the interrupted deploy of {probe.pending[0]}" if probe.pending
             else "first deploy" if current is None else "")
     if dry_run:
-        return Outcome(target.name, "planned", note, files=changed_files, services=services)
+        return Outcome(target.name, "planned", note, files=changed_files, services=services,
+                       diff=d.plan_diff(current))
     if current is not None and current.key() == new.key():
         release = probe.current  # switched to by a deploy that died before confirming it: apply it again
     else:
