@@ -201,6 +201,34 @@ def deploy(
 
 
 
+@app.command()
+def rollback(
+    tree_dir: Path = typer.Argument(..., help="The built site the router was deployed from, e.g. output/example."),
+    router: str = typer.Option(..., "--router", help="The router to roll back."),
+    to: Optional[str] = typer.Option(None, "--to", help="The release to make current (default: the previous one)."),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable)."),
+    confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
+                                          "which the router goes back to the release it ran unless a new SSH "
+                                          "session has confirmed the rollback healthy."),
+) -> None:
+    """Make the previous (or a named) release current again on a router, with deploy's checks, reloads,
+    health checks and commit-confirm."""
+    from .ops.deploy import DeployOptions, rollback_router
+
+    def body():
+        options = DeployOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
+                                identity=[str(i) for i in identity or []], confirm_timeout=confirm_timeout)
+        o = rollback_router(tree_dir, router, to, options,
+                            lambda name, message: typer.echo(f"[{name}] {message}", err=True))
+        typer.echo(f"{o.router}  {o.status}  {o.seconds:5.1f}s  {o.detail}")
+        if o.status not in ("changed", "skipped"):
+            raise typer.Exit(1)
+
+    _run(body)
+
+
 class DiffFormat(str, Enum):
     text = "text"
     markdown = "markdown"

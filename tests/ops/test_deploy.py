@@ -702,3 +702,54 @@ def test_dry_run_shows_the_deployed_files_against_the_tree_secrets_redacted(lab,
     assert lab.deploy("--router", "solo-r1")[0] == 0
     code, out, _ = lab.deploy("--router", "solo-r1", "--dry-run")
     assert results(out) == {"solo-r1": "unchanged"} and "---" not in out
+
+
+def test_rollback_to_the_previous_and_to_a_named_release(lab):
+    names = []
+    for port in (81, 82):
+        lab.change_acl(port)
+        lab.build()
+        assert lab.deploy("--router", "solo-r1")[0] == 0
+        names.append(lab.complete("solo-r1"))
+    first, second = names
+    lab.clear_log()
+    rollback = ("rollback", lab.out / "deploy", "--router", "solo-r1", "-i", lab.server.user_key)
+    code, out, err = run_cli(*rollback)
+    assert code == 0 and f"solo-r1  changed" in out and f"release {first}" in out, out + err
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
+    # the rolled-back-to release's own reload, on that release
+    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
+    assert "--dport 81 " in (lab.root("solo-r1") / "etc/iptables/rules.v4").read_text()
+    # the previous release is now the one rolled back from: a second rollback goes forward again
+    code, out, err = run_cli(*rollback)
+    assert code == 0 and lab.complete("solo-r1") == second, out + err
+    # a named one
+    code, out, err = run_cli(*rollback, "--to", first)
+    assert code == 0 and lab.complete("solo-r1") == first, out + err
+    code, out, err = run_cli(*rollback, "--to", first)
+    assert code == 0 and "already the current release" in out and lab.complete("solo-r1") == first
+    code, out, err = run_cli(*rollback, "--to", "20000101T000000Z-000000000000")
+    assert code == 1 and "no release 20000101T000000Z-000000000000 on the router" in out
+    assert f"releases: {first}, {second}" in out and lab.complete("solo-r1") == first
+    # the deploy's checks apply: a release the checker rejects is not switched to
+    (lab.root("solo-r1") / "fail-check").write_text("")
+    lab.clear_log()
+    code, out, err = run_cli(*rollback, "--to", second)
+    assert code == 1 and "iptables checker rejected release" in out and lab.complete("solo-r1") == first
+    assert lab.log() == []
+    (lab.root("solo-r1") / "fail-check").unlink()
+    # a release edited on the router is refused
+    rules = lab.root("solo-r1") / "var/lib/vpcgen/releases" / second / "etc/iptables/rules.v4"
+    rules.write_text(rules.read_text() + "# edited\n")
+    code, out, err = run_cli(*rollback, "--to", second)
+    assert code == 1 and f"release {second} does not match its manifest" in out
+    assert lab.complete("solo-r1") == first
+
+
+def test_rollback_without_a_previous_release(lab):
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    code, out, err = run_cli("rollback", lab.out / "deploy", "--router", "solo-r1", "-i", lab.server.user_key)
+    assert code == 1 and "no previous release on the router" in out
+    code, out, err = run_cli("rollback", lab.out / "deploy", "--router", "nope", "-i", lab.server.user_key)
+    assert code == 1 and "no router nope" in err and "Traceback" not in out + err

@@ -941,3 +941,79 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
         for remote in remotes.values():
             remote.close()
     return outcomes
+
+
+# --- vpcgen rollback: make an earlier release current again, with deploy's checks and confirm ---
+
+def _release_state(d: RouterDeploy, release_id: str) -> State | None:
+    path = d.q(d.release_path(release_id))
+    _, out = d.r.run(f"cat {path}/{MANIFEST} 2>/dev/null; echo; echo @@sums; cat {path}/{SECRET_SUMS} 2>/dev/null; true")
+    manifest, _, sums = out.partition("\n@@sums")
+    return State.parse(manifest, sums)
+
+
+def _check_release(d: RouterDeploy, release_id: str, state: State) -> None:
+    """Every file of the release as its manifest says (nothing rotted or edited there), then the
+    daemons' checkers on it."""
+    sums = "".join(f"{digest}  {path}\n" for path, (digest, _, _) in sorted(state.files().items())).encode()
+    verify = f"cd {d.q(d.release_path(release_id))}; sha256sum --quiet --strict -c -"
+    checks = [(f"check:{e['service']}", substitute(e["command"], d.t, d.release_path(release_id)))
+              for e in d.t.settings["checks"]]
+    d.say(d.t.name, f"verifying {release_id}, checking {', '.join(n[6:] for n, _ in checks) or 'nothing'}")
+    failed, rc, out = d.r.steps([("verify", verify)] + checks, sums)
+    if failed == "verify":
+        raise RemoteError(f"release {release_id} does not match its manifest on the router{_said(out, 300)}")
+    if failed:
+        raise RemoteError(f"{failed[6:]} checker rejected release {release_id} (exit {rc}){_said(out, 500)}")
+
+
+def rollback_router(tree_dir: Path, router: str, to: str | None, options: DeployOptions,
+                    progress: Callable[[str, str], None]) -> Outcome:
+    """Make the previous release (the confirmed one before the current) or release ``to`` current
+    again on ``router``: lock, verify and check it, switch under commit-confirm, reload, health."""
+    target = Target(read_routers(Path(tree_dir), [router])[router])
+    problem = _settings_problem(target.manifest)
+    if problem:
+        raise TreeError(f"{target.tree.dir / MANIFEST}: '{problem}' is missing or malformed")
+    if not Path(options.known_hosts).is_file():
+        raise VpcgenError(f"{options.known_hosts}: no known_hosts file: give --known-hosts")
+    if to is not None and not _ID.match(to):
+        raise VpcgenError(f"{to!r} is not a release name")
+    start = time.monotonic()
+    remote = None
+    try:
+        remote = Remote(connect(target, options.known_hosts, options.identity))
+        remote.lock(f"{target.base}/lock")
+        d = RouterDeploy(target, remote, progress)
+        d.settle()
+        probe = d.probe()
+        if to is None:
+            earlier = [i for i in probe.history if i != probe.current and i in probe.releases]
+            if not earlier:
+                return Outcome(router, "failed", f"no previous release on the router to go back to (current: "
+                               f"{probe.current or 'none'}, releases: {', '.join(probe.releases) or 'none'})")
+            to = earlier[-1]
+        if to not in probe.releases:
+            return Outcome(router, "failed", f"no release {to} on the router (releases: "
+                           f"{', '.join(probe.releases) or 'none'})")
+        if to == probe.current and not probe.pending:
+            return Outcome(router, "skipped", f"{to} is already the current release")
+        state = _release_state(d, to)
+        if state is None or _settings_problem(state.manifest) or \
+                state.manifest["deploy"]["root"].rstrip("/") != target.root:
+            return Outcome(router, "failed", f"release {to} on the router is incomplete or not one vpcgen wrote "
+                           "for this deploy root")
+        probe.states[to] = state
+        # the release's own checks, reloads and health checks, as it was built
+        old = RouterDeploy(Target(RouterTree(router, target.tree.dir, state.manifest, b"", [], None)), remote, progress)
+        _check_release(old, to, state)
+        outcome = apply_release(old, probe, to, state, affected_services(probe.running(), state),
+                                _changed_files(probe.state(probe.current), state), "rollback",
+                                options.confirm(target), prune=False)
+    except CONNECTION_ERRORS as exc:
+        outcome = Outcome(router, "failed", str(exc) or type(exc).__name__)
+    finally:
+        if remote is not None:
+            remote.close()
+    outcome.seconds = time.monotonic() - start
+    return outcome
