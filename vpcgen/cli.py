@@ -229,6 +229,46 @@ def rollback(
     _run(body)
 
 
+class StatusFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def status(
+    tree_dir: Path = typer.Argument(..., help="The built site the routers were deployed from, e.g. output/example."),
+    router: Optional[list[str]] = typer.Option(None, "--router", help="Only this router (repeatable)."),
+    format: StatusFormat = typer.Option(StatusFormat.text, "--format", help="text (a table and one line per "
+                                        "finding) or json (for monitoring)."),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", help="Service and status command overrides "
+                                            "(YAML; default: the file VPCGEN_COMMANDS names)."),
+    parallel: int = typer.Option(8, "--parallel", min=1, max=256, help="Routers asked at the same time."),
+) -> None:
+    """The live state of every router against the tree: release, files, firewall, VRRP (one master per
+    pair), conntrackd, services, load-balancer members, VPN SAs, OSPF. Exit 1 on any finding."""
+    import json as json_module
+
+    from .ops import overrides
+    from .ops.status import StatusOptions, render_text, status_tree
+
+    def body():
+        options = StatusOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
+                                identity=[str(i) for i in identity or []], parallel=parallel,
+                                commands=overrides.load(commands))
+        report = status_tree(tree_dir, router or None, options)
+        if format == StatusFormat.json:
+            typer.echo(json_module.dumps(report.as_json(), indent=2, sort_keys=True))
+        else:
+            typer.echo(render_text(report), nl=False)
+        if report.findings:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
 class DiffFormat(str, Enum):
     text = "text"
     markdown = "markdown"

@@ -68,6 +68,25 @@ HEALTH_COMMANDS = {
     "strongswan": "systemctl is-active --quiet strongswan",
     "frr": "systemctl is-active --quiet frr",
 }
+# `vpcgen status`: what it reads on a router, besides the files and the health commands above
+HA_GUARD_TAG = "vpcgen-ha-guard"  # the comment on rules.v4's HA guard rules (lifted on a master)
+HAPROXY_STATS_SOCKET = "/run/haproxy/admin.sock"
+VPN_CHILD = "s2s-{name}"  # swanctl child of a site-to-site VPN peer
+STATUS_COMMANDS = {
+    "firewall": "iptables-save",
+    # rules.v4 (stdin) loaded into a throwaway network namespace: the expected rules in
+    # iptables-save's own spelling
+    "firewall-expected": "unshare --net sh -c 'iptables-restore && iptables-save'",
+    "conntrackd": f"conntrackd -C {{root}}/{G['conntrackd']} -s",
+    "haproxy": f"echo 'show stat' | socat stdio {HAPROXY_STATS_SOCKET}",
+    "strongswan": "swanctl --list-sas",
+    "ospf-neighbors": "vtysh -c 'show ip ospf neighbor json'",
+    "ospf-announced": "vtysh -c 'show ip ospf database self-originate'",
+    # a planned handover: keepalived's stop sends priority 0 (the backup takes over at once), its
+    # start comes back as backup (nopreempt)
+    "switchover": "systemctl restart keepalived",
+}
+
 # run-time state on a router of a pair, kept by notify.sh
 STATE_DIR = "/run/vpcgen"
 VRRP_STATE = f"{STATE_DIR}/vrrp.state"  # MASTER, BACKUP, FAULT or STOP
