@@ -169,17 +169,21 @@ def deploy(
         None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
     identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable); "
                                                   "the SSH agent and ~/.ssh keys are used too."),
+    commands: Optional[Path] = typer.Option(None, "--commands", help="Service command overrides (YAML; "
+                                            "default: the file VPCGEN_COMMANDS names)."),
     confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
                                           "which a router restores its previous release by itself unless a new "
                                           "SSH session has confirmed the new one healthy."),
 ) -> None:
     """Ship built router trees over SSH: one atomic release per router, backup before master."""
+    from .ops import overrides
     from .ops.deploy import DeployOptions, deploy_tree
 
     def body():
         options = DeployOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
                                 identity=[str(i) for i in identity or []], dry_run=dry_run, parallel=parallel,
-                                confirm_timeout=confirm_timeout)
+                                confirm_timeout=confirm_timeout,
+                                commands=overrides.load(commands))
         outcomes = deploy_tree(tree_dir, router, options,
                                lambda name, message: typer.echo(f"[{name}] {message}", err=True))
         width = max([len(o.router) for o in outcomes] + [6])
@@ -209,17 +213,21 @@ def rollback(
     known_hosts: Optional[Path] = typer.Option(
         None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
     identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", help="Service command overrides (YAML; "
+                                            "default: the file VPCGEN_COMMANDS names)."),
     confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
                                           "which the router goes back to the release it ran unless a new SSH "
                                           "session has confirmed the rollback healthy."),
 ) -> None:
     """Make the previous (or a named) release current again on a router, with deploy's checks, reloads,
     health checks and commit-confirm."""
+    from .ops import overrides
     from .ops.deploy import DeployOptions, rollback_router
 
     def body():
         options = DeployOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
-                                identity=[str(i) for i in identity or []], confirm_timeout=confirm_timeout)
+                                identity=[str(i) for i in identity or []], confirm_timeout=confirm_timeout,
+                                commands=overrides.load(commands))
         o = rollback_router(tree_dir, router, to, options,
                             lambda name, message: typer.echo(f"[{name}] {message}", err=True))
         typer.echo(f"{o.router}  {o.status}  {o.seconds:5.1f}s  {o.detail}")
@@ -264,6 +272,35 @@ def status(
         else:
             typer.echo(render_text(report), nl=False)
         if report.findings:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
+@app.command()
+def switchover(
+    tree_dir: Path = typer.Argument(..., help="The built site the pair was deployed from, e.g. output/example."),
+    vpc: str = typer.Option(..., "--vpc", help="The redundant VPC whose backup takes over."),
+    timeout: float = typer.Option(30.0, "--timeout", min=1.0, max=600.0, help="Seconds for the backup to be "
+                                  "the only master."),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", help="Service and status command overrides "
+                                            "(YAML; default: the file VPCGEN_COMMANDS names)."),
+) -> None:
+    """Planned handover of a pair's mastership to its backup (maintenance), after checking that the
+    backup is healthy and in sync; returns when exactly one router is master again."""
+    from .ops import overrides
+    from .ops.switchover import SwitchoverOptions, switchover as run_switchover
+
+    def body():
+        options = SwitchoverOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
+                                    identity=[str(i) for i in identity or []], timeout=timeout,
+                                    commands=overrides.load(commands))
+        result = run_switchover(tree_dir, vpc, options, lambda m: typer.echo(m, err=True))
+        typer.echo(f"{result.vpc}: {'switched over' if result.ok else 'FAILED'}: {result.detail}")
+        if not result.ok:
             raise typer.Exit(1)
 
     _run(body)

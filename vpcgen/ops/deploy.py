@@ -38,6 +38,7 @@ import paramiko
 from fabric import Connection
 
 from ..errors import VpcgenError
+from . import overrides as overrides_module
 from ..tree import GENERATED, MANIFEST, SECRET_SUMS, SERVICES, RouterTree, TreeError, read_routers
 from ..tree import (CONFIRM_ARMED, CONFIRM_DIR, CONFIRM_LOCK, CONFIRM_LOG, CONFIRM_REVERTED, CONFIRM_SCRIPT,
                     CURRENT, DEPLOY_STATE, HISTORY, PENDING, RELEASES)
@@ -55,6 +56,7 @@ _ROOT = re.compile(r"^/(([A-Za-z0-9._-])+/?)*$")
 @dataclass
 class Target:
     tree: RouterTree
+    overrides: dict = field(default_factory=dict)  # the deployer's service commands (ops.overrides)
 
     @property
     def name(self) -> str:
@@ -74,7 +76,7 @@ class Target:
 
     @property
     def settings(self) -> dict:
-        return self.manifest["deploy"]
+        return overrides_module.settings(self.manifest["deploy"], self.overrides)
 
     @property
     def root(self) -> str:
@@ -475,7 +477,7 @@ class RouterDeploy:
         return "\n".join(lines)
 
     def reload_steps(self, release_id: str, state: State, services: list[str]) -> list[tuple[str, str]]:
-        commands = reload_commands(state.manifest)
+        commands = overrides_module.reloads(reload_commands(state.manifest), self.t.overrides)
         return [(f"reload:{s}", substitute(commands[s], self.t, self.release_path(release_id)))
                 for s in services if s in commands]
 
@@ -861,6 +863,7 @@ class DeployOptions:
     dry_run: bool = False
     parallel: int = 1
     confirm_timeout: float = CONFIRM_TIMEOUT
+    commands: dict = field(default_factory=dict)  # service command overrides (ops.overrides)
 
     def confirm(self, target: Target) -> Confirm:
         return Confirm(self.confirm_timeout,
@@ -870,6 +873,8 @@ class DeployOptions:
 def deploy_tree(tree_dir: Path, only: list[str] | None, options: DeployOptions,
                 progress: Callable[[str, str], None]) -> list[Outcome]:
     targets = load_targets(tree_dir, only)
+    for t in targets:
+        t.overrides = options.commands
     if not Path(options.known_hosts).is_file():
         raise VpcgenError(f"{options.known_hosts}: no known_hosts file: pin the routers' host keys in the site's "
                           "known_hosts (OpenSSH format) and build again, or give --known-hosts")
@@ -971,7 +976,7 @@ def rollback_router(tree_dir: Path, router: str, to: str | None, options: Deploy
                     progress: Callable[[str, str], None]) -> Outcome:
     """Make the previous release (the confirmed one before the current) or release ``to`` current
     again on ``router``: lock, verify and check it, switch under commit-confirm, reload, health."""
-    target = Target(read_routers(Path(tree_dir), [router])[router])
+    target = Target(read_routers(Path(tree_dir), [router])[router], options.commands)
     problem = _settings_problem(target.manifest)
     if problem:
         raise TreeError(f"{target.tree.dir / MANIFEST}: '{problem}' is missing or malformed")
@@ -1005,7 +1010,8 @@ def rollback_router(tree_dir: Path, router: str, to: str | None, options: Deploy
                            "for this deploy root")
         probe.states[to] = state
         # the release's own checks, reloads and health checks, as it was built
-        old = RouterDeploy(Target(RouterTree(router, target.tree.dir, state.manifest, b"", [], None)), remote, progress)
+        old = RouterDeploy(Target(RouterTree(router, target.tree.dir, state.manifest, b"", [], None), options.commands),
+                           remote, progress)
         _check_release(old, to, state)
         outcome = apply_release(old, probe, to, state, affected_services(probe.running(), state),
                                 _changed_files(probe.state(probe.current), state), "rollback",

@@ -209,7 +209,7 @@ def _neighbors(text: str) -> dict[str, str]:
 def check_router(t: Target, site: dict, options: StatusOptions) -> RouterStatus:
     st = RouterStatus(t.name, t.vpc, redundant=bool(t.settings.get("vrrp")))
     ov = options.commands
-    settings = overrides_module.settings(t.settings, ov)
+    settings = t.settings
     commands = STATUS_COMMANDS | ov.get("status", {})
     health = [(e["service"], substitute(e["command"], t, "")) for e in settings["health"]]
     vrrp = substitute(settings["vrrp"]["state"], t, "") if settings.get("vrrp") else None
@@ -354,7 +354,7 @@ def pair_findings(routers: list[RouterStatus]) -> list[Finding]:
 
 
 def status_tree(tree_dir: Path, only: list[str] | None, options: StatusOptions) -> Report:
-    targets = [Target(r) for r in read_routers(Path(tree_dir), only).values()]
+    targets = [Target(r, options.commands) for r in read_routers(Path(tree_dir), only).values()]
     for t in targets:
         problem = _settings_problem(t.manifest)
         if problem:
