@@ -166,8 +166,9 @@ def deploy(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; change nothing."),
     parallel: int = typer.Option(1, "--parallel", min=1, max=256, help="VPCs deployed at the same time."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable); "
+        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable); "
                                                   "the SSH agent and ~/.ssh keys are used too."),
     commands: Optional[Path] = typer.Option(None, "--commands", help="Service command overrides (YAML; "
                                             "default: the file VPCGEN_COMMANDS names)."),
@@ -211,8 +212,9 @@ def rollback(
     router: str = typer.Option(..., "--router", help="The router to roll back."),
     to: Optional[str] = typer.Option(None, "--to", help="The release to make current (default: the previous one)."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable)."),
+        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
     commands: Optional[Path] = typer.Option(None, "--commands", help="Service command overrides (YAML; "
                                             "default: the file VPCGEN_COMMANDS names)."),
     confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
@@ -249,8 +251,9 @@ def status(
     format: StatusFormat = typer.Option(StatusFormat.text, "--format", help="text (a table and one line per "
                                         "finding) or json (for monitoring)."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable)."),
+        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
     commands: Optional[Path] = typer.Option(None, "--commands", help="Service and status command overrides "
                                             "(YAML; default: the file VPCGEN_COMMANDS names)."),
     parallel: int = typer.Option(8, "--parallel", min=1, max=256, help="Routers asked at the same time."),
@@ -284,8 +287,9 @@ def switchover(
     timeout: float = typer.Option(30.0, "--timeout", min=1.0, max=600.0, help="Seconds for the backup to be "
                                   "the only master."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", help="SSH private key (repeatable)."),
+        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
     commands: Optional[Path] = typer.Option(None, "--commands", help="Service and status command overrides "
                                             "(YAML; default: the file VPCGEN_COMMANDS names)."),
 ) -> None:
@@ -427,6 +431,24 @@ def lab_down(tree_dir: Path = typer.Argument(..., help="The built site the lab w
     def body():
         removed = lab.down(tree_dir)
         typer.echo(f"lab {lab.lab_name(tree_dir)} down: {len(removed)} namespaces removed")
+
+    _run(body)
+
+
+@lab_app.command("run", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def lab_run(
+    tree_dir: Path = typer.Argument(..., help="The built site the lab was started from."),
+    command: list[str] = typer.Argument(..., help="The command and its arguments (after --)."),
+) -> None:
+    """Run COMMAND on the running lab's management network, where every router's mgmt address
+    answers SSH with the lab's key and pinned host keys (vpcgen deploy, status, switchover,
+    rollback and ssh work against the lab as against real routers)."""
+    from .lab import mgmt
+
+    def body():
+        code = mgmt.run(tree_dir, command)
+        if code:
+            raise typer.Exit(code)
 
     _run(body)
 

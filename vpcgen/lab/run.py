@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..ops import check, netns
+from . import mgmt
 from ..errors import VpcgenError
 from ..tree import _NAME, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
 
@@ -292,6 +293,7 @@ def up(tree_dir, only_vpc: str | None = None, progress=lambda m: None) -> Plan:
         stage(tree_dir, routers)
         p = plan(tree_dir, only_vpc)
         _build(p, state, progress)
+        mgmt.setup(p, state, progress)
         _wait_ready(p, state.data, progress)
     except BaseException:
         down(tree_dir)
