@@ -446,7 +446,7 @@ def lab_run(
     from .lab import mgmt
 
     def body():
-        code = mgmt.run(tree_dir, command)
+        code = mgmt.run(tree_dir, command[1:] if command[:1] == ["--"] else command)
         if code:
             raise typer.Exit(code)
 

@@ -72,7 +72,8 @@ def commands(python: str = sys.executable) -> dict:
                            f"conntrackd -d -C {conntrackd}"),
             "keepalived": "kill -HUP $(cat /run/keepalived.pid)",
             "haproxy": f"haproxy -D -n 4096 -p /run/haproxy.pid -f {haproxy} -sf $(cat /run/haproxy.pid)",
-            "frr": f"/usr/lib/frr/frr-reload.py --reload {on_router('frr')}",
+            # additive, as `vtysh -b` at start (frr-reload.py, which also removes, is not installed here)
+            "frr": f"vtysh -f {on_router('frr')}",
         },
         "health": {
             "keepalived": "kill -0 $(cat /run/keepalived.pid)",
