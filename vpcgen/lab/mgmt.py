@@ -33,6 +33,7 @@ from ..tree import DEPLOY_STATE, MANIFEST, on_router
 STATION = "169.254.254.254"  # the management station's address in the management namespace
 BRIDGE = "mgmt0"
 SSHD = "/usr/sbin/sshd"
+LAB_ONLY = "lab only: libipsec"  # the comment on the lab's twin rules (run.load_rules writes them so)
 INSIDE = "/run/vpcgen-lab-mgmt"  # in the router's private /run (the lab's run folder is not visible there)
 LAB_STRONGSWAN = "/etc/vpcgen-lab/strongswan.conf"  # the lab's charon settings (see run.LAB_STRONGSWAN_CONF)
 
@@ -60,14 +61,13 @@ def commands(python: str = sys.executable) -> dict:
     haproxy = on_router("haproxy")
     rules = on_router("iptables")
     notify = on_router("keepalived-notify")
-    swanctl = on_router("swanctl")
     from .run import KEEPALIVED_START  # the lab starts keepalived so; a handover restarts it so
     return {
         "reload": {
             "networking": "true",  # the lab made the interfaces; it does not run ifupdown
             # the tree's own reload, then the lab's libipsec twins of the tier-to-internet accepts
             "iptables": (f"if [ -x {notify} ]; then {notify} apply-firewall; else iptables-restore --wait=10 {rules}; "
-                         f"fi && {{ [ ! -e {swanctl} ] || {shlex.quote(python)} -m vpcgen.lab.mgmt twins {rules}; }}"),
+                         f"fi && {shlex.quote(python)} -m vpcgen.lab.mgmt twins /{MANIFEST} {rules}"),
             "conntrackd": (f"conntrackd -C {conntrackd} -k >/dev/null 2>&1; sleep 0.3; rm -f /run/lock/conntrackd.lock; "
                            f"conntrackd -d -C {conntrackd}"),
             "keepalived": "kill -HUP $(cat /run/keepalived.pid)",
@@ -82,6 +82,8 @@ def commands(python: str = sys.executable) -> dict:
             "frr": "vtysh -c 'show version' >/dev/null",
         },
         "status": {
+            # the lab's own platform rules (libipsec twins) are not the router's
+            "firewall": f"iptables-save | grep -v -e {shlex.quote(LAB_ONLY)}",
             "switchover": ("kill $(cat /run/keepalived.pid); i=0; while [ -e /run/keepalived.pid ] && [ $i -lt 100 ]; "
                            f"do sleep 0.05; i=$((i+1)); done; {KEEPALIVED_START}"),
         },
@@ -167,18 +169,20 @@ def run(tree_dir, command: list[str]) -> int:
         return 130
 
 
-def _twins(rules: str) -> int:
-    """Re-add the lab's libipsec twins after a reload of the router's rules (run on the router)."""
+def _twins(manifest: str, rules: str) -> int:
+    """Re-add the lab's libipsec twins after a reload of the rules of a router with VPNs (run on it)."""
+    from ..tree import GENERATED
     from .run import libipsec_rules
+    if not any(f["path"] == GENERATED["swanctl"] for f in json.loads(Path(manifest).read_text())["files"]):
+        return 0
     for rule in libipsec_rules(Path(rules).read_text()):
-        r = subprocess.run(["iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment",
-                            "lab only: libipsec"])
+        r = subprocess.run(["iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", LAB_ONLY])
         if r.returncode != 0:
             return r.returncode
     return 0
 
 
 if __name__ == "__main__":  # on a lab router: python -m vpcgen.lab.mgmt twins RULES
-    if len(sys.argv) == 3 and sys.argv[1] == "twins":
-        sys.exit(_twins(sys.argv[2]))
+    if len(sys.argv) == 4 and sys.argv[1] == "twins":
+        sys.exit(_twins(sys.argv[2], sys.argv[3]))
     sys.exit(2)
