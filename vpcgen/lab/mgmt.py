@@ -141,11 +141,33 @@ def setup(p, state, progress=lambda m: None) -> None:
         _sh("nsenter", "-t", holder, "-m", "-n", "sh", "-c",
             f"mount --bind {INSIDE}/var /{DEPLOY_STATE} && {SSHD} -f {INSIDE}/sshd_config -E {INSIDE}/sshd.log")
         progress(f"{node.name}: sshd on eth0 {address}:{ssh['port']}")
+    _tunnels_up(p, state)
     (folder / "known_hosts").write_text("\n".join(known) + "\n")
     (folder / "ssh_config").write_text("\n".join(config) + "\n")
     (folder / "commands.yaml").write_text(yaml.safe_dump(commands(), sort_keys=True))
     state.data["mgmt"] = {"ns": mg, "dir": str(folder)}
     state.save()
+
+
+def _tunnels_up(p, state) -> None:
+    """The lab starts the VPN peers after the routers, so a master's own initiation at its takeover
+    found no peer: initiate each site-to-site tunnel once more on every serving router, as a router
+    that had its peers all along would have (`vpcgen status` expects them up on a master)."""
+    from ..tree import VPN_CHILD, VRRP_STATE
+    for node in (n for n in p.nodes if n.kind == "router"):
+        peers = sorted(p.site["vpcs"][node.vpc]["vpn_peers"])
+        holder = str(state.data["nodes"][node.name]["holder"])
+        if not peers:
+            continue
+        # on a pair: once keepalived has decided, and only on the master
+        wait = (f"i=0; while [ ! -s {VRRP_STATE} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+                f"[ \"$(cat {VRRP_STATE} 2>/dev/null)\" = MASTER ] || exit 0; "
+                if p.site["vpcs"][node.vpc]["redundant"] else "")
+        script = (wait
+                  + "; ".join(f"swanctl --initiate --child {VPN_CHILD.format(name=peer)} --timeout 10 "
+                              ">/dev/null 2>&1 &" for peer in peers) + "; wait")
+        netns.run(["nsenter", "-t", holder, "-m", "-n", "env", f"STRONGSWAN_CONF={LAB_STRONGSWAN}", "sh", "-c",
+                   script], timeout=30)
 
 
 def run(tree_dir, command: list[str]) -> int:
