@@ -478,6 +478,7 @@ def killed_deployer(lab, timeout: str) -> tuple[str, str]:
                           text=True, timeout=60)
     assert proc.returncode == -9, proc.stdout + proc.stderr  # killed by the router, not finished
     assert "switching to" in proc.stderr and "rolled back" not in proc.stdout
+    wait_idle(lab.root("solo-r1"))  # the killed session's reload may still be finishing on the router
     second = lab.current("solo-r1").name
     assert second != first and lab.pending("solo-r1").read_text().split()[:2] == [second, first]
     return first, second
@@ -753,3 +754,21 @@ def test_rollback_without_a_previous_release(lab):
     assert code == 1 and "no previous release on the router" in out
     code, out, err = run_cli("rollback", lab.out / "deploy", "--router", "nope", "-i", lab.server.user_key)
     assert code == 1 and "no router nope" in err and "Traceback" not in out + err
+
+
+def test_command_overrides_apply_without_changing_the_tree(lab):
+    tree = lab.build()
+    manifest = (tree / "solo-r1/etc/vpcgen/manifest.json").read_bytes()
+    commands = lab.tmp / "commands.yaml"
+    commands.write_text(yaml.safe_dump({"reload": {"iptables": f"echo {{router}} overridden {{root}} >> "
+                                                               f"{lab.routers}/log"}}))
+    code, out, err = lab.deploy("--router", "solo-r1", "--commands", commands)
+    assert code == 0, out + err
+    assert ("solo-r1", "overridden", str(lab.root("solo-r1"))) in lab.log()
+    assert (tree / "solo-r1/etc/vpcgen/manifest.json").read_bytes() == manifest
+    # the release is the tree's: a deploy without the overrides has nothing to do
+    code, out, _ = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "skipped"}
+    commands.write_text("reload: [not, a, mapping]\n")
+    code, out, err = lab.deploy("--router", "solo-r1", "--commands", commands)
+    assert code == 1 and f"{commands}: 'reload' must map names to command strings" in err
