@@ -20,7 +20,6 @@ from pathlib import Path
 from ..errors import VpcgenError
 from ..tree import (CURRENT, GENERATED, HA_GUARD_TAG, MANIFEST, PENDING, RELEASES, SECRET_SUMS, STATUS_COMMANDS,
                     VPN_CHILD, read_routers, read_site_json)
-from . import overrides as overrides_module
 from .deploy import CONNECTION_ERRORS, Remote, State, Target, _settings_problem, connect, substitute
 
 _SECTION = re.compile(r"^@@section (\S+)\n(.*?)^@@rc (\d+)$", re.M | re.S)
