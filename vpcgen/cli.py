@@ -197,16 +197,26 @@ def deploy(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; change nothing."),
     parallel: int = typer.Option(1, "--parallel", min=1, max=256, metavar="N", help="VPCs deployed at the same time."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", metavar="FILE", help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", metavar="KEY", help="SSH private key (repeatable); "
+        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS", metavar="FILE",
+        help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", metavar="KEY",
+                                                  help="SSH private key (repeatable); "
                                                   "the SSH agent and ~/.ssh keys are used too."),
+    commands: Optional[Path] = typer.Option(None, "--commands", help="Service command overrides (YAML; "
+                                            "default: the file VPCGEN_COMMANDS names)."),
+    confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
+                                          "which a router restores its previous release by itself unless a new "
+                                          "SSH session has confirmed the new one healthy."),
 ) -> None:
     """Ship built router trees over SSH: one atomic release per router, backup before master."""
+    from .ops import overrides
     from .ops.deploy import DeployOptions, deploy_tree
 
     def body():
         options = DeployOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
-                                identity=[str(i) for i in identity or []], dry_run=dry_run, parallel=parallel)
+                                identity=[str(i) for i in identity or []], dry_run=dry_run, parallel=parallel,
+                                confirm_timeout=confirm_timeout,
+                                commands=overrides.load(commands))
         outcomes = deploy_tree(tree_dir, router, options,
                                lambda name, message: typer.echo(f"[{name}] {message}", err=True))
         width = max([len(o.router) for o in outcomes] + [6])
@@ -218,6 +228,8 @@ def deploy(
                 typer.echo(f"{'':<{width}}    reload: {', '.join(o.services) or 'nothing'}")
                 for path in o.secrets:  # the fact only: never a value, a sum or a part of one
                     typer.echo(f"{'':<{width}}    secret changed: {path} (<redacted>)")
+                for line in o.diff:
+                    typer.echo(line)
         counts = {s: sum(o.status == s for o in outcomes)
                   for s in ("changed", "skipped", "failed", "rolled back", "planned", "unchanged")}
         typer.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no routers")
@@ -226,6 +238,110 @@ def deploy(
 
     _run(body)
 
+
+
+@app.command()
+def rollback(
+    tree_dir: Path = typer.Argument(..., help="The built site the router was deployed from, e.g. output/example."),
+    router: str = typer.Option(..., "--router", help="The router to roll back."),
+    to: Optional[str] = typer.Option(None, "--to", help="The release to make current (default: the previous one)."),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", help="Service command overrides (YAML; "
+                                            "default: the file VPCGEN_COMMANDS names)."),
+    confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
+                                          "which the router goes back to the release it ran unless a new SSH "
+                                          "session has confirmed the rollback healthy."),
+) -> None:
+    """Make the previous (or a named) release current again on a router, with deploy's checks, reloads,
+    health checks and commit-confirm."""
+    from .ops import overrides
+    from .ops.deploy import DeployOptions, rollback_router
+
+    def body():
+        options = DeployOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
+                                identity=[str(i) for i in identity or []], confirm_timeout=confirm_timeout,
+                                commands=overrides.load(commands))
+        o = rollback_router(tree_dir, router, to, options,
+                            lambda name, message: typer.echo(f"[{name}] {message}", err=True))
+        typer.echo(f"{o.router}  {o.status}  {o.seconds:5.1f}s  {o.detail}")
+        if o.status not in ("changed", "skipped"):
+            raise typer.Exit(1)
+
+    _run(body)
+
+
+class StatusFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def status(
+    tree_dir: Path = typer.Argument(..., help="The built site the routers were deployed from, e.g. output/example."),
+    router: Optional[list[str]] = typer.Option(None, "--router", help="Only this router (repeatable)."),
+    format: StatusFormat = typer.Option(StatusFormat.text, "--format", help="text (a table and one line per "
+                                        "finding) or json (for monitoring)."),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", help="Service and status command overrides "
+                                            "(YAML; default: the file VPCGEN_COMMANDS names)."),
+    parallel: int = typer.Option(8, "--parallel", min=1, max=256, help="Routers asked at the same time."),
+) -> None:
+    """The live state of every router against the tree: release, files, firewall, VRRP (one master per
+    pair), conntrackd, services, load-balancer members, VPN SAs, OSPF. Exit 1 on any finding."""
+    import json as json_module
+
+    from .ops import overrides
+    from .ops.status import StatusOptions, render_text, status_tree
+
+    def body():
+        options = StatusOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
+                                identity=[str(i) for i in identity or []], parallel=parallel,
+                                commands=overrides.load(commands))
+        report = status_tree(tree_dir, router or None, options)
+        if format == StatusFormat.json:
+            typer.echo(json_module.dumps(report.as_json(), indent=2, sort_keys=True))
+        else:
+            typer.echo(render_text(report), nl=False)
+        if report.findings:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
+@app.command()
+def switchover(
+    tree_dir: Path = typer.Argument(..., help="The built site the pair was deployed from, e.g. output/example."),
+    vpc: str = typer.Option(..., "--vpc", help="The redundant VPC whose backup takes over."),
+    timeout: float = typer.Option(30.0, "--timeout", min=1.0, max=600.0, help="Seconds for the backup to be "
+                                  "the only master."),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", help="Service and status command overrides "
+                                            "(YAML; default: the file VPCGEN_COMMANDS names)."),
+) -> None:
+    """Planned handover of a pair's mastership to its backup (maintenance), after checking that the
+    backup is healthy and in sync; returns when exactly one router is master again."""
+    from .ops import overrides
+    from .ops.switchover import SwitchoverOptions, switchover as run_switchover
+
+    def body():
+        options = SwitchoverOptions(known_hosts=known_hosts or Path(tree_dir) / "known_hosts",
+                                    identity=[str(i) for i in identity or []], timeout=timeout,
+                                    commands=overrides.load(commands))
+        result = run_switchover(tree_dir, vpc, options, lambda m: typer.echo(m, err=True))
+        typer.echo(f"{result.vpc}: {'switched over' if result.ok else 'FAILED'}: {result.detail}")
+        if not result.ok:
+            raise typer.Exit(1)
+
+    _run(body)
 
 
 class DiffFormat(str, Enum):
@@ -353,6 +469,24 @@ def lab_down(tree_dir: Path = typer.Argument(..., help="The built site the lab w
     def body():
         removed = lab.down(tree_dir)
         typer.echo(f"lab {lab.lab_name(tree_dir)} down: {len(removed)} namespaces removed")
+
+    _run(body)
+
+
+@lab_app.command("run", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def lab_run(
+    tree_dir: Path = typer.Argument(..., help="The built site the lab was started from."),
+    command: list[str] = typer.Argument(..., help="The command and its arguments (after --)."),
+) -> None:
+    """Run COMMAND on the running lab's management network, where every router's mgmt address
+    answers SSH with the lab's key and pinned host keys (vpcgen deploy, status, switchover,
+    rollback and ssh work against the lab as against real routers)."""
+    from .lab import mgmt
+
+    def body():
+        code = mgmt.run(tree_dir, command[1:] if command[:1] == ["--"] else command)
+        if code:
+            raise typer.Exit(code)
 
     _run(body)
 

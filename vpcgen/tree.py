@@ -78,6 +78,25 @@ HEALTH_COMMANDS = {
     "dnsmasq": "systemctl is-active --quiet dnsmasq",
     "chrony": "systemctl is-active --quiet chrony",
 }
+# `vpcgen status`: what it reads on a router, besides the files and the health commands above
+HA_GUARD_TAG = "vpcgen-ha-guard"  # the comment on rules.v4's HA guard rules (lifted on a master)
+HAPROXY_STATS_SOCKET = "/run/haproxy/admin.sock"
+VPN_CHILD = "s2s-{name}"  # swanctl child of a site-to-site VPN peer
+STATUS_COMMANDS = {
+    "firewall": "iptables-save",
+    # rules.v4 (stdin) loaded into a throwaway network namespace: the expected rules in
+    # iptables-save's own spelling
+    "firewall-expected": "unshare --net sh -c 'iptables-restore && iptables-save'",
+    "conntrackd": f"conntrackd -C {{root}}/{G['conntrackd']} -s",
+    "haproxy": f"echo 'show stat' | socat stdio {HAPROXY_STATS_SOCKET}",
+    "strongswan": "swanctl --list-sas",
+    "ospf-neighbors": "vtysh -c 'show ip ospf neighbor json'",
+    "ospf-announced": "vtysh -c 'show ip ospf database self-originate'",
+    # a planned handover: keepalived's stop sends priority 0 (the backup takes over at once), its
+    # start comes back as backup (nopreempt)
+    "switchover": "systemctl restart keepalived",
+}
+
 # run-time state on a router of a pair, kept by notify.sh
 STATE_DIR = "/run/vpcgen"
 VRRP_STATE = f"{STATE_DIR}/vrrp.state"  # MASTER, BACKUP, FAULT or STOP
@@ -86,6 +105,22 @@ VRRP_STATE_COMMAND = f"cat {VRRP_STATE}"
 # dnsmasq's leases: Debian's default, named in the generated file so that it is never in a release
 # (a deploy or a rebuilt tree loses no lease)
 DNSMASQ_LEASES = "/var/lib/misc/dnsmasq.leases"
+
+
+# deploy's state under a router's deploy root (releases, the current link, the unconfirmed mark)
+DEPLOY_STATE = "var/lib/vpcgen"
+RELEASES = "releases"
+CURRENT = "current"
+PENDING = "pending"  # a release switched to but not yet confirmed: its id, the fallback, others
+HISTORY = "history"  # confirmed releases, oldest first
+# commit-confirm, under DEPLOY_STATE: the timer's revert script, its lock, the armed mark
+# (release id, timer's process group), the record of a revert the router made by itself, a log
+CONFIRM_DIR = "confirm"
+CONFIRM_SCRIPT = f"{CONFIRM_DIR}/revert.sh"
+CONFIRM_LOCK = f"{CONFIRM_DIR}/lock"
+CONFIRM_ARMED = f"{CONFIRM_DIR}/armed"
+CONFIRM_REVERTED = f"{CONFIRM_DIR}/reverted"
+CONFIRM_LOG = f"{CONFIRM_DIR}/log"
 
 
 def on_router(key: str, root: str = "/") -> str:

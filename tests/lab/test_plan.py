@@ -84,3 +84,11 @@ def test_one_vpc_only(site):
     p = build(site, "blog")
     assert {n.name for n in p.of(Router)} == {"blog-r1"}
     assert not p.of(Core) and not p.of(Peer) and p.vpcs().keys() == {"blog"}
+
+
+def test_management_station_lies_inside_ssh_allowed_from():
+    from vpcgen.lab.mgmt import STATION, station
+    assert station({"ssh": {"allowed_from": None}}, set()) == STATION
+    assert station({"ssh": {"allowed_from": ["198.51.100.0/24"]}}, set()) == "198.51.100.254"
+    assert station({"ssh": {"allowed_from": ["198.51.100.0/24"]}}, {"198.51.100.254"}) == "198.51.100.253"
+    assert station({"ssh": {"allowed_from": ["192.0.2.7/32", "10.0.0.0/8"]}}, {"192.0.2.7"}) == "10.255.255.254"

@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from contextlib import contextmanager
@@ -426,7 +427,7 @@ def test_client_dying_mid_upload_leaves_no_release(lab, monkeypatch):
     assert lab.complete("solo-r1") != first and not [r for r in lab.releases("solo-r1") if r.startswith(".")]
 
 
-def test_session_lost_after_the_switch_is_finished_later(lab, server):
+def test_session_lost_after_the_switch_is_undone_by_the_router(lab, server):
     # the iptables reload cuts the deploy's connection (the router's sshd child dies) before it runs
     lab.command("reload", "iptables", f"[ ! -e {{root}}/drop-session ] || {{ rm {{root}}/drop-session; "
                 f"kill -9 $(pgrep -P {server.proc.pid}) 0; }}; "
@@ -438,22 +439,101 @@ def test_session_lost_after_the_switch_is_finished_later(lab, server):
     lab.build()
     (lab.root("solo-r1") / "drop-session").write_text("")
     lab.clear_log()
-    code, out, err = lab.deploy("--router", "solo-r1")
-    assert code == 1 and results(out) == {"solo-r1": "failed"}, out + err
-    wait_idle(lab.root("solo-r1"))
-    second = lab.complete("solo-r1")
-    assert second != first and lab.log() == []  # switched, never reloaded
-    assert lab.pending("solo-r1").read_text().split()[:2] == [second, first]
-    # the next deploy of the same tree knows it is not done: not "skipped"
-    code, out, _ = lab.deploy("--router", "solo-r1", "--dry-run")
-    assert results(out) == {"solo-r1": "planned"} and "reload: iptables" in out
+    start = time.monotonic()
+    code, out, err = lab.deploy("--router", "solo-r1", "--confirm-timeout", "3")
+    assert code == 1 and results(out) == {"solo-r1": "rolled back"}, out + err
+    assert f"the router restored {first} by itself" in out and time.monotonic() - start >= 3
+    # switched, never reloaded by the deployer; the router's own revert reloaded the first release
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
+    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
     code, out, err = lab.deploy("--router", "solo-r1")
     assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert lab.complete("solo-r1") != first
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan may wait for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def killed_deployer(lab, timeout: str) -> tuple[str, str]:
+    """Deploy a change to solo-r1 from a separate `vpcgen deploy` process that its router kills with
+    SIGKILL while the iptables reload runs (after the switch); (first release, second release)."""
+    pidfile = lab.root("solo-r1") / "deployer.pid"
+    lab.command("reload", "iptables", f"[ ! -e {{root}}/kill-deployer ] || {{ rm {{root}}/kill-deployer; "
+                f"kill -9 $(cat {pidfile}); }}; "
+                f"echo {{router}} iptables $(readlink -f {{root}}/var/lib/vpcgen/current) >> {lab.routers}/log")
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    lab.change_acl(8080)
+    lab.build()
+    (lab.root("solo-r1") / "kill-deployer").write_text("")
+    lab.clear_log()
+    command = [sys.executable, "-m", "vpcgen", "deploy", str(lab.out / "deploy"), "-i", str(lab.server.user_key),
+               "--router", "solo-r1", "--confirm-timeout", timeout]
+    proc = subprocess.run(["sh", "-c", f'echo $$ > {pidfile}; exec "$@"', "sh", *command], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -9, proc.stdout + proc.stderr  # killed by the router, not finished
+    assert "switching to" in proc.stderr and "rolled back" not in proc.stdout
+    wait_idle(lab.root("solo-r1"))  # the killed session's reload may still be finishing on the router
+    second = lab.current("solo-r1").name
+    assert second != first and lab.pending("solo-r1").read_text().split()[:2] == [second, first]
+    return first, second
+
+
+def test_router_reverts_when_the_deployer_is_killed_after_the_switch(lab):
+    first, second = killed_deployer(lab, "3")
+    armed = lab.root("solo-r1") / "var/lib/vpcgen/confirm/armed"
+    timer = int(armed.read_text().split()[1])
+    deadline = time.monotonic() + 20
+    while alive(timer):
+        assert time.monotonic() < deadline, "the router's timer did not finish"
+        time.sleep(0.2)
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists() and not armed.exists()
+    # the router reloaded what the previous release needs, on that release
+    assert lab.log()[-1] == ("solo-r1", "iptables", str(lab.current("solo-r1")))
+    record = (lab.root("solo-r1") / "var/lib/vpcgen/confirm/reverted").read_text().split()
+    assert record == [second, first, "restored"]
+    # the next deploy says what the router did, and deploys the tree afresh
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert f"the router undid the unconfirmed release {second} by itself" in err
+    assert lab.complete("solo-r1") not in (first,) and not lab.pending("solo-r1").exists()
+
+
+def test_next_deploy_takes_over_a_dead_deployers_timer(lab):
+    first, second = killed_deployer(lab, "600")
+    timer = int((lab.root("solo-r1") / "var/lib/vpcgen/confirm/armed").read_text().split()[1])
+    assert alive(timer)
+    lab.clear_log()
+    code, out, err = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "changed"}, out + err
+    assert f"took over the confirm timer of the unconfirmed release {second}" in err
     assert "finishing the interrupted deploy" in out
-    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
     assert lab.complete("solo-r1") == second and not lab.pending("solo-r1").exists()
-    code, out, _ = lab.deploy("--router", "solo-r1")
-    assert code == 0 and results(out) == {"solo-r1": "skipped"}
+    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
+    deadline = time.monotonic() + 5
+    while alive(timer):  # the dead deployer's timer was cancelled, not left to fire
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_confirm_that_comes_too_late_is_undone(lab):
+    """A deployer alive but slower than the timeout: the router's revert wins, deploy says so."""
+    lab.command("health", "iptables", "sleep 4")
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    first = lab.complete("solo-r1")
+    lab.change_acl(8080)
+    lab.build()
+    code, out, err = lab.deploy("--router", "solo-r1", "--confirm-timeout", "2")
+    assert code == 1 and results(out) == {"solo-r1": "rolled back"}, out + err
+    assert f"the router restored {first} by itself" in out
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
 
 
 def test_traversal_and_broken_manifests_are_refused(lab, tmp_path):
@@ -618,3 +698,102 @@ def test_dnsmasq_and_chrony_reload_when_their_files_change(lab):
         assert {s for _, s, _ in lab.log()} == {service}
         assert new in (lab.root("solo-r1") / ("etc/dnsmasq.d/vpcgen.conf" if service == "dnsmasq" else
                                                "etc/chrony/sources.d/vpcgen.sources")).read_text()
+
+
+def test_dry_run_shows_the_deployed_files_against_the_tree_secrets_redacted(lab, monkeypatch):
+    tree = lab.build()
+    assert lab.deploy()[0] == 0
+    rules = lab.root("solo-r1") / "etc/iptables/rules.v4"
+    # a hand edit on the router shows too: the diff is against what is there now, not the last release
+    rules.unlink()
+    rules.write_text((tree / "solo-r1/etc/iptables/rules.v4").read_text() + "# edited by hand\n")
+    lab.change_acl(8080)
+    monkeypatch.setenv("VPCGEN_SECRET_HQ_PSK", "the new secret")
+    lab.build()
+    code, out, err = lab.deploy("--dry-run")
+    assert code == 0 and results(out) == {r: "planned" for r in ROUTERS}, out + err
+    root = lab.root("solo-r1")
+    assert f"--- solo-r1:{root}/etc/iptables/rules.v4" in out
+    assert f"+++ {tree}/solo-r1/etc/iptables/rules.v4" in out
+    removed = [line for line in out.splitlines() if line.startswith("-") and "--dport 80 " in line + " "]
+    added = [line for line in out.splitlines() if line.startswith("+") and "--dport 8080 " in line + " "]
+    assert removed and added and "-# edited by hand" in out.splitlines()
+    secret_file = f"pair-r1:{lab.root('pair-r1')}/etc/swanctl/vpcgen-secrets.conf"
+    assert f"--- {secret_file}" in out and "@@ secret file differs: content not shown @@" in out
+    for value in (SECRETS["VPCGEN_SECRET_HQ_PSK"], "the new secret"):
+        for form in (value, base64.b64encode(value.encode()).decode()):
+            assert form not in out + err
+    # the routers are untouched
+    assert lab.complete("pair-r1") and "# edited by hand" in rules.read_text()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    code, out, _ = lab.deploy("--router", "solo-r1", "--dry-run")
+    assert results(out) == {"solo-r1": "unchanged"} and "---" not in out
+
+
+def test_rollback_to_the_previous_and_to_a_named_release(lab):
+    names = []
+    for port in (81, 82):
+        lab.change_acl(port)
+        lab.build()
+        assert lab.deploy("--router", "solo-r1")[0] == 0
+        names.append(lab.complete("solo-r1"))
+    first, second = names
+    lab.clear_log()
+    rollback = ("rollback", lab.out / "deploy", "--router", "solo-r1", "-i", lab.server.user_key)
+    code, out, err = run_cli(*rollback)
+    assert code == 0 and f"solo-r1  changed" in out and f"release {first}" in out, out + err
+    assert lab.complete("solo-r1") == first and not lab.pending("solo-r1").exists()
+    # the rolled-back-to release's own reload, on that release
+    assert lab.log() == [("solo-r1", "iptables", str(lab.current("solo-r1")))]
+    assert "--dport 81 " in (lab.root("solo-r1") / "etc/iptables/rules.v4").read_text()
+    # the previous release is now the one rolled back from: a second rollback goes forward again
+    code, out, err = run_cli(*rollback)
+    assert code == 0 and lab.complete("solo-r1") == second, out + err
+    # a named one
+    code, out, err = run_cli(*rollback, "--to", first)
+    assert code == 0 and lab.complete("solo-r1") == first, out + err
+    code, out, err = run_cli(*rollback, "--to", first)
+    assert code == 0 and "already the current release" in out and lab.complete("solo-r1") == first
+    code, out, err = run_cli(*rollback, "--to", "20000101T000000Z-000000000000")
+    assert code == 1 and "no release 20000101T000000Z-000000000000 on the router" in out
+    assert f"releases: {first}, {second}" in out and lab.complete("solo-r1") == first
+    # the deploy's checks apply: a release the checker rejects is not switched to
+    (lab.root("solo-r1") / "fail-check").write_text("")
+    lab.clear_log()
+    code, out, err = run_cli(*rollback, "--to", second)
+    assert code == 1 and "iptables checker rejected release" in out and lab.complete("solo-r1") == first
+    assert lab.log() == []
+    (lab.root("solo-r1") / "fail-check").unlink()
+    # a release edited on the router is refused
+    rules = lab.root("solo-r1") / "var/lib/vpcgen/releases" / second / "etc/iptables/rules.v4"
+    rules.write_text(rules.read_text() + "# edited\n")
+    code, out, err = run_cli(*rollback, "--to", second)
+    assert code == 1 and f"release {second} does not match its manifest" in out
+    assert lab.complete("solo-r1") == first
+
+
+def test_rollback_without_a_previous_release(lab):
+    lab.build()
+    assert lab.deploy("--router", "solo-r1")[0] == 0
+    code, out, err = run_cli("rollback", lab.out / "deploy", "--router", "solo-r1", "-i", lab.server.user_key)
+    assert code == 1 and "no previous release on the router" in out
+    code, out, err = run_cli("rollback", lab.out / "deploy", "--router", "nope", "-i", lab.server.user_key)
+    assert code == 1 and "no router nope" in err and "Traceback" not in out + err
+
+
+def test_command_overrides_apply_without_changing_the_tree(lab):
+    tree = lab.build()
+    manifest = (tree / "solo-r1/etc/vpcgen/manifest.json").read_bytes()
+    commands = lab.tmp / "commands.yaml"
+    commands.write_text(yaml.safe_dump({"reload": {"iptables": f"echo {{router}} overridden {{root}} >> "
+                                                               f"{lab.routers}/log"}}))
+    code, out, err = lab.deploy("--router", "solo-r1", "--commands", commands)
+    assert code == 0, out + err
+    assert ("solo-r1", "overridden", str(lab.root("solo-r1"))) in lab.log()
+    assert (tree / "solo-r1/etc/vpcgen/manifest.json").read_bytes() == manifest
+    # the release is the tree's: a deploy without the overrides has nothing to do
+    code, out, _ = lab.deploy("--router", "solo-r1")
+    assert code == 0 and results(out) == {"solo-r1": "skipped"}
+    commands.write_text("reload: [not, a, mapping]\n")
+    code, out, err = lab.deploy("--router", "solo-r1", "--commands", commands)
+    assert code == 1 and f"{commands}: 'reload' must map names to command strings" in err

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..errors import VpcgenError
 from ..ops import check, netns
 from ..tree import _NAME, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
+from . import mgmt
 from .plan import CORE_LOOPBACK, Client, Core, Node, Peer, Plan, Router, build as build_plan, tier_ifname
 
 RUN_ROOT = Path("/run/vpcgen-lab")
@@ -134,6 +135,7 @@ def up(tree_dir, only_vpc: str | None = None, progress=lambda m: None) -> Plan:
         stage(tree_dir, routers)
         p = plan(tree_dir, only_vpc)
         _build(p, state, progress)
+        mgmt.setup(p, state, progress)
         _wait_ready(p, state.data, progress)
     except BaseException:
         down(tree_dir)

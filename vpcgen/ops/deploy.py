@@ -18,6 +18,8 @@ apply its release again (or undo it), never skip the router.
 
 from __future__ import annotations
 
+import base64
+import difflib
 import hashlib
 import io
 import json
@@ -37,10 +39,15 @@ import paramiko
 from fabric import Connection
 
 from ..errors import VpcgenError
+from . import overrides as overrides_module
 from ..tree import GENERATED, MANIFEST, SECRET_SUMS, SERVICES, RouterTree, TreeError, read_routers
+from ..tree import (CONFIRM_ARMED, CONFIRM_DIR, CONFIRM_LOCK, CONFIRM_LOG, CONFIRM_REVERTED, CONFIRM_SCRIPT,
+                    CURRENT, DEPLOY_STATE, HISTORY, PENDING, RELEASES)
 
-STATE_DIR = "var/lib/vpcgen"
+STATE_DIR = DEPLOY_STATE
 COMMAND_TIMEOUT = 120.0
+CONFIRM_TIMEOUT = 60.0  # default: seconds from arming the router's timer to its own revert
+REVERT_GRACE = 30.0  # after the deadline: how long a revert by the router may take before deploy gives up
 SUMS = ".vpcgen-sums"  # the upload's checksum list: in the tar stream, never on a command line
 SHIPPED = set(GENERATED.values()) | {MANIFEST, SECRET_SUMS}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a release id that is safe in a path
@@ -50,6 +57,7 @@ _ROOT = re.compile(r"^/(([A-Za-z0-9._-])+/?)*$")
 @dataclass
 class Target:
     tree: RouterTree
+    overrides: dict = field(default_factory=dict)  # the deployer's service commands (ops.overrides)
 
     @property
     def name(self) -> str:
@@ -69,7 +77,7 @@ class Target:
 
     @property
     def settings(self) -> dict:
-        return self.manifest["deploy"]
+        return overrides_module.settings(self.manifest["deploy"], self.overrides)
 
     @property
     def root(self) -> str:
@@ -131,6 +139,7 @@ class Outcome:
     files: list[str] = field(default_factory=list)
     services: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)  # secret-bearing files whose content differs (dry run)
+    diff: list[str] = field(default_factory=list)  # dry run: deployed now against the tree, secrets redacted
 
 
 class RemoteError(Exception):
@@ -492,11 +501,12 @@ class RouterDeploy:
         return "\n".join(lines)
 
     def reload_steps(self, release_id: str, state: State, services: list[str]) -> list[tuple[str, str]]:
-        commands = reload_commands(state.manifest)
+        commands = overrides_module.reloads(reload_commands(state.manifest), self.t.overrides)
         return [(f"reload:{s}", substitute(commands[s], self.t, self.release_path(release_id)))
                 for s in services if s in commands]
 
-    def activate(self, release_id: str, state: State, stale: set[str], services: list[str], mark: list[str]) -> None:
+    def activate(self, release_id: str, state: State, stale: set[str], services: list[str], mark: list[str],
+                 first: list[tuple[str, str]] = ()) -> None:
         """Mark the deploy pending, switch to the release, reload ``services`` in order, check health."""
         reloads = self.reload_steps(release_id, state, services)
         self.say(self.t.name, f"switching to {release_id}, reloading "
@@ -504,8 +514,8 @@ class RouterDeploy:
         health = [(f"health:{e['service']}", substitute(e["command"], self.t, self.release_path(release_id)))
                   for e in self.t.settings["health"]]
         steps = [("mark", self.mark_script(mark)), ("switch", self.switch_script(release_id, state.paths(), stale))]
-        failed, rc, out = self.r.steps(steps + reloads + health)
-        if failed in ("mark", "switch"):
+        failed, rc, out = self.r.steps(list(first) + steps + reloads + health)
+        if failed in ("arm", "mark", "switch"):
             raise RemoteError(f"switching releases failed (exit {rc}){_said(out, 500)}")
         if failed and failed.startswith("reload:"):
             raise RemoteError(f"reloading {failed[7:]} failed (exit {rc}){_said(out, 500)}")
@@ -555,6 +565,195 @@ class RouterDeploy:
                                   "(expected MASTER or BACKUP)")
             time.sleep(0.5)
 
+    # --- commit-confirm: a timer on the router undoes a switch nobody confirmed ---
+
+    def health_steps(self, release_id: str) -> list[tuple[str, str]]:
+        return [(f"health:{e['service']}", substitute(e["command"], self.t, self.release_path(release_id)))
+                for e in self.t.settings["health"]]
+
+    def disarm_script(self, expect: str | None = None) -> str:
+        """Cancel the armed timer under its lock (so a revert it is running finishes first). Prints
+        '@@disarmed RELEASE' or '@@reverted RELEASE FALLBACK RESULT' (what the router did by itself).
+        With ``expect``, fails unless the timer armed for that release was still armed."""
+        q = self.q
+        script = (f"cd {q(self.t.base)}; mkdir -p {CONFIRM_DIR}; exec 9>>{CONFIRM_LOCK}; flock -w 600 9; token=; "
+                  f"if [ -s {CONFIRM_ARMED} ]; then read token pid < {CONFIRM_ARMED}; "
+                  f"kill -TERM -- -\"$pid\" 2>/dev/null || true; rm -f {CONFIRM_ARMED}; echo \"@@disarmed $token\"; "
+                  f"elif [ -s {CONFIRM_REVERTED} ]; then echo \"@@reverted $(cat {CONFIRM_REVERTED})\"; fi; "
+                  f"rm -f {CONFIRM_REVERTED}; sync {CONFIRM_DIR}")
+        return script + (f"; [ \"$token\" = {q(expect)} ]" if expect else "")
+
+    def revert_script(self, release_id: str, fallback: str, steps: list[tuple[str, str]]) -> str:
+        """What the router runs by itself when the timer fires: unless the deploy was confirmed (the
+        armed mark is gone), switch back to ``fallback``, reload, drop the pending mark, and record it."""
+        q = self.q
+        switch, reloads, unmark = steps[0][1], steps[1:-1], steps[-1][1]
+        lines = [f"exec 9>>{CONFIRM_LOCK}", "flock 9",
+                 f"[ -s {CONFIRM_ARMED} ] || exit 0", f"read token pid < {CONFIRM_ARMED}",
+                 f"[ \"$token\" = {q(release_id)} ] || exit 0",
+                 f"echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) {release_id} was not confirmed in time: restoring {fallback}\"",
+                 "result=restored",
+                 f"if sh -ec {q(switch)}; then"]
+        lines += [f"  sh -ec {q(command)} || result=\"restored, {name[7:]} reload failed\"" for name, command in reloads]
+        lines += [f"  sh -ec {q(unmark)}", "else", "  result=\"switch failed\"", "fi",
+                  f"rm -f {CONFIRM_ARMED}",
+                  f"echo {q(release_id)} {q(fallback)} \"$result\" > {CONFIRM_REVERTED}.new",
+                  f"mv -f {CONFIRM_REVERTED}.new {CONFIRM_REVERTED}", f"sync {CONFIRM_DIR}",
+                  "echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) $result\""]
+        return "\n".join(lines) + "\n"
+
+    def arm_script(self, release_id: str, fallback: str, fallback_state: State, others: list[State | None],
+                   stale: set[str], timeout: float) -> str:
+        """Write the revert script and start the timer: a process in its own session (it outlives the
+        deployer's SSH session) that sleeps, then runs the script. Its process group is recorded with
+        the release it guards, so the confirm can kill it."""
+        q = self.q
+        reloads = self.reload_steps(fallback, fallback_state, affected_services(others, fallback_state))
+        unmark = f"rm -f {q(self.t.base)}/{PENDING}; sync {q(self.t.base)}"
+        script = self.revert_script(release_id, fallback, [("switch", self.switch_script(fallback, fallback_state.paths(),
+                                                                                          stale))] + reloads
+                                    + [("unmark", unmark)])
+        timer = f"sleep {timeout:g}; exec sh {CONFIRM_SCRIPT} >>{CONFIRM_LOG} 2>&1"
+        return (f"cd {q(self.t.base)}; mkdir -p {CONFIRM_DIR}; exec 9>>{CONFIRM_LOCK}; flock -w 600 9; "
+                f"printf '%s' {q(script)} > {CONFIRM_SCRIPT}.new; mv -f {CONFIRM_SCRIPT}.new {CONFIRM_SCRIPT}; "
+                f"rm -f {CONFIRM_REVERTED}; "
+                f"setsid sh -c {q(timer)} vpcgen-confirm-timer </dev/null >/dev/null 2>&1 9>&- & "
+                f"echo {q(release_id)} $! > {CONFIRM_ARMED}.new; mv -f {CONFIRM_ARMED}.new {CONFIRM_ARMED}; "
+                f"sync {CONFIRM_DIR}")
+
+    def settle(self) -> None:
+        """Before a deploy looks at the router: take over a timer a dead deployer left armed (this
+        deploy finishes or undoes its release), or learn that the router reverted one by itself."""
+        _, out = self.r.run(self.disarm_script())
+        m = re.search(r"^@@(disarmed|reverted) (.*)$", out, re.M)
+        if m and m.group(1) == "disarmed":
+            self.say(self.t.name, f"took over the confirm timer of the unconfirmed release {m.group(2)}")
+        elif m:
+            release, fallback, *result = m.group(2).split()
+            self.say(self.t.name, f"the router undid the unconfirmed release {release} by itself "
+                     f"({' '.join(result)} {fallback})")
+
+    def disarm(self) -> str | None:
+        """Cancel the timer before deploy restores by itself; what the router did already, if it fired."""
+        _, out = self.r.run(self.disarm_script())
+        m = re.search(r"^@@reverted (.*)$", out, re.M)
+        return m.group(1) if m else None
+
+    def confirm_armed(self, release_id: str, history: list[str], prune: list[str]) -> tuple[str | None, str]:
+        """Cancel the timer and record the release, in one session; (what the router did by itself
+        when the timer fired first, or None; a note on pruning)."""
+        base, q = self.q(self.t.base), self.q
+        record = (f"printf '%s\\n' {' '.join(q(i) for i in history)} > {base}/{HISTORY}.new; "
+                  f"mv -f {base}/{HISTORY}.new {base}/{HISTORY}; rm -f {base}/{PENDING}; sync {base}")
+        steps = [("disarm", self.disarm_script(expect=release_id)), ("confirm", record)]
+        if prune:
+            steps.append(("prune", f"cd {base}/{RELEASES}; rm -rf -- {' '.join(q(i) for i in prune)}"))
+        failed, rc, out = self.r.steps(steps)
+        if failed == "disarm":
+            m = re.search(r"^@@reverted (.*)$", out, re.M)
+            return (m.group(1) if m else "the timer was gone"), ""
+        if failed == "confirm":
+            raise RemoteError(f"recording the release failed (exit {rc}){_said(out, 300)}")
+        return None, f"; pruning old releases failed (exit {rc}){_said(out, 200)}" if failed else ""
+
+    def where(self) -> tuple[str | None, bool]:
+        """(current release, whether a deploy is pending) as the router sees it now."""
+        b = self.q(self.t.base)
+        _, out = self.r.run(f"readlink {b}/{CURRENT}; echo; [ -e {b}/{PENDING} ] && echo @@pending; true", timeout=15)
+        lines = out.splitlines()
+        return ((lines[0].removeprefix(f"{RELEASES}/") or None) if lines else None), "@@pending" in out
+
+    def new_session(self, release_id: str, confirm: "Confirm", deadline: float) -> Remote:
+        """A new SSH session to the router (the switch may have cut new ones while this one lives on),
+        with every health check passing in it: what the confirm requires."""
+        try:
+            second = confirm.reconnect(max(3.0, min(10.0, deadline - time.monotonic())))
+        except CONNECTION_ERRORS as exc:
+            raise NoNewSession(f"no new SSH session reaches the router after the switch ({exc})") from None
+        try:
+            failed, rc, out = second.steps(self.health_steps(release_id))
+        except CONNECTION_ERRORS:
+            second.close()
+            raise
+        if failed:
+            second.close()
+            raise RemoteError(f"{failed[7:]} is not healthy in a new session (exit {rc}){_said(out, 300)}")
+        return second
+
+    def await_revert(self, release_id: str, fallback: str, confirm: "Confirm", deadline: float, reason: str,
+                     done: dict) -> Outcome:
+        """The deployer lost the router after the switch: wait for the confirm timeout, then check from a
+        new session that the router restored ``fallback`` by itself."""
+        self.say(self.t.name, f"{reason}; the router restores {fallback} by itself at the confirm timeout, "
+                 "waiting for it")
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        end, last = deadline + REVERT_GRACE, "no answer"
+        while True:
+            try:
+                remote = confirm.reconnect(5.0)
+                try:
+                    current, pending = RouterDeploy(self.t, remote, self.say).where()
+                finally:
+                    remote.close()
+                if current == fallback and not pending:
+                    return Outcome(self.t.name, "rolled back", f"{reason}; the router restored {fallback} by itself "
+                                   f"at the confirm timeout ({confirm.timeout:g} s) and answers SSH again", **done)
+                last = f"its current release is {current or 'none'}{' (unconfirmed)' if pending else ''}"
+            except CONNECTION_ERRORS as exc:
+                last = str(exc) or type(exc).__name__
+            if time.monotonic() > end:
+                return Outcome(self.t.name, "failed", f"{reason}; the router did not restore {fallback} within "
+                               f"{confirm.timeout + REVERT_GRACE:g} s: {last}")
+            time.sleep(1.0)
+
+    # --- dry run: what is deployed now against the tree ---
+
+    def deployed(self, paths: list[str], secret: list[str]) -> dict[str, bytes | str | None]:
+        """The live files under the deploy root (through vpcgen's links, hand edits included), in one
+        session: path -> content, or for secret files only their sha256 (their content never leaves
+        the router); None for a missing file."""
+        q, root = self.q, self.t.root
+        parts = [f"f={q(f'{root}/{p}')}; echo {q('@@file ' + p)}; [ ! -f \"$f\" ] || base64 -w0 < \"$f\"; echo"
+                 for p in paths]
+        parts += [f"f={q(f'{root}/{p}')}; echo {q('@@secret ' + p)}; [ ! -f \"$f\" ] || sha256sum < \"$f\" | cut -c1-64"
+                  for p in secret]
+        _, out = self.r.run("\n".join(parts + ["true"]))
+        found: dict[str, bytes | str | None] = {}
+        for kind, path, body in re.findall(r"^@@(file|secret) (\S+)\n(.*?)$", out, re.M):
+            body = body.strip()
+            found[path] = (base64.b64decode(body) if kind == "file" else body) if body else None
+        return found
+
+    def plan_diff(self, current: State | None) -> list[str]:
+        """Unified diff of every file as deployed on the router now against the tree (like `terraform
+        plan`); secret files only say whether they differ."""
+        tree, name = self.t.tree, self.t.name
+        secret = {e.path for e in tree.entries if e.secret} | {
+            f["path"] for f in (current.manifest["files"] if current else []) if f.get("secret") or f["mode"] == "0600"}
+        paths = sorted({e.path for e in tree.entries} | (set(current.files()) if current else set()))
+        live = self.deployed([p for p in paths if p not in secret], [p for p in paths if p in secret])
+        sums, lines = tree.sums(), []
+        for path in paths:
+            shown = f"{self.t.root}/{path}"
+            wanted = tree.dir / path if path in sums else None
+            if path in secret:
+                if live.get(path) != sums.get(path):
+                    state = ("absent on the router" if live.get(path) is None else "removed by the tree"
+                             if wanted is None else "differs")
+                    lines += [f"--- {name}:{shown}", f"+++ {wanted or '/dev/null'}",
+                              f"@@ secret file {state}: content not shown @@"]
+                continue
+            old = live.get(path) or b""
+            new = _read_shipped(wanted) if wanted else b""
+            if old == new and (live.get(path) is None) == (wanted is None):
+                continue
+            lines += [line.rstrip("\n") for line in difflib.unified_diff(
+                old.decode("utf-8", "replace").splitlines(keepends=True),
+                new.decode("utf-8", "replace").splitlines(keepends=True),
+                fromfile=f"{name}:{shown}" if live.get(path) is not None else "/dev/null",
+                tofile=str(wanted) if wanted else "/dev/null", n=3)]
+        return lines
+
 
 def release_name(target: Target, taken: list[str]) -> str:
     name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{_sha(target.tree.manifest_bytes)[:12]}"
@@ -564,7 +763,8 @@ def release_name(target: Target, taken: list[str]) -> str:
     return unique
 
 
-def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, progress) -> Outcome:
+def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, progress,
+               confirm: "Confirm | None" = None) -> Outcome:
     d = RouterDeploy(target, remote, progress)
     new, current = target.state(), probe.state(probe.current)
     if not probe.pending and current is not None and current.key() == new.key():
@@ -576,45 +776,97 @@ def deploy_one(target: Target, remote: Remote, probe: Probe, dry_run: bool, prog
             else "first deploy" if current is None else "")
     if dry_run:
         return Outcome(target.name, "planned", note, files=changed_files, services=services,
-                       secrets=_changed_secrets(current, new))
-    fallback = probe.fallback()
+                       secrets=_changed_secrets(current, new), diff=d.plan_diff(current))
     if current is not None and current.key() == new.key():
         release = probe.current  # switched to by a deploy that died before confirming it: apply it again
     else:
         release = d.upload_and_check(release_name(target, probe.releases))
+    return apply_release(d, probe, release, new, services, changed_files, note if probe.pending else "", confirm)
+
+
+@dataclass
+class Confirm:
+    """Commit-confirm for one router: how long its timer waits, and how to open a new session to it."""
+    timeout: float
+    reconnect: Callable[[float], "Remote"]
+
+
+class NoNewSession(RemoteError):
+    """No new SSH session reached the router after the switch (the change may have cut management)."""
+
+
+def apply_release(d: RouterDeploy, probe: Probe, release: str, new: State, services: list[str],
+                  changed_files: list[str], note: str, confirm: Confirm | None, prune: bool = True) -> Outcome:
+    """Arm the router's timer, switch to ``release`` (already on the router), reload, check health,
+    check health again from a new session, and only then cancel the timer and record the release;
+    on a failure restore the previous release (or let the router restore it by itself)."""
+    target, remote, progress = d.t, d.r, d.say
+    running = probe.running()
+    fallback = probe.fallback()
     stale = set().union(*(s.paths() for s in running if s is not None))
     others = [i for i in (probe.pending or [probe.current]) if i and _ID.match(i) and i not in (release, fallback)]
+    armed = confirm is not None and fallback is not None  # a first deploy has nothing to go back to
+    first = [("arm", d.arm_script(release, fallback, probe.state(fallback), running + [new], stale | new.paths(),
+                                  confirm.timeout))] if armed else []
+    deadline = time.monotonic() + (confirm.timeout if armed else 0)
+    second = None
+    done = dict(files=changed_files, services=services)
     try:
-        d.activate(release, new, stale, services, [release, fallback or "-"] + others)
-        d.wait_vrrp()
-    except CONNECTION_ERRORS as exc:
-        reason = str(exc) or type(exc).__name__
-        if fallback is None:
-            return Outcome(target.name, "failed", f"{reason}; no previous release to restore: {d.whereabouts()}, "
-                           "not confirmed (the next deploy applies it again)")
-        if not remote.active():
-            return Outcome(target.name, "failed", f"{reason}; {fallback} could not be restored: the router may "
-                           f"run {release} or {fallback}; the next deploy finishes or undoes this one")
-        progress(target.name, f"failed: {reason}; restoring {fallback}")
         try:
-            d.restore(fallback, probe.state(fallback), running + [new], stale | new.paths())
-        except CONNECTION_ERRORS as again:
-            return Outcome(target.name, "failed", f"{reason}; restoring {fallback} failed too: "
-                           f"{str(again) or type(again).__name__}; {d.whereabouts()}, its services may run "
-                           f"{release} or {fallback}; the next deploy finishes or undoes this one")
-        return Outcome(target.name, "rolled back", f"{reason}; {fallback} restored", files=changed_files,
-                       services=services)
-    # pruning keeps what was applied last (the release and the one before it), never by the names'
-    # times: a deployer's clock may be wrong
-    order = [i for i in probe.history if _ID.match(i) and i not in (fallback, release)]
-    kept = (order + [i for i in (fallback, release) if i])[-target.settings["keep_releases"]:]
-    try:
-        pruned = d.confirm(kept, [r for r in probe.releases if r not in kept and r != release])
-    except CONNECTION_ERRORS as exc:
-        return Outcome(target.name, "failed", f"release {release} is active and healthy but was not confirmed "
-                       f"({exc}); the next deploy applies it again")
-    return Outcome(target.name, "changed", f"release {release}" + (f" ({note})" if probe.pending else "") + pruned,
-                   files=changed_files, services=services)
+            if armed:
+                progress(target.name, f"arming the confirm timer: the router restores {fallback} by itself "
+                         f"unless a new session confirms {release} within {confirm.timeout:g} s")
+            d.activate(release, new, stale, services, [release, fallback or "-"] + others, first)
+            d.wait_vrrp()
+            if armed:
+                second = d.new_session(release, confirm, deadline)
+        except CONNECTION_ERRORS as exc:
+            reason = str(exc) or type(exc).__name__
+            if fallback is None:
+                return Outcome(target.name, "failed", f"{reason}; no previous release to restore: {d.whereabouts()}, "
+                               "not confirmed (the next deploy applies it again)")
+            if not remote.active():
+                if armed:
+                    return d.await_revert(release, fallback, confirm, deadline, reason, done)
+                return Outcome(target.name, "failed", f"{reason}; {fallback} could not be restored: the router may "
+                               f"run {release} or {fallback}; the next deploy finishes or undoes this one")
+            progress(target.name, f"failed: {reason}; restoring {fallback}")
+            try:
+                by_router = d.disarm() if armed else None
+                if by_router:
+                    return Outcome(target.name, "rolled back", f"{reason}; the router restored {fallback} by itself "
+                                   f"after the confirm timeout ({by_router.split(' ', 2)[-1]})", **done)
+                d.restore(fallback, probe.state(fallback), running + [new], stale | new.paths())
+            except CONNECTION_ERRORS as again:
+                if armed and not remote.active():
+                    return d.await_revert(release, fallback, confirm, deadline, reason, done)
+                return Outcome(target.name, "failed", f"{reason}; restoring {fallback} failed too: "
+                               f"{str(again) or type(again).__name__}; {d.whereabouts()}, its services may run "
+                               f"{release} or {fallback}; the next deploy finishes or undoes this one")
+            return Outcome(target.name, "rolled back", f"{reason}; {fallback} restored", **done)
+        # pruning keeps what was applied last (the release and the one before it), never by the names'
+        # times: a deployer's clock may be wrong
+        order = [i for i in probe.history if _ID.match(i) and i not in (fallback, release)]
+        kept = order + [i for i in (fallback, release) if i]
+        if prune:
+            kept = kept[-target.settings["keep_releases"]:]
+        dropped = [r for r in probe.releases if r not in kept and r != release] if prune else []
+        try:
+            if armed:
+                by_router, pruned = RouterDeploy(target, second, progress).confirm_armed(release, kept, dropped)
+                if by_router:
+                    return Outcome(target.name, "rolled back", f"release {release} was not confirmed within "
+                                   f"{confirm.timeout:g} s: the router restored {fallback} by itself "
+                                   f"({by_router.split(' ', 2)[-1]})", **done)
+            else:
+                pruned = d.confirm(kept, dropped)
+        except CONNECTION_ERRORS as exc:
+            return Outcome(target.name, "failed", f"release {release} is active and healthy but was not confirmed "
+                           f"({exc}); the next deploy applies it again")
+    finally:
+        if second is not None:
+            second.close()
+    return Outcome(target.name, "changed", f"release {release}" + (f" ({note})" if note else "") + pruned, **done)
 
 
 def _router_part(manifest: dict) -> str:
@@ -643,11 +895,19 @@ class DeployOptions:
     identity: list[str] = field(default_factory=list)
     dry_run: bool = False
     parallel: int = 1
+    confirm_timeout: float = CONFIRM_TIMEOUT
+    commands: dict = field(default_factory=dict)  # service command overrides (ops.overrides)
+
+    def confirm(self, target: Target) -> Confirm:
+        return Confirm(self.confirm_timeout,
+                       lambda timeout: Remote(connect(target, self.known_hosts, self.identity, timeout)))
 
 
 def deploy_tree(tree_dir: Path, only: list[str] | None, options: DeployOptions,
                 progress: Callable[[str, str], None]) -> list[Outcome]:
     targets = load_targets(tree_dir, only)
+    for t in targets:
+        t.overrides = options.commands
     if not Path(options.known_hosts).is_file():
         raise VpcgenError(f"{options.known_hosts}: no known_hosts file: pin the routers' host keys in the site's "
                           "known_hosts (OpenSSH format) and build again, or give --known-hosts")
@@ -689,6 +949,8 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
         probes = {}
         for t in list(order):
             try:
+                if not options.dry_run:
+                    RouterDeploy(t, remotes[t.name], say).settle()
                 probes[t.name] = RouterDeploy(t, remotes[t.name], say).probe()
             except CONNECTION_ERRORS as exc:
                 outcomes.append(Outcome(t.name, "failed", f"{exc}" or type(exc).__name__))
@@ -701,7 +963,8 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
         for i, t in enumerate(order):
             start = time.monotonic()
             try:
-                outcome = deploy_one(t, remotes[t.name], probes[t.name], options.dry_run, say)
+                outcome = deploy_one(t, remotes[t.name], probes[t.name], options.dry_run, say,
+                                     options.confirm(t))
             except CONNECTION_ERRORS as exc:
                 outcome = Outcome(t.name, "failed", f"{exc}" or type(exc).__name__)
             outcome.seconds = time.monotonic() - start
@@ -716,3 +979,80 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
         for remote in remotes.values():
             remote.close()
     return outcomes
+
+
+# --- vpcgen rollback: make an earlier release current again, with deploy's checks and confirm ---
+
+def _release_state(d: RouterDeploy, release_id: str) -> State | None:
+    path = d.q(d.release_path(release_id))
+    _, out = d.r.run(f"cat {path}/{MANIFEST} 2>/dev/null; echo; echo @@sums; cat {path}/{SECRET_SUMS} 2>/dev/null; true")
+    manifest, _, sums = out.partition("\n@@sums")
+    return State.parse(manifest, sums)
+
+
+def _check_release(d: RouterDeploy, release_id: str, state: State) -> None:
+    """Every file of the release as its manifest says (nothing rotted or edited there), then the
+    daemons' checkers on it."""
+    sums = "".join(f"{digest}  {path}\n" for path, (digest, _, _) in sorted(state.files().items())).encode()
+    verify = f"cd {d.q(d.release_path(release_id))}; sha256sum --quiet --strict -c -"
+    checks = [(f"check:{e['service']}", substitute(e["command"], d.t, d.release_path(release_id)))
+              for e in d.t.settings["checks"]]
+    d.say(d.t.name, f"verifying {release_id}, checking {', '.join(n[6:] for n, _ in checks) or 'nothing'}")
+    failed, rc, out = d.r.steps([("verify", verify)] + checks, sums)
+    if failed == "verify":
+        raise RemoteError(f"release {release_id} does not match its manifest on the router{_said(out, 300)}")
+    if failed:
+        raise RemoteError(f"{failed[6:]} checker rejected release {release_id} (exit {rc}){_said(out, 500)}")
+
+
+def rollback_router(tree_dir: Path, router: str, to: str | None, options: DeployOptions,
+                    progress: Callable[[str, str], None]) -> Outcome:
+    """Make the previous release (the confirmed one before the current) or release ``to`` current
+    again on ``router``: lock, verify and check it, switch under commit-confirm, reload, health."""
+    target = Target(read_routers(Path(tree_dir), [router])[router], options.commands)
+    problem = _settings_problem(target.manifest)
+    if problem:
+        raise TreeError(f"{target.tree.dir / MANIFEST}: '{problem}' is missing or malformed")
+    if not Path(options.known_hosts).is_file():
+        raise VpcgenError(f"{options.known_hosts}: no known_hosts file: give --known-hosts")
+    if to is not None and not _ID.match(to):
+        raise VpcgenError(f"{to!r} is not a release name")
+    start = time.monotonic()
+    remote = None
+    try:
+        remote = Remote(connect(target, options.known_hosts, options.identity))
+        remote.lock(f"{target.base}/lock")
+        d = RouterDeploy(target, remote, progress)
+        d.settle()
+        probe = d.probe()
+        if to is None:
+            earlier = [i for i in probe.history if i != probe.current and i in probe.releases]
+            if not earlier:
+                return Outcome(router, "failed", f"no previous release on the router to go back to (current: "
+                               f"{probe.current or 'none'}, releases: {', '.join(probe.releases) or 'none'})")
+            to = earlier[-1]
+        if to not in probe.releases:
+            return Outcome(router, "failed", f"no release {to} on the router (releases: "
+                           f"{', '.join(probe.releases) or 'none'})")
+        if to == probe.current and not probe.pending:
+            return Outcome(router, "skipped", f"{to} is already the current release")
+        state = _release_state(d, to)
+        if state is None or _settings_problem(state.manifest) or \
+                state.manifest["deploy"]["root"].rstrip("/") != target.root:
+            return Outcome(router, "failed", f"release {to} on the router is incomplete or not one vpcgen wrote "
+                           "for this deploy root")
+        probe.states[to] = state
+        # the release's own checks, reloads and health checks, as it was built
+        old = RouterDeploy(Target(RouterTree(router, target.tree.dir, state.manifest, b"", [], None), options.commands),
+                           remote, progress)
+        _check_release(old, to, state)
+        outcome = apply_release(old, probe, to, state, affected_services(probe.running(), state),
+                                _changed_files(probe.state(probe.current), state), "rollback",
+                                options.confirm(target), prune=False)
+    except CONNECTION_ERRORS as exc:
+        outcome = Outcome(router, "failed", str(exc) or type(exc).__name__)
+    finally:
+        if remote is not None:
+            remote.close()
+    outcome.seconds = time.monotonic() - start
+    return outcome

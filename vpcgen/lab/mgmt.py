@@ -1,0 +1,230 @@
+"""The lab's management network: every router answers SSH on ``eth0`` at its ``mgmt`` address, so
+that `vpcgen deploy`, `status`, `switchover`, `rollback` and plain `ssh` reach lab routers as they
+reach real ones.
+
+- A management namespace ``<lab>-mgmt`` holds a bridge with the station address (where `lab run`
+  commands come from); each router's ``eth0`` is a veth into that bridge carrying its ``mgmt``
+  address (/32, with a host route to the station: nothing else of the router's routing changes).
+- Each router runs its own sshd inside its private mount namespace (the lab's /etc overlay and
+  /run), with a host key of its own, and its deploy state folder bind-mounted from the lab's run
+  folder: a deploy writes the router's /etc and release folder, never the machine's.
+- `lab run` runs a command in the management namespace with the lab's key, the routers' pinned
+  host keys (an ssh_config of the lab's bound over /etc/ssh/ssh_config in a private mount
+  namespace) and the lab's service command overrides (VPCGEN_COMMANDS): the namespaces have no
+  systemd, so reloads and health checks talk to the daemons the lab started. The tree is never
+  changed for the lab.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..errors import VpcgenError
+from ..ops import netns
+from ..tree import DEPLOY_STATE, MANIFEST, on_router
+
+STATION = "169.254.254.254"  # the management station's address when the site lets SSH in from anywhere
+BRIDGE = "mgmt0"
+SSHD = "/usr/sbin/sshd"
+LAB_ONLY = "lab only: libipsec"  # the comment on the lab's twin rules (run.load_rules writes them so)
+INSIDE = "/run/vpcgen-lab-mgmt"  # in the router's private /run (the lab's run folder is not visible there)
+LAB_STRONGSWAN = "/etc/vpcgen-lab/strongswan.conf"  # the lab's charon settings (see run.LAB_STRONGSWAN_CONF)
+
+
+def _ns(lab: str) -> str:
+    return f"{lab}-mgmt"
+
+
+def _sh(*cmd: str, input: str | None = None) -> None:
+    r = netns.run(list(cmd), input=input)
+    if r.returncode != 0:
+        raise VpcgenError(f"{' '.join(cmd)}: {(r.stderr or r.stdout).strip()}")
+
+
+def _keygen(path: Path) -> str:
+    if not path.exists():
+        _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vpcgen-lab", "-f", str(path))
+    return path.with_suffix(".pub").read_text().split()[:2]
+
+
+def commands(python: str = sys.executable) -> dict:
+    """The lab's service commands (ops.overrides format): the daemons the lab started, no systemd."""
+    conntrackd = on_router("conntrackd")
+    keepalived = on_router("keepalived")
+    haproxy = on_router("haproxy")
+    rules = on_router("iptables")
+    notify = on_router("keepalived-notify")
+    from .run import KEEPALIVED_START  # the lab starts keepalived so; a handover restarts it so
+    return {
+        "reload": {
+            "networking": "true",  # the lab made the interfaces; it does not run ifupdown
+            # the tree's own reload, then the lab's libipsec twins of the tier-to-internet accepts
+            "iptables": (f"if [ -x {notify} ]; then {notify} apply-firewall; else iptables-restore --wait=10 {rules}; "
+                         f"fi && {shlex.quote(python)} -m vpcgen.lab.mgmt twins /{MANIFEST} {rules}"),
+            "conntrackd": (f"conntrackd -C {conntrackd} -k >/dev/null 2>&1; sleep 0.3; rm -f /run/lock/conntrackd.lock; "
+                           f"conntrackd -d -C {conntrackd}"),
+            "keepalived": "kill -HUP $(cat /run/keepalived.pid)",
+            "haproxy": f"haproxy -D -n 4096 -p /run/haproxy.pid -f {haproxy} -sf $(cat /run/haproxy.pid)",
+            # additive, as `vtysh -b` at start (frr-reload.py, which also removes, is not installed here)
+            "frr": f"vtysh -f {on_router('frr')}",
+        },
+        "health": {
+            "keepalived": "kill -0 $(cat /run/keepalived.pid)",
+            "haproxy": "kill -0 $(cat /run/haproxy.pid)",
+            "strongswan": "swanctl --stats >/dev/null",
+            "frr": "vtysh -c 'show version' >/dev/null",
+        },
+        "status": {
+            # the lab's own platform rules (libipsec twins) are not the router's
+            "firewall": f"iptables-save | grep -v -e {shlex.quote(LAB_ONLY)}",
+            "switchover": ("kill $(cat /run/keepalived.pid); i=0; while [ -e /run/keepalived.pid ] && [ $i -lt 100 ]; "
+                           f"do sleep 0.05; i=$((i+1)); done; {KEEPALIVED_START}"),
+        },
+    }
+
+
+def station(site: dict, taken: set[str]) -> str:
+    """The management station's address: inside the site's ``ssh.allowed_from`` when it has one (the routers'
+    firewall admits SSH on eth0 from there only): the highest usable address no router uses."""
+    allowed = (site.get("ssh") or {}).get("allowed_from")
+    if not allowed:
+        return STATION
+    for cidr in allowed:
+        net = ipaddress.ip_network(cidr)
+        if net.prefixlen >= 31:
+            candidates = list(net)
+        else:
+            candidates = [net.broadcast_address - i for i in range(1, min(net.num_addresses - 1, 64))]
+        for address in candidates:
+            if str(address) not in taken:
+                return str(address)
+    raise VpcgenError(f"no free address in ssh.allowed_from {allowed} for the lab's management station")
+
+
+def setup(p, state, progress=lambda m: None) -> None:
+    """Give every router of the running lab its management address and sshd (lab up calls this)."""
+    lab, folder = p.name, state.dir / "mgmt"
+    folder.mkdir(parents=True, exist_ok=True)
+    mg = _ns(lab)
+    routers = [n for n in p.nodes if n.kind == "router"]
+    me = station(p.site, {json.loads((n.tree / MANIFEST).read_text())["mgmt"] for n in routers})
+    _sh("ip", "netns", "add", mg)
+    state.add_namespace(mg)
+    _sh("ip", "netns", "exec", mg, "ip", "link", "set", "lo", "up")
+    _sh("ip", "netns", "exec", mg, "ip", "link", "add", BRIDGE, "type", "bridge")
+    _sh("ip", "netns", "exec", mg, "ip", "addr", "add", f"{me}/32", "dev", BRIDGE)
+    _sh("ip", "netns", "exec", mg, "ip", "link", "set", BRIDGE, "up")
+    key_type, key = _keygen(folder / "id_ed25519")
+    (folder / "authorized_keys").write_text(f"{key_type} {key}\n")
+    known, config = [], ["GlobalKnownHostsFile /dev/null", f"UserKnownHostsFile {folder / 'known_hosts'}",
+                         f"IdentityFile {folder / 'id_ed25519'}", "StrictHostKeyChecking yes",
+                         "BatchMode yes", "ConnectTimeout 5"]
+    os.makedirs(f"/{DEPLOY_STATE}", exist_ok=True)  # the mount point; each router binds its own folder there
+    for i, node in enumerate(routers):
+        info = state.data["nodes"][node.name]
+        manifest = json.loads((node.tree / MANIFEST).read_text())
+        address, ssh = manifest["mgmt"], manifest["deploy"]["ssh"]
+        port = f"m{i}"
+        _sh("ip", "link", "add", "eth0", "netns", info["ns"], "type", "veth", "peer", "name", port, "netns", mg)
+        _sh("ip", "netns", "exec", mg, "ip", "link", "set", port, "master", BRIDGE, "up")
+        _sh("ip", "netns", "exec", mg, "ip", "route", "add", f"{address}/32", "dev", BRIDGE)
+        for cmd in (["ip", "addr", "add", f"{address}/32", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
+                    ["ip", "route", "add", f"{me}/32", "dev", "eth0"]):
+            _sh("ip", "netns", "exec", info["ns"], *cmd)
+        host_type, host_key = _keygen(folder / f"host-{node.name}")
+        shown = address if ssh["port"] == 22 else f"[{address}]:{ssh['port']}"
+        known.append(f"{shown} {host_type} {host_key}")
+        config += [f"Host {address}", f"  Port {ssh['port']}", f"  User {ssh['user']}"]
+        holder = str(info["holder"])
+        files = {
+            "host_key": (folder / f"host-{node.name}").read_text(),
+            "authorized_keys": (folder / "authorized_keys").read_text(),
+            "sshd_config": "\n".join([
+                f"Port {ssh['port']}", f"ListenAddress {address}", f"HostKey {INSIDE}/host_key",
+                f"PidFile {INSIDE}/sshd.pid", f"AuthorizedKeysFile {INSIDE}/authorized_keys", "StrictModes no",
+                "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
+                f"SetEnv STRONGSWAN_CONF={LAB_STRONGSWAN}", ""]),
+        }
+        for name, text in files.items():
+            _sh("nsenter", "-t", holder, "-m", "sh", "-c", f"umask 077; mkdir -p {INSIDE}/var; cat > {INSIDE}/{name}",
+                input=text)
+        # the router's deploy state lives in its private /run: a deploy never writes the machine's
+        _sh("nsenter", "-t", holder, "-m", "-n", "sh", "-c",
+            f"mount --bind {INSIDE}/var /{DEPLOY_STATE} && {SSHD} -f {INSIDE}/sshd_config -E {INSIDE}/sshd.log")
+        progress(f"{node.name}: sshd on eth0 {address}:{ssh['port']}")
+    _tunnels_up(p, state)
+    (folder / "known_hosts").write_text("\n".join(known) + "\n")
+    (folder / "ssh_config").write_text("\n".join(config) + "\n")
+    (folder / "commands.yaml").write_text(yaml.safe_dump(commands(), sort_keys=True))
+    state.data["mgmt"] = {"ns": mg, "dir": str(folder)}
+    state.save()
+
+
+def _tunnels_up(p, state) -> None:
+    """The lab starts the VPN peers after the routers, so a master's own initiation at its takeover
+    found no peer: initiate each site-to-site tunnel once more on every serving router, as a router
+    that had its peers all along would have (`vpcgen status` expects them up on a master)."""
+    from ..tree import VPN_CHILD, VRRP_STATE
+    for node in (n for n in p.nodes if n.kind == "router"):
+        peers = sorted(p.site["vpcs"][node.vpc]["vpn_peers"])
+        holder = str(state.data["nodes"][node.name]["holder"])
+        if not peers:
+            continue
+        # on a pair: once keepalived has decided, and only on the master
+        wait = (f"i=0; while [ ! -s {VRRP_STATE} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+                f"[ \"$(cat {VRRP_STATE} 2>/dev/null)\" = MASTER ] || exit 0; "
+                if p.site["vpcs"][node.vpc]["redundant"] else "")
+        script = (wait
+                  + "; ".join(f"swanctl --initiate --child {VPN_CHILD.format(name=peer)} --timeout 10 "
+                              ">/dev/null 2>&1 &" for peer in peers) + "; wait")
+        netns.run(["nsenter", "-t", holder, "-m", "-n", "env", f"STRONGSWAN_CONF={LAB_STRONGSWAN}", "sh", "-c",
+                   script], timeout=30)
+
+
+def run(tree_dir, command: list[str]) -> int:
+    """Run ``command`` on the running lab's management network; its exit status."""
+    from .run import status
+    data = status(tree_dir)
+    mg = data.get("mgmt")
+    if not mg:
+        raise VpcgenError(f"the lab of {tree_dir} has no management network: bring it up again with this vpcgen")
+    if not command:
+        raise VpcgenError("give a command to run, after --")
+    folder = Path(mg["dir"])
+    env = {**os.environ, "VPCGEN_COMMANDS": str(folder / "commands.yaml"),
+           "VPCGEN_KNOWN_HOSTS": str(folder / "known_hosts"), "VPCGEN_IDENTITY": str(folder / "id_ed25519")}
+    # plain ssh reads /etc/ssh/ssh_config: the lab's one, in a mount namespace of this command only
+    wrapper = 'mount --bind "$0" /etc/ssh/ssh_config && exec "$@"'
+    try:
+        return subprocess.run(["ip", "netns", "exec", mg["ns"], "unshare", "--mount", "--propagation", "private",
+                               "sh", "-c", wrapper, str(folder / "ssh_config"), *command], env=env).returncode
+    except KeyboardInterrupt:
+        return 130
+
+
+def _twins(manifest: str, rules: str) -> int:
+    """Re-add the lab's libipsec twins after a reload of the rules of a router with VPNs (run on it)."""
+    from ..tree import GENERATED
+    from .run import libipsec_rules
+    if not any(f["path"] == GENERATED["swanctl"] for f in json.loads(Path(manifest).read_text())["files"]):
+        return 0
+    for rule in libipsec_rules(Path(rules).read_text()):
+        r = subprocess.run(["iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", LAB_ONLY])
+        if r.returncode != 0:
+            return r.returncode
+    return 0
+
+
+if __name__ == "__main__":  # on a lab router: python -m vpcgen.lab.mgmt twins RULES
+    if len(sys.argv) == 4 and sys.argv[1] == "twins":
+        sys.exit(_twins(sys.argv[2], sys.argv[3]))
+    sys.exit(2)
