@@ -202,9 +202,9 @@ def deploy(
     identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", metavar="KEY",
                                                   help="SSH private key (repeatable); "
                                                   "the SSH agent and ~/.ssh keys are used too."),
-    commands: Optional[Path] = typer.Option(None, "--commands", help="Service command overrides (YAML; "
+    commands: Optional[Path] = typer.Option(None, "--commands", metavar="FILE", help="Service command overrides (YAML; "
                                             "default: the file VPCGEN_COMMANDS names)."),
-    confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
+    confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", metavar="SECONDS", min=1.0, max=3600.0, help="Seconds after "
                                           "which a router restores its previous release by itself unless a new "
                                           "SSH session has confirmed the new one healthy."),
 ) -> None:
@@ -243,15 +243,15 @@ def deploy(
 @app.command()
 def rollback(
     tree_dir: Path = typer.Argument(..., help="The built site the router was deployed from, e.g. output/example."),
-    router: str = typer.Option(..., "--router", help="The router to roll back."),
-    to: Optional[str] = typer.Option(None, "--to", help="The release to make current (default: the previous one)."),
+    router: str = typer.Option(..., "--router", metavar="NAME", help="The router to roll back."),
+    to: Optional[str] = typer.Option(None, "--to", metavar="RELEASE", help="The release to make current (default: the previous one)."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        None, "--known-hosts", metavar="FILE", envvar="VPCGEN_KNOWN_HOSTS",
         help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
-    commands: Optional[Path] = typer.Option(None, "--commands", help="Service command overrides (YAML; "
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", metavar="KEY", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", metavar="FILE", help="Service command overrides (YAML; "
                                             "default: the file VPCGEN_COMMANDS names)."),
-    confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", min=1.0, max=3600.0, help="Seconds after "
+    confirm_timeout: float = typer.Option(60.0, "--confirm-timeout", metavar="SECONDS", min=1.0, max=3600.0, help="Seconds after "
                                           "which the router goes back to the release it ran unless a new SSH "
                                           "session has confirmed the rollback healthy."),
 ) -> None:
@@ -281,16 +281,16 @@ class StatusFormat(str, Enum):
 @app.command()
 def status(
     tree_dir: Path = typer.Argument(..., help="The built site the routers were deployed from, e.g. output/example."),
-    router: Optional[list[str]] = typer.Option(None, "--router", help="Only this router (repeatable)."),
+    router: Optional[list[str]] = typer.Option(None, "--router", metavar="NAME", help="Only this router (repeatable)."),
     format: StatusFormat = typer.Option(StatusFormat.text, "--format", help="text (a table and one line per "
                                         "finding) or json (for monitoring)."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        None, "--known-hosts", metavar="FILE", envvar="VPCGEN_KNOWN_HOSTS",
         help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
-    commands: Optional[Path] = typer.Option(None, "--commands", help="Service and status command overrides "
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", metavar="KEY", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", metavar="FILE", help="Service and status command overrides "
                                             "(YAML; default: the file VPCGEN_COMMANDS names)."),
-    parallel: int = typer.Option(8, "--parallel", min=1, max=256, help="Routers asked at the same time."),
+    parallel: int = typer.Option(8, "--parallel", metavar="N", min=1, max=256, help="Routers asked at the same time."),
 ) -> None:
     """The live state of every router against the tree: release, files, firewall, VRRP (one master per
     pair), conntrackd, services, load-balancer members, VPN SAs, OSPF. Exit 1 on any finding."""
@@ -317,14 +317,14 @@ def status(
 @app.command()
 def switchover(
     tree_dir: Path = typer.Argument(..., help="The built site the pair was deployed from, e.g. output/example."),
-    vpc: str = typer.Option(..., "--vpc", help="The redundant VPC whose backup takes over."),
-    timeout: float = typer.Option(30.0, "--timeout", min=1.0, max=600.0, help="Seconds for the backup to be "
+    vpc: str = typer.Option(..., "--vpc", metavar="NAME", help="The redundant VPC whose backup takes over."),
+    timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS", min=1.0, max=600.0, help="Seconds for the backup to be "
                                   "the only master."),
     known_hosts: Optional[Path] = typer.Option(
-        None, "--known-hosts", envvar="VPCGEN_KNOWN_HOSTS",
+        None, "--known-hosts", metavar="FILE", envvar="VPCGEN_KNOWN_HOSTS",
         help="Pinned host keys (default: TREE_DIR/known_hosts, copied from the site)."),
-    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
-    commands: Optional[Path] = typer.Option(None, "--commands", help="Service and status command overrides "
+    identity: Optional[list[Path]] = typer.Option(None, "--identity", "-i", metavar="KEY", envvar="VPCGEN_IDENTITY", help="SSH private key (repeatable)."),
+    commands: Optional[Path] = typer.Option(None, "--commands", metavar="FILE", help="Service and status command overrides "
                                             "(YAML; default: the file VPCGEN_COMMANDS names)."),
 ) -> None:
     """Planned handover of a pair's mastership to its backup (maintenance), after checking that the

@@ -32,7 +32,9 @@ from vpcgen.tree import GENERATED, read_router
 UPSTREAM_NAME, UPSTREAM_ADDRESS = "www.example.org", "198.51.100.80"
 HOOK = """#!/bin/sh
 # udhcpc's event script: record what the server said, configure the address like a real host
-{ echo "event=$1"; env | grep -E '^(ip|mask|router|dns|domain|mtu|serverid|lease)='; } > "$LEASE_OUT.$1"
+# (written aside, then renamed: the test polls for the file and must never read half of it)
+{ echo "event=$1"; env | grep -E '^(ip|mask|router|dns|domain|mtu|serverid|lease)='; } > "$LEASE_OUT.$1.tmp"
+mv "$LEASE_OUT.$1.tmp" "$LEASE_OUT.$1"
 case "$1" in
   bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"
                [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
