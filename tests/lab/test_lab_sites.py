@@ -5,6 +5,7 @@ the oracle lets out, and the waits follow the site's own health-check timers."""
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ EGRESS = ROOT / "tests/fixtures/lab/egress"
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("lab-egress")
-    code, out, err = run_cli("build", copy_site(EGRESS, tmp / "egress"), "--output", tmp / "out")
+    site = copy_site(EGRESS, tmp / "egress")
+    (site / "secrets").mkdir()  # secret values are never in git: the test makes its own
+    (site / "secrets/solo-psk").write_text(secrets.token_urlsafe(24) + "\n")
+    code, out, err = run_cli("build", site, "--output", tmp / "out")
     assert code == 0, out + err
     return tmp / "out/egress"
 

@@ -22,7 +22,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -34,7 +33,7 @@ from ..tree import DEPLOY_STATE, MANIFEST, on_router
 STATION = "169.254.254.254"  # the management station's address when the site lets SSH in from anywhere
 BRIDGE = "mgmt0"
 SSHD = "/usr/sbin/sshd"
-LAB_ONLY = "lab only: libipsec"  # the comment on the lab's twin rules (run.load_rules writes them so)
+LAB_ONLY = "lab only: libipsec"  # the comment on the lab's twin rules (run.load_rules and the reload below)
 INSIDE = "/run/vpcgen-lab-mgmt"  # in the router's private /run (the lab's run folder is not visible there)
 LAB_STRONGSWAN = "/etc/vpcgen-lab/strongswan.conf"  # the lab's charon settings (see run.LAB_STRONGSWAN_CONF)
 
@@ -55,10 +54,9 @@ def _keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().split()[:2]
 
 
-def commands(python: str = sys.executable) -> dict:
+def commands() -> dict:
     """The lab's service commands (ops.overrides format): the daemons the lab started, no systemd."""
     conntrackd = on_router("conntrackd")
-    keepalived = on_router("keepalived")
     haproxy = on_router("haproxy")
     rules = on_router("iptables")
     notify = on_router("keepalived-notify")
@@ -68,19 +66,25 @@ def commands(python: str = sys.executable) -> dict:
             "networking": "true",  # the lab made the interfaces; it does not run ifupdown
             # the tree's own reload, then the lab's libipsec twins of the tier-to-internet accepts
             "iptables": (f"if [ -x {notify} ]; then {notify} apply-firewall; else iptables-restore --wait=10 {rules}; "
-                         f"fi && {shlex.quote(python)} -m vpcgen.lab.mgmt twins /{MANIFEST} {rules}"),
+                         f"fi && while read -r rule; do iptables -w -A $rule -m comment --comment "
+                         f"{shlex.quote(LAB_ONLY)} || exit 1; done < {INSIDE}/twins"),
             "conntrackd": (f"conntrackd -C {conntrackd} -k >/dev/null 2>&1; sleep 0.3; rm -f /run/lock/conntrackd.lock; "
                            f"conntrackd -d -C {conntrackd}"),
             "keepalived": "kill -HUP $(cat /run/keepalived.pid)",
             "haproxy": f"haproxy -D -n 4096 -p /run/haproxy.pid -f {haproxy} -sf $(cat /run/haproxy.pid)",
             # additive, as `vtysh -b` at start (frr-reload.py, which also removes, is not installed here)
             "frr": f"vtysh -f {on_router('frr')}",
+            # the lab runs no time daemon; its dnsmasq, where it runs one, rereads nothing on reload
+            "chrony": "true",
+            "dnsmasq": "true",
         },
         "health": {
             "keepalived": "kill -0 $(cat /run/keepalived.pid)",
             "haproxy": "kill -0 $(cat /run/haproxy.pid)",
             "strongswan": "swanctl --stats >/dev/null",
             "frr": "vtysh -c 'show version' >/dev/null",
+            "chrony": "true",
+            "dnsmasq": "true",
         },
         "status": {
             # the lab's own platform rules (libipsec twins) are not the router's
@@ -111,6 +115,7 @@ def station(site: dict, taken: set[str]) -> str:
 
 def setup(p, state, progress=lambda m: None) -> None:
     """Give every router of the running lab its management address and sshd (lab up calls this)."""
+    from .run import libipsec_rules
     lab, folder = p.name, state.dir / "mgmt"
     folder.mkdir(parents=True, exist_ok=True)
     mg = _ns(lab)
@@ -153,6 +158,8 @@ def setup(p, state, progress=lambda m: None) -> None:
                 "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
                 "PermitRootLogin prohibit-password", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
                 f"SetEnv STRONGSWAN_CONF={LAB_STRONGSWAN}", ""]),
+            # the lab's libipsec twins of this router's rules, re-added after each reload of its rules
+            "twins": "".join(f"{rule}\n" for rule in libipsec_rules(p.site, node)),
         }
         for name, text in files.items():
             _sh("nsenter", "-t", holder, "-m", "sh", "-c", f"umask 077; mkdir -p {INSIDE}/var; cat > {INSIDE}/{name}",
@@ -209,22 +216,3 @@ def run(tree_dir, command: list[str]) -> int:
                                "sh", "-c", wrapper, str(folder / "ssh_config"), *command], env=env).returncode
     except KeyboardInterrupt:
         return 130
-
-
-def _twins(manifest: str, rules: str) -> int:
-    """Re-add the lab's libipsec twins after a reload of the rules of a router with VPNs (run on it)."""
-    from ..tree import GENERATED
-    from .run import libipsec_rules
-    if not any(f["path"] == GENERATED["swanctl"] for f in json.loads(Path(manifest).read_text())["files"]):
-        return 0
-    for rule in libipsec_rules(Path(rules).read_text()):
-        r = subprocess.run(["iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", LAB_ONLY])
-        if r.returncode != 0:
-            return r.returncode
-    return 0
-
-
-if __name__ == "__main__":  # on a lab router: python -m vpcgen.lab.mgmt twins RULES
-    if len(sys.argv) == 4 and sys.argv[1] == "twins":
-        sys.exit(_twins(sys.argv[2], sys.argv[3]))
-    sys.exit(2)

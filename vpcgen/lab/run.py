@@ -312,7 +312,7 @@ def load_rules(ns: str, router: Router, site: dict) -> None:
     if r.returncode != 0:
         raise VpcgenError(f"in {ns}: iptables-restore: {r.stderr.strip()}")
     for rule in libipsec_rules(site, router):
-        _in(ns, "iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", "lab only: libipsec")
+        _in(ns, "iptables", "-w", "-A", *rule.split(), "-m", "comment", "--comment", mgmt.LAB_ONLY)
 
 
 def restore_nat(ns: str, router: Router) -> None:
