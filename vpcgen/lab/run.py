@@ -473,6 +473,14 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
 DNSMASQ_LOG = "/run/dnsmasq.log"
 DNSMASQ_START = ("/usr/share/dnsmasq/systemd-helper checkconfig >/run/dnsmasq-check.log 2>&1 && "
                  f"(DNSMASQ_OPTS='--log-facility={DNSMASQ_LOG} --log-dhcp' /usr/share/dnsmasq/systemd-helper exec)")
+# the lab's service commands for dnsmasq (no systemd in a namespace), for deploy's overrides: the tree's
+# reload is `systemctl restart dnsmasq` (a new configuration needs a restart); the leases stay in the
+# router's lease folder. notify.sh needs none: dnsmasq answers on whatever gateway the router holds.
+DNSMASQ_PID = "/run/dnsmasq/dnsmasq.pid"  # the helper's -x
+DNSMASQ_RESTART = (f"p=$(cat {DNSMASQ_PID} 2>/dev/null); [ -n \"$p\" ] && kill $p; i=0; "
+                   "while [ -n \"$p\" ] && kill -0 $p 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
+                   + DNSMASQ_START)
+DNSMASQ_HEALTH = f"kill -0 $(cat {DNSMASQ_PID})"
 
 
 # the daemons the node's etc/frr/daemons enables (a router's bfdd among them), then its frr.conf
@@ -782,6 +790,7 @@ def start_router(tree_dir, router: str) -> None:
     ns = state.data["nodes"][router]["ns"]
     addresses, routes = router_config(node)
     mtus = router_mtus(node)
+    _flush_daemon_routes(ns)
     for link in node.links:
         _in(ns, "ip", "addr", "flush", "dev", link.ifname)
         if link.ifname in mtus:
@@ -794,6 +803,17 @@ def start_router(tree_dir, router: str) -> None:
     load_rules(ns, node, p.site)
     shutil.rmtree(state.dir / "ovl" / router, ignore_errors=True)
     _start_router(p, state, node, ns)
+
+
+def _flush_daemon_routes(ns: str) -> None:
+    """A reboot starts without the routes the dead router's daemons had installed (keepalived's
+    virtual routes, FRR's): left in the namespace, a backup would announce its stale blackhole."""
+    protos = set()
+    for line in _in(ns, "ip", "-o", "route", "show", "table", "main").stdout.splitlines():
+        words = line.split()
+        protos.add(words[words.index("proto") + 1] if "proto" in words else "boot")
+    for proto in sorted(protos - {"kernel", "boot"}):  # connected routes, and the lab's and the file's own
+        _in(ns, "ip", "route", "flush", "table", "main", "proto", proto)
 
 
 # --- faults: vpcgen lab fault / heal ------------------------------------------------------------

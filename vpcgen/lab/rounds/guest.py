@@ -21,7 +21,6 @@ import subprocess
 import time
 
 from .. import run as lab
-from ..oracle import Endpoint
 from ..plan import UPSTREAM_ADDRESS, UPSTREAM_NAME, DhcpClient, Host
 
 MISSING = "vpcgen-lab-missing"  # a name no site has: the VPC's domain must answer NXDOMAIN, not forward
@@ -156,7 +155,7 @@ def _range_lease(t, vpc: str, client: DhcpClient, figures: dict) -> tuple[bool, 
     if bad:
         return False, "; ".join(bad)
     figures["seconds_to_lease"] = round(took, 2)
-    return True, f"{got['ip']} in {took:.2f} s (dnsmasq first checks the address is unused), options as the tier says"
+    return True, f"{got['ip']} in {took:.2f} s, options as the tier says"
 
 
 def _names(t, vpc: str, tier: str) -> tuple[bool, str]:
@@ -192,11 +191,15 @@ def _direct(t, vpc: str, tier: str) -> tuple[bool, str]:
     """A host's own query to the zone's DNS server: its tier's lists and NAT decide (the oracle)."""
     host = t.plan.hosts(vpc, tier)[0]
     server = _resolvers(t, vpc)[0]
-    verdict = t.expect(Endpoint("tier", vpc, tier, host.address), server, "udp", 53)
-    got = dig(t, host.name, server, UPSTREAM_NAME).stdout.strip()
-    answered = got == UPSTREAM_ADDRESS
-    return answered == verdict.delivered, (f"{'answered' if answered else 'no answer'} from {server}, the oracle "
-                                          f"{'delivers' if verdict.delivered else 'denies'} it ({verdict.why or 'allowed'})")
+    verdict = t.expect(t.endpoint(vpc, host.name), server, "udp", 53)
+    for attempt in range(3 if verdict.delivered else 1):  # a path that is being rerouted gets a second chance
+        answered = dig(t, host.name, server, UPSTREAM_NAME).stdout.strip() == UPSTREAM_ADDRESS
+        if answered == verdict.delivered:
+            break
+    tries = f" (try {attempt + 1})" if attempt else ""
+    return answered == verdict.delivered, (f"{'answered' if answered else 'no answer'} from {server}{tries}, the "
+                                          f"oracle {'delivers' if verdict.delivered else 'denies'} it "
+                                          f"({verdict.why or 'allowed'})")
 
 
 def _other_gateway(t, vpc: str) -> tuple[bool, str]:
@@ -274,7 +277,7 @@ def _failover(t, vpc: str, figures: dict) -> tuple[bool, str]:
             start = time.monotonic()
             os.kill(t.data["nodes"][host.name]["dhcp"], signal.SIGUSR1)  # udhcpc: renew now
             while time.monotonic() - start < 15 and not any(
-                    lab.lease(t.data, host.name, e) for e in ("renew", "nak", "bound")):
+                    lab.lease(t.data, host.name, e) for e in ("renew", "nak")):
                 time.sleep(0.05)
             took = time.monotonic() - start
             renew, nak = lab.lease(t.data, host.name, "renew"), lab.lease(t.data, host.name, "nak")
