@@ -84,6 +84,17 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
             assert (sync["double"], sync["none"], sync["changes"]) == (0, 0, 0), sync
             assert report["failover"][pair]["upstream_handover_s"] <= 3
         assert sorted(report["failover"]["left"]["core_reroute_s"])[2] <= 1.0
+        # DNS and DHCP: the reserved web hosts leased by DHCP, names answered, a lease renewed (ACK)
+        # on the new master after a failover
+        checks = {f"{c['round']}: {c['name']}": c for c in report["checks"]}
+        for host, address in (("shop-web-2", "10.10.1.11"), ("shop-web-3", "10.10.1.12")):
+            assert checks[f"guest shop: tier web: {host} leases its reservation {address}"]["ok"]
+        renewal = checks["guest shop: failover: the new master renews a lease the old one gave (ACK, not NAK) "
+                         "and answers names"]
+        assert renewal["detail"].startswith("shop-web-2 renewed 10.10.1.11 on shop-r"), renewal
+        guest = report["failover"]["shop"]["guest"]
+        assert guest["seconds_to_renewal_after_failover"] < 5 and guest["seconds_to_lease"] < 10
+        assert all(report["failover"][v]["guest"]["lookups_per_second"] > 0 for v in ("blog", "left", "right", "shop"))
         assert report["failover"]["left"]["announced_transitions"] == "50/50"
         data = lab.status(tree)
         recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]

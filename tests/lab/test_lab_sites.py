@@ -1,6 +1,7 @@
 """`vpcgen lab` on a small fixture site: its first tier may open nothing (internet, VPN, private
-gateway) and its load balancer checks every 10 s. No false failure: the probes start from a host
-the oracle lets out, and the waits follow the site's own health-check timers."""
+gateway), its last is default_deny and on DHCP (a reservation, a range, a host without MAC, an MTU
+of its own), and its load balancer checks every 10 s. No false failure: the probes start from a
+host the oracle lets out, and the waits follow the site's own health-check timers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from conftest import ROOT, copy_site, run_cli
 from vpcgen.lab import run as lab
+from vpcgen.tree import DNSMASQ_LEASES
 
 EGRESS = ROOT / "tests/fixtures/lab/egress"
 
@@ -34,6 +36,13 @@ def test_lab_test_on_a_site_whose_first_tier_denies_egress(tree, tmp_path, monke
     try:
         assert code == 0, out + err
         assert "waiting for load balancer slow's members" in err  # progress while it waits (stderr)
+        vault = site["vpcs"]["solo"]["tiers"]["vault"]
+        assert vault["acl"] == "default_deny" and vault["mtu"] == 1420
+        data = lab.status(tree)
+        # the router's interface takes the tier's MTU from its file; the reserved host its lease
+        assert "mtu 1420" in lab.exec_in(data, "solo-r1", "ip -o link show dev eth2.1102").stdout
+        host = lab.exec_in(data, "solo-vault-1", "ip -o addr show dev eth0; ip -o link show dev eth0").stdout
+        assert "inet 10.30.2.11/24" in host and "mtu 1420" in host and "02:00:0a:1e:02:0b" in host
         monkeypatch.chdir(tmp_path)  # the results never land in the current folder
         code, out, err = run_cli("lab", "test", tree)
         assert code == 0, out + err
@@ -52,6 +61,32 @@ def test_lab_test_on_a_site_whose_first_tier_denies_egress(tree, tmp_path, monke
         assert vpn.startswith("every local tier's egress list denies it"), vpn
         # the 10 s health check takes a stopped member out within its own fall time
         assert checks["services solo: load balancer slow: a stopped member is taken out"]["ok"]
+        # DNS and DHCP on the default_deny tier: its gateway leases and answers, the zone's server
+        # directly does not (the oracle denies it)
+        guest = {k.removeprefix("guest solo: "): c for k, c in checks.items() if k.startswith("guest solo: ")}
+        assert guest["tier vault: solo-vault-1 leases its reservation 10.30.2.11 (list default_deny)"]["ok"]
+        assert guest["tier vault: a guest without reservation leases an address of 10.30.2.100-10.30.2.120 "
+                     "(list default_deny)"]["detail"].startswith("10.30.2.1")
+        assert "6 queries answered" in guest["tier vault: the gateway answers the VPC's names and forwards "
+                                             "others (list default_deny)"]["detail"]
+        assert guest["tier vault: direct queries to the zone's DNS servers as the oracle decides"][
+            "detail"].startswith("no answer from 192.0.2.53")
+        assert guest["tier web: direct queries to the zone's DNS servers as the oracle decides"][
+            "detail"].startswith("answered from 192.0.2.53")
+        figures = report["failover"]["solo"]["guest"]
+        assert figures["seconds_to_lease"] < 10 and figures["lookups_per_second"] > 0
+        # the lab's restart of dnsmasq (what a deploy's reload runs in the lab): a new process, the
+        # leases kept in the router's own lease folder, never the machine's
+        data = lab.status(tree)
+        before = lab.exec_in(data, "solo-r1", f"cat {lab.DNSMASQ_PID}").stdout.strip()
+        assert lab.exec_in(data, "solo-r1", lab.DNSMASQ_RESTART).returncode == 0
+        assert lab.exec_in(data, "solo-r1", lab.DNSMASQ_HEALTH).returncode == 0
+        assert lab.exec_in(data, "solo-r1", f"cat {lab.DNSMASQ_PID}").stdout.strip() not in ("", before)
+        leases = lab.exec_in(data, "solo-r1", f"cat {DNSMASQ_LEASES}").stdout
+        assert "02:00:0a:1e:02:0b 10.30.2.11 vault1" in leases
+        assert (lab.RUN_ROOT / data["name"] / "leases/solo-r1/dnsmasq.leases").read_text() == leases
+        assert lab.exec_in(data, "solo-vault-1", "dig +short +time=1 +tries=3 @10.30.2.1 vault2.solo.test"
+                           ).stdout.strip() == "10.30.2.12"
     finally:
         code, out, err = run_cli("lab", "down", tree)
         assert code == 0, out + err

@@ -10,15 +10,23 @@ import pytest
 
 from conftest import EXAMPLE, copy_site, run_cli
 from vpcgen.lab import plan as lab_plan
-from vpcgen.lab.plan import Client, Core, Gateway, Host, Inet, Peer, Router
+from vpcgen.lab import run as lab_run
+from vpcgen.ops import netns
+from vpcgen.tree import GENERATED
+from vpcgen.lab.plan import Client, Core, DhcpClient, Gateway, Host, Inet, Peer, Router
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> dict:
+def built(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("plan")
     code, out, err = run_cli("build", copy_site(EXAMPLE, tmp / "example"), "--output", tmp / "out")
     assert code == 0, out + err
-    return json.loads((tmp / "out/example/site.json").read_text())
+    return tmp / "out/example"
+
+
+@pytest.fixture(scope="module")
+def site(built) -> dict:
+    return json.loads((built / "site.json").read_text())
 
 
 def build(site: dict, only: str | None = None) -> lab_plan.Plan:
@@ -92,3 +100,51 @@ def test_management_station_lies_inside_ssh_allowed_from():
     assert station({"ssh": {"allowed_from": ["198.51.100.0/24"]}}, set()) == "198.51.100.254"
     assert station({"ssh": {"allowed_from": ["198.51.100.0/24"]}}, {"198.51.100.254"}) == "198.51.100.253"
     assert station({"ssh": {"allowed_from": ["192.0.2.7/32", "10.0.0.0/8"]}}, {"192.0.2.7"}) == "10.255.255.254"
+
+
+def test_guests_from_site_json_reservations_mtu_and_the_zones_resolvers(site):
+    p = build(site)
+    web = site["vpcs"]["shop"]["tiers"]["web"]
+    reserved = {h["address"]: h["mac"] for h in web["hosts"].values() if h["mac"]}
+    hosts = p.hosts("shop", "web")
+    # a host at every named address; the reserved ones take it by DHCP with the reservation's MAC
+    assert {h["address"] for h in web["hosts"].values()} <= {h.address for h in hosts}
+    assert {h.address: h.mac for h in hosts if h.dhcp} == reserved and len(reserved) == 2
+    assert all(h.mtu == web["mtu"] == 1450 for h in hosts)
+    assert not any(h.dhcp for h in p.hosts("shop", "app"))  # no dhcp on that tier
+    # one range client per tier with a range: no address, a MAC no reservation uses, not a test host
+    clients = p.of(DhcpClient)
+    assert [(c.name, c.tier) for c in clients] == [("shop-web-dhcp", "web")]
+    assert clients[0].links[0].addresses == () and clients[0].mac not in reserved.values()
+    assert clients[0].links[0].segment == f"zone1/eth2.{web['vlan']}"
+    # the zone's DNS servers answer on the internet side (NAT VPCs) and on the core (routed VPCs)
+    servers = tuple(site["zones"]["zone1"]["dns_servers"])
+    for node in (p.node("inet-zone1"), p.node("core-zone1")):
+        assert node.resolver == servers and {f"{a}/32" for a in servers} <= set(node.loopback)
+    # a tier with a reservation but without dhcp keeps a static host
+    changed = copy.deepcopy(site)
+    changed["vpcs"]["shop"]["tiers"]["web"]["dhcp"] = None
+    assert not any(h.dhcp for h in build(changed).hosts("shop", "web")) and not build(changed).of(DhcpClient)
+
+
+def test_guest_mac_never_takes_a_reservation():
+    taken = {lab_plan._guest_mac(1200, set())}
+    assert lab_plan._guest_mac(1200, taken) != lab_plan._guest_mac(1200, set())
+    assert lab_plan._guest_mac(1200, set()) != lab_plan._guest_mac(1201, set())
+
+
+def test_a_router_gets_the_mtus_of_its_interfaces_file_on_its_own_links(built, site):
+    p = lab_plan.build(site, "vltest", built, built)
+    shop = p.node("shop-r1")
+    tiers = site["vpcs"]["shop"]["tiers"]
+    assert lab_run.router_mtus(shop) == {f"eth2.{t['vlan']}": t["mtu"] for t in tiers.values()}
+    assert lab_run.router_mtus(shop)["eth2.1200"] == 1450
+    text = (built / "shop-r1" / GENERATED["interfaces"]).read_text()
+    jumbo = text.replace("auto eth2\niface eth2 inet manual\n",
+                         "auto eth2\niface eth2 inet manual\n    up ip link set dev eth2 mtu 9000\n")
+    (built / "shop-r1" / GENERATED["interfaces"]).write_text(jumbo)
+    try:
+        assert netns.interface_mtus(built / "shop-r1")["eth2"] == 9000  # a parent's MTU is read ...
+        assert "eth2" not in lab_run.router_mtus(shop)  # ... but eth2 is no device of the lab
+    finally:
+        (built / "shop-r1" / GENERATED["interfaces"]).write_text(text)

@@ -60,7 +60,7 @@ def commands() -> dict:
     haproxy = on_router("haproxy")
     rules = on_router("iptables")
     notify = on_router("keepalived-notify")
-    from .run import KEEPALIVED_START  # the lab starts keepalived so; a handover restarts it so
+    from .run import DNSMASQ_HEALTH, DNSMASQ_RESTART, KEEPALIVED_START  # the lab starts them so
     return {
         "reload": {
             "networking": "true",  # the lab made the interfaces; it does not run ifupdown
@@ -74,9 +74,8 @@ def commands() -> dict:
             "haproxy": f"haproxy -D -n 4096 -p /run/haproxy.pid -f {haproxy} -sf $(cat /run/haproxy.pid)",
             # additive, as `vtysh -b` at start (frr-reload.py, which also removes, is not installed here)
             "frr": f"vtysh -f {on_router('frr')}",
-            # the lab runs no time daemon; its dnsmasq, where it runs one, rereads nothing on reload
-            "chrony": "true",
-            "dnsmasq": "true",
+            "chrony": "true",  # the lab runs no time daemon
+            "dnsmasq": DNSMASQ_RESTART,  # as Debian's unit: a restart (the leases stay in the router's folder)
         },
         "health": {
             "keepalived": "kill -0 $(cat /run/keepalived.pid)",
@@ -84,7 +83,7 @@ def commands() -> dict:
             "strongswan": "swanctl --stats >/dev/null",
             "frr": "vtysh -c 'show version' >/dev/null",
             "chrony": "true",
-            "dnsmasq": "true",
+            "dnsmasq": DNSMASQ_HEALTH,
         },
         "status": {
             # the lab's own platform rules (libipsec twins) are not the router's

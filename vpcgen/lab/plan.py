@@ -18,6 +18,9 @@ PEERS_GATEWAY = "198.18.0.1"
 CORE_LOOPBACK = "192.0.2.254/32"  # a network behind the core (routed VPCs reach it)
 WHOAMI_PORT = 7  # answers with the address a connection came from
 ECHO_PORT = 80  # the internet side's echo service (TCP survival across a failover)
+# the one name the lab's upstream resolvers (at the zone's dns_servers) know: what a forwarded lookup finds
+UPSTREAM_NAME = "www.example.com"
+UPSTREAM_ADDRESS = "198.51.100.80"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Node:
     tcp: tuple[int, ...] = ()  # ports the node's test servers answer on
     udp: tuple[int, ...] = ()
     whoami: int = 0
+    resolver: tuple[str, ...] = ()  # addresses an upstream DNS server answers on (the zone's dns_servers)
     kind = "node"
     forwards = False
 
@@ -58,7 +62,19 @@ class Router(Node):
 @dataclass
 class Host(Node):
     tier: str = ""
+    mtu: int = 0  # the tier's MTU: set on a static host, learnt by DHCP on a DHCP host
+    mac: str = ""  # the tier's reservation for the host's address, if any
+    dhcp: bool = False  # takes its (reserved) address by DHCP: the tier has dhcp and a reservation for it
     kind = "host"
+
+
+@dataclass
+class DhcpClient(Node):
+    """A guest without a reservation on a tier with a DHCP range: no address until a round asks for
+    a lease (and no servers; it is not one of the tier's test hosts)."""
+    tier: str = ""
+    mac: str = ""
+    kind = "dhcp-client"
 
 
 @dataclass
@@ -237,12 +253,20 @@ def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: s
         tcp, udp = _ports(vpc, site["acls"])
         for tier_name, tier in sorted(vpc["tiers"].items()):
             net = ipaddress.ip_network(tier["cidr"])
-            mine = [a for a in used if ipaddress.ip_address(a) in net]
+            # the tier's named hosts too: their names resolve to a test host, a reserved one leases
+            reserved = {h["address"]: (h["mac"] or "").lower() for h in tier.get("hosts", {}).values()}
+            mine = [a for a in used | set(reserved) if ipaddress.ip_address(a) in net]
+            segment = f"{zone}/eth2.{tier['vlan']}"
             for i, address in enumerate(_host_addresses(tier["cidr"], mine)):
+                mac = reserved.get(address, "")
                 nodes.append(Host(f"{vpc_name}-{tier_name}-{i + 1}", vpc_name, tier=tier_name, tcp=tcp, udp=udp,
                                   whoami=WHOAMI_PORT, routes=[f"default via {tier['gateway']}"],
-                                  links=[Link("eth0", f"{zone}/eth2.{tier['vlan']}",
-                                              (f"{address}/{net.prefixlen}",))]))
+                                  mtu=tier.get("mtu") or 1500, mac=mac, dhcp=bool(mac and tier.get("dhcp")),
+                                  links=[Link("eth0", segment, (f"{address}/{net.prefixlen}",))]))
+            if (tier.get("dhcp") or {}).get("range"):
+                nodes.append(DhcpClient(f"{vpc_name}-{tier_name}-dhcp", vpc_name, tier=tier_name,
+                                        mac=_guest_mac(tier["vlan"], set(reserved.values())),
+                                        links=[Link("eth0", segment)]))
         for gw_name, gw in sorted(vpc["private_gateways"].items()):
             prefix = gw["address"].split("/")[1]
             targets = tuple(str(ipaddress.ip_network(r).network_address + 5) for r in gw["routes"])
@@ -282,12 +306,14 @@ def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: s
     for zone_name in sorted(uplinks):
         zone = site["zones"][zone_name]
         public, ospf = zone.get("public"), zone.get("ospf")
+        resolvers = tuple(zone.get("dns_servers") or ())  # NAT VPCs reach them through the internet side
         public_segment = f"{zone_name}/eth1.{public['vlan']}" if public and public["vlan"] else f"{zone_name}/eth1"
         if public and public_segment in uplinks[zone_name]:
             prefix = public["cidr"].split("/")[1]
             inet = Inet(f"inet-{zone_name}", zone=zone_name, tcp=(ECHO_PORT,), whoami=WHOAMI_PORT,
                         links=[Link("eth0", public_segment, (f"{public['gateway']}/{prefix}",))],
-                        loopback=internet_sources(site, zone_name))
+                        loopback=internet_sources(site, zone_name) + [f"{a}/32" for a in resolvers],
+                        resolver=resolvers)
             beyond = [n for n in nodes if isinstance(n, (Peer, Client)) and vpcs[n.vpc]["zone"] == zone_name]
             if beyond:
                 inet.links.append(Link("eth1", f"{zone_name}/peers", (f"{PEERS_GATEWAY}/24",)))
@@ -302,8 +328,17 @@ def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: s
                                         ospf["authentication"]),
                               links=[Link("eth0", sorted(transit_segments)[0],
                                           (f"{net.network_address + 1}/{net.prefixlen}",))],
-                              loopback=[CORE_LOOPBACK]))
+                              loopback=[CORE_LOOPBACK] + [f"{a}/32" for a in resolvers],
+                              resolver=resolvers))  # routed VPCs reach them through the core
     return Plan(name, Path(tree_dir), site, nodes, sorted(segments))
+
+
+def _guest_mac(vlan: int, taken: set[str]) -> str:
+    """A locally administered MAC for a tier's range client, unique per VLAN, never a reservation's."""
+    last = 1
+    while (mac := f"02:ff:{vlan >> 8 & 255:02x}:{vlan & 255:02x}:00:{last:02x}") in taken:
+        last += 1
+    return mac
 
 
 def _in(cidr: str, index: int) -> str:

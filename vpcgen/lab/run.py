@@ -32,11 +32,13 @@ from pathlib import Path
 
 from ..errors import VpcgenError
 from ..ops import check, netns
-from ..tree import _NAME, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
+from ..tree import _NAME, DNSMASQ_LEASES, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
 from . import mgmt
-from .plan import CORE_LOOPBACK, Client, Core, Node, Peer, Plan, Router, build as build_plan, tier_ifname
+from .plan import (CORE_LOOPBACK, UPSTREAM_ADDRESS, UPSTREAM_NAME, Client, Core, DhcpClient, Host, Node, Peer, Plan,
+                   Router, build as build_plan, tier_ifname)
 
 RUN_ROOT = Path("/run/vpcgen-lab")
+SWITCH_MTU = 9000  # the largest tier MTU a site may set
 
 
 def lab_name(tree_dir: Path) -> str:
@@ -76,6 +78,13 @@ def router_config(node: Router) -> tuple[dict[str, list[str]], list[str]]:
             raise VpcgenError(f"{node.tree / GENERATED['interfaces']}: interface {ifname} is not one of "
                               f"{node.name}'s interfaces in site.json ({', '.join(sorted(links))})")
     return {ifname: ifaces.get(ifname, []) for ifname in sorted(links)}, routes
+
+
+def router_mtus(node: Router) -> dict[str, int]:
+    """The MTUs a router's interfaces file sets, on the links it has (a parent such as eth2 is no
+    device of the lab: its VLAN sub-interfaces are veths of their own)."""
+    links = {link.ifname for link in node.links}
+    return {ifname: mtu for ifname, mtu in netns.interface_mtus(node.tree).items() if ifname in links}
 
 
 # --- state -----------------------------------------------------------------------------------
@@ -208,6 +217,11 @@ def _wait_ready(p: Plan, data: dict, progress) -> None:
                     break
                 waiting(f"one VRRP master in {vpc_name}")
                 time.sleep(0.2)
+        # hosts that take their address by DHCP (load balancers' members among them) need their lease
+        for host in [h for h in p.hosts(vpc_name) if h.dhcp]:
+            while time.monotonic() < deadline and lease(data, host.name) is None:
+                waiting(f"{host.name}'s DHCP lease")
+                time.sleep(0.2)
         inet = f"inet-{vpc['zone']}"
         for lb_name, lb in sorted(vpc["load_balancers"].items()) if inet in data["nodes"] else ():
             address = vpc["public_ips"][lb["public_ip"]]
@@ -252,13 +266,24 @@ def _build(p: Plan, state: State, progress) -> None:
         _in(ns, "ip", "link", "set", "lo", "up")
         # a router's addresses come from its own interfaces file; everything else's from the plan
         addresses = router_config(node)[0] if isinstance(node, Router) else {l.ifname: l.addresses for l in node.links}
+        mtus = router_mtus(node) if isinstance(node, Router) else {}
+        if isinstance(node, DhcpClient) or (isinstance(node, Host) and node.dhcp):
+            addresses = {link.ifname: () for link in node.links}  # its DHCP client configures it
+        elif isinstance(node, Host) and node.mtu != 1500:
+            mtus = {"eth0": node.mtu}  # a static host set up as the tier's MTU says
         for link in node.links:
             port += 1
             peer = f"p{port}"
-            _ip("link", "add", link.ifname, "netns", ns, "type", "veth", "peer", "name", peer, "netns", sw)
+            # the switch's side takes any frame (the tier's MTU is the ends' business: jumbo tiers)
+            _ip("link", "add", link.ifname, "netns", ns, "type", "veth", "peer", "name", peer, "netns", sw,
+                "mtu", str(SWITCH_MTU))
             _in(sw, "ip", "link", "set", peer, "master", bridges[link.segment])
             state.data["ports"][f"{node.name}/{link.ifname}"] = [peer, bridges[link.segment]]
             _in(sw, "ip", "link", "set", peer, "up")
+            if getattr(node, "mac", ""):
+                _in(ns, "ip", "link", "set", link.ifname, "address", node.mac)
+            if link.ifname in mtus:
+                _in(ns, "ip", "link", "set", link.ifname, "mtu", str(mtus[link.ifname]))
             _in(ns, "ip", "link", "set", link.ifname, "up")
             for address in addresses[link.ifname]:
                 _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
@@ -273,6 +298,8 @@ def _build(p: Plan, state: State, progress) -> None:
             _sysctls(ns, node.tree)
         else:
             _in(ns, "sysctl", "-q", "-w", f"net.ipv4.ip_forward={int(node.forwards)}")
+        if isinstance(node, Host) and node.dhcp:
+            continue  # its routes come with its lease
         for route in router_config(node)[1] if isinstance(node, Router) else node.routes:
             _in(ns, "ip", "route", "replace", *route.split())
     for node in p.nodes:
@@ -286,8 +313,13 @@ def _build(p: Plan, state: State, progress) -> None:
             _start_peer(p, state, node, ns)
         elif isinstance(node, Client):
             _start_client(p, state, node, ns)
+        if node.resolver:
+            _start_resolver(state, node, ns)
         if node.tcp or node.udp:
             _start_host(state, node, ns)
+    for node in p.of(Host):  # once the routers' dnsmasq runs (a pair's answers once it has a master)
+        if node.dhcp:
+            start_dhcp(state, node)
     state.save()
 
 
@@ -352,8 +384,10 @@ def _sysctls(ns: str, tree: Path) -> None:
         _in(ns, "sysctl", "-q", "-w", f"{key}={value}")
 
 
-def _holder(state: State, node_name: str, ns: str, etc: Path, script: str, env: dict | None = None) -> int:
-    """A process that keeps ``ns`` with a private /etc overlay and /run, running ``script``."""
+def _holder(state: State, node_name: str, ns: str, etc: Path, script: str, env: dict | None = None,
+            binds: dict[str, Path] | None = None) -> int:
+    """A process that keeps ``ns`` with a private /etc overlay and /run, and ``binds`` (path -> the
+    lab's folder laid over it), running ``script``."""
     scratch = state.dir / "ovl" / node_name
     scratch.mkdir(parents=True, exist_ok=True)
     q = shlex.quote
@@ -362,7 +396,9 @@ def _holder(state: State, node_name: str, ns: str, etc: Path, script: str, env: 
         f"mkdir -p {q(str(scratch))}/upper {q(str(scratch))}/work; "
         f"mount -t overlay overlay -o lowerdir={q(str(etc))}:/etc,upperdir={q(str(scratch))}/upper,"
         f"workdir={q(str(scratch))}/work /etc; "
-        "mount -t tmpfs vpcgen-lab-run /run; mkdir -p /run/lock /run/haproxy /run/vpcgen /run/frr /run/sshd; "
+        # before /run is replaced: the lab's folders are under /run
+        + "".join(f"mount --bind {q(str(source))} {q(target)}; " for target, source in sorted((binds or {}).items()))
+        + "mount -t tmpfs vpcgen-lab-run /run; mkdir -p /run/lock /run/haproxy /run/vpcgen /run/frr /run/sshd; "
         "chown frr:frr /run/frr 2>/dev/null || true; "
         "set +e; "
     )
@@ -421,8 +457,32 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
         parts.append(f"haproxy -D -n 4096 -p /run/haproxy.pid -f {on_router('haproxy')}")
     if (etc / "keepalived/keepalived.conf").exists():
         parts.append(KEEPALIVED_START)
+    binds = {}
+    if (node.tree / GENERATED["dnsmasq"]).exists():
+        # leases on a folder of the router's own that outlives a restart (as a disk does), never the
+        # machine's own lease folder
+        binds[os.path.dirname(DNSMASQ_LEASES)] = state.dir / "leases" / node.name
+        binds[os.path.dirname(DNSMASQ_LEASES)].mkdir(parents=True, exist_ok=True)
+        parts.append(DNSMASQ_START)
     # STRONGSWAN_CONF reaches charon, swanctl and the notify script's swanctl calls alike
-    _holder(state, node.name, ns, etc, "; ".join(parts) or "true", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH})
+    _holder(state, node.name, ns, etc, "; ".join(parts) or "true", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH},
+            binds=binds)
+
+
+# dnsmasq as Debian's unit starts it: the helper's config check, then the helper's exec (which reads
+# /etc/default/dnsmasq and runs `dnsmasq -7 /etc/dnsmasq.d,... -u dnsmasq`); the lab only adds a log
+# of the DHCP exchanges (DNSMASQ_OPTS, as /etc/default/dnsmasq may set it) for the rounds to read
+DNSMASQ_LOG = "/run/dnsmasq.log"
+DNSMASQ_START = ("/usr/share/dnsmasq/systemd-helper checkconfig >/run/dnsmasq-check.log 2>&1 && "
+                 f"(DNSMASQ_OPTS='--log-facility={DNSMASQ_LOG} --log-dhcp' /usr/share/dnsmasq/systemd-helper exec)")
+# the lab's service commands for dnsmasq (no systemd in a namespace), for deploy's overrides: the tree's
+# reload is `systemctl restart dnsmasq` (a new configuration needs a restart); the leases stay in the
+# router's lease folder. notify.sh needs none: dnsmasq answers on whatever gateway the router holds.
+DNSMASQ_PID = "/run/dnsmasq/dnsmasq.pid"  # the helper's -x
+DNSMASQ_RESTART = (f"p=$(cat {DNSMASQ_PID} 2>/dev/null); [ -n \"$p\" ] && kill $p; i=0; "
+                   "while [ -n \"$p\" ] && kill -0 $p 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
+                   + DNSMASQ_START)
+DNSMASQ_HEALTH = f"kill -0 $(cat {DNSMASQ_PID})"
 
 
 # the daemons the node's etc/frr/daemons enables (a router's bfdd among them), then its frr.conf
@@ -539,6 +599,71 @@ def _start_host(state: State, node: Node, ns: str) -> None:
     state.save()
 
 
+# udhcpc's event script: configure the interface as a real host does, and record what the server said
+DHCP_HOOK = """#!/bin/sh
+{ echo "event=$1"; env | grep -E '^(ip|mask|router|dns|domain|mtu|serverid|lease)='; } > "$LEASE_OUT.$1.tmp"
+mv "$LEASE_OUT.$1.tmp" "$LEASE_OUT.$1"
+case "$1" in
+  bound|renew) ip addr replace "$ip/$mask" dev "$interface"  # a renewal keeps connections alive
+               for a in $(ip -4 -o addr show dev "$interface" | awk '{print $4}'); do
+                   [ "$a" = "$ip/$mask" ] || ip addr del "$a" dev "$interface"
+               done
+               [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+               [ -n "$router" ] && ip route replace default via "$router" ;;
+  deconfig) ip addr flush dev "$interface" ;;
+esac
+exit 0
+"""
+
+
+def udhcpc_command(hook: Path, out: Path, ifname: str = "eth0") -> list[str]:
+    """busybox's DHCP client asking for the MTU and domain too; a discover every second until a
+    server answers (a pair answers only once it has a master)."""
+    return ["env", f"LEASE_OUT={out}", "udhcpc", "-i", ifname, "-s", str(hook), "-O", "mtu", "-O", "domain",
+            "-t", "3", "-T", "1", "-A", "1"]
+
+
+def dhcp_files(state_dir: Path, node: str) -> tuple[Path, Path]:
+    """The hook script and the prefix of a node's lease records (``PREFIX.bound``, ``.renew``, ``.nak``)."""
+    hook = state_dir / "udhcpc-hook.sh"
+    if not hook.exists():
+        hook.write_text(DHCP_HOOK)
+        hook.chmod(0o755)
+    (state_dir / "dhcp").mkdir(exist_ok=True)
+    return hook, state_dir / "dhcp" / node
+
+
+def start_dhcp(state: State, node: Host) -> None:
+    """A host's DHCP client, running as on a real host (it renews its lease, `lab test` asks it to)."""
+    hook, out = dhcp_files(state.dir, node.name)
+    log = open(state.dir / f"{node.name}.log", "ab")
+    proc = subprocess.Popen(["ip", "netns", "exec", state.data["nodes"][node.name]["ns"],
+                             *udhcpc_command(hook, out), "-f"], stdout=log, stderr=log, start_new_session=True)
+    state.data["nodes"][node.name]["dhcp"] = proc.pid
+    state.save()
+
+
+def lease(data: dict, node: str, event: str = "bound") -> dict | None:
+    """What a node's DHCP client last heard with ``event`` (bound, renew, nak), or None."""
+    path = RUN_ROOT / data["name"] / "dhcp" / f"{node}.{event}"
+    try:
+        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    except FileNotFoundError:
+        return None
+
+
+def _start_resolver(state: State, node: Node, ns: str) -> None:
+    """The zone's upstream DNS servers: a dnsmasq on their addresses that knows one name."""
+    log = open(state.dir / f"{node.name}.log", "ab")
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                             "--no-resolv", "--no-hosts", "--bind-interfaces", "--pid-file=", "--leasefile-ro",
+                             *(f"--listen-address={a}" for a in node.resolver),
+                             f"--address=/{UPSTREAM_NAME}/{UPSTREAM_ADDRESS}"],
+                            stdout=log, stderr=log, start_new_session=True)
+    state.data["nodes"][node.name]["resolver"] = proc.pid
+    state.save()
+
+
 # --- down ------------------------------------------------------------------------------------
 
 def down(tree_dir) -> list[str]:
@@ -560,7 +685,7 @@ def down(tree_dir) -> list[str]:
         if netns.run(["ip", "netns", "del", ns]).returncode == 0:
             removed.append(ns)
     for node in state.data["nodes"].values():
-        for key in ("holder", "server"):
+        for key in ("holder", "server", "dhcp", "resolver"):
             if node.get(key):
                 try:
                     os.kill(node[key], signal.SIGKILL)
@@ -666,8 +791,12 @@ def start_router(tree_dir, router: str) -> None:
     node = p.node(router)
     ns = state.data["nodes"][router]["ns"]
     addresses, routes = router_config(node)
+    mtus = router_mtus(node)
+    _flush_daemon_routes(ns)
     for link in node.links:
         _in(ns, "ip", "addr", "flush", "dev", link.ifname)
+        if link.ifname in mtus:
+            _in(ns, "ip", "link", "set", link.ifname, "mtu", str(mtus[link.ifname]))
         _in(ns, "ip", "link", "set", link.ifname, "up")
         for address in addresses[link.ifname]:
             _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
@@ -678,11 +807,23 @@ def start_router(tree_dir, router: str) -> None:
     _start_router(p, state, node, ns)
 
 
+def _flush_daemon_routes(ns: str) -> None:
+    """A reboot starts without the routes the dead router's daemons had installed (keepalived's
+    virtual routes, FRR's): left in the namespace, a backup would announce its stale blackhole."""
+    protos = set()
+    for line in _in(ns, "ip", "-o", "route", "show", "table", "main").stdout.splitlines():
+        words = line.split()
+        protos.add(words[words.index("proto") + 1] if "proto" in words else "boot")
+    for proto in sorted(protos - {"kernel", "boot"}):  # connected routes, and the lab's and the file's own
+        _in(ns, "ip", "route", "flush", "table", "main", "proto", proto)
+
+
 # --- faults: vpcgen lab fault / heal ------------------------------------------------------------
 
 # daemon processes by service name, as `lab fault kill ROUTER SERVICE` names them
 SERVICE_PROCESSES = {"conntrackd": ("conntrackd",), "haproxy": ("haproxy",), "charon": ("charon",),
-                     "keepalived": ("keepalived",), "frr": ("zebra", "staticd", "ospfd", "bfdd")}
+                     "keepalived": ("keepalived",), "frr": ("zebra", "staticd", "ospfd", "bfdd"),
+                     "dnsmasq": ("dnsmasq",)}
 FAULTS = {"sync-link": "VPC", "upstream": "ROUTER", "kill": "ROUTER SERVICE", "stop": "ROUTER", "start": "ROUTER"}
 
 

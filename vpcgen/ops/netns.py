@@ -99,6 +99,25 @@ def parse_interfaces(tree: Path) -> tuple[dict[str, list[str]], list[str]]:
     return ifaces, routes
 
 
+_MTU = re.compile(r"^\s*mtu\s+(\d+)\s*$")
+_UP_MTU = re.compile(r"^\s*up\s+ip\s+link\s+set\s+dev\s+(\S+)\s+mtu\s+(\d+)\s*$")
+
+
+def interface_mtus(tree: Path) -> dict[str, int]:
+    """Interface name -> MTU of a router tree's ifupdown file (an ``mtu`` option, or an ``up ip link
+    set dev NAME mtu N`` line on a parent): what the lab sets besides the addresses."""
+    mtus: dict[str, int] = {}
+    current = None
+    for line in (Path(tree) / tree_contract.GENERATED["interfaces"]).read_text(encoding="utf-8").splitlines():
+        if m := _IFACE.match(line):
+            current = m.group(1)
+        elif (m := _MTU.match(line)) and current:
+            mtus[current] = int(m.group(1))
+        elif m := _UP_MTU.match(line):
+            mtus[m.group(1)] = int(m.group(2))
+    return mtus
+
+
 def interfaces_of(tree: Path) -> dict[str, list[str]]:
     """Interfaces and addresses declared in a router tree's ifupdown file, plus eth0."""
     return {"eth0": [], **parse_interfaces(tree)[0]}

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from . import acl, failover, ha, redundancy, services
+from . import acl, failover, guest, ha, redundancy, services
 from .context import Check, Lab
 
-# the rounds in the order `lab test` runs them (failover and ha kill routers: they come last)
+# the rounds in the order `lab test` runs them (guest, failover and ha kill routers: they come last)
 ROUNDS = {
     "redundancy": redundancy.run,
     "acl": acl.run,
     "services": services.run,
+    "guest": guest.run,
     "failover": failover.run,
     "ha": ha.run,
 }
