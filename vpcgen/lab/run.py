@@ -517,13 +517,13 @@ def _start_core(p: Plan, state: State, node: Core, ns: str) -> None:
     etc = state.dir / "etc" / node.name
     (etc / "frr").mkdir(parents=True, exist_ok=True)
     # what an operator's core needs (the README says so): BFD on the transit link, and new routes
-    # taken at once (no SPF hold-down, no minimum LSA arrival interval)
+    # taken at once (an SPF hold-down of at most 200 ms, no minimum LSA arrival interval)
     (etc / "frr/frr.conf").write_text(
         f"frr defaults traditional\nhostname {node.name}\nservice integrated-vtysh-config\n!\n"
         "bfd\n profile core\n  transmit-interval 100\n  receive-interval 100\n  detect-multiplier 3\n exit\nexit\n!\n"
         f"interface eth0\n ip ospf bfd\n ip ospf bfd profile core\n"
         f" ip ospf hello-interval {ospf.hello_s}\n ip ospf dead-interval {ospf.dead_s}\n ip ospf priority 100\n"
-        f"{auth}exit\n!\nrouter ospf\n ospf router-id {node.address}\n timers throttle spf 0 50 1000\n"
+        f"{auth}exit\n!\nrouter ospf\n ospf router-id {node.address}\n timers throttle spf 0 50 200\n"
         " timers lsa min-arrival 0\n"
         f" network {ospf.transit} area 0\n"
         f" network {CORE_LOOPBACK} area 0\n default-information originate always\nexit\n!\n")
