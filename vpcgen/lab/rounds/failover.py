@@ -14,8 +14,8 @@ from ..plan import ECHO_PORT
 def run(t, runs: int = 5) -> None:
     for vpc, v in sorted(t.vpcs.items()):
         if v["redundant"] and v["kind"] == "routed":
-            t.check(f"failover {vpc}", f"master killed: the core routes to the new master within 1 s "
-                       f"(BFD), median of {runs}", lambda: _ospf_failover(t, vpc, runs))
+            t.check(f"failover {vpc}", f"master killed: the core routes to the new master within 1 s of the "
+                       f"takeover (BFD), median of {runs}", lambda: _ospf_failover(t, vpc, runs))
             t.check(f"failover {vpc}", "50 transitions: the VPC announced by the new master after each",
                        lambda: _transitions(t, vpc))
         if not (v["redundant"] and v["kind"] == "nat"):
@@ -45,7 +45,9 @@ def _measure(t, vpc: str, udp: dict, runs: int, limit: int) -> tuple[bool, str]:
 
 
 def _ospf_failover(t, vpc: str, runs: int = 5) -> tuple[bool, str]:
-    """The master dies; the core routes to the new master within 1 s (BFD), median of ``runs``."""
+    """The master dies; the core routes to the new master within 1 s of the takeover (BFD), median of
+    ``runs``. Timed from the kill, so the backup's master-down interval (3 adverts and its skew, at
+    most one more advert) is added to the second."""
     times = []
     for _ in range(runs):
         master = t.wait_one_master(vpc, t.settle_s(vpc) + 5)
@@ -65,8 +67,10 @@ def _ospf_failover(t, vpc: str, runs: int = 5) -> tuple[bool, str]:
             return False, f"the core never routed through {peer}: {t.core_route(vpc)}"
         times.append(took)
     median = statistics.median(times)
+    limit = 1.0 + 4 * t.vpcs[vpc]["vrrp"]["advert_interval_ms"] / 1000
     t.figures.setdefault(vpc, {})["core_reroute_s"] = [round(t, 3) for t in times]
-    return median <= 1.0, f"median {median:.2f} s; runs: {', '.join(f'{t:.2f}' for t in times)}"
+    return median <= limit, (f"median {median:.2f} s from the kill (limit {limit:.2f} s); "
+                             f"runs: {', '.join(f'{t:.2f}' for t in times)}")
 
 
 def _transitions(t, vpc: str, count: int = 50) -> tuple[bool, str]:
