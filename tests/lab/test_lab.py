@@ -83,7 +83,9 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
             sync = report["failover"][pair]["sync_lost"]
             assert (sync["double"], sync["none"], sync["changes"]) == (0, 0, 0), sync
             assert report["failover"][pair]["upstream_handover_s"] <= 3
-        assert sorted(report["failover"]["left"]["core_reroute_s"])[2] <= 1.0
+        # within 1 s of the takeover: timed from the kill, plus the backup's master-down interval
+        advert_s = json.loads((tree / "site.json").read_text())["vpcs"]["left"]["vrrp"]["advert_interval_ms"] / 1000
+        assert sorted(report["failover"]["left"]["core_reroute_s"])[2] <= 1.0 + 4 * advert_s
         # DNS and DHCP: the reserved web hosts leased by DHCP, names answered, a lease renewed (ACK)
         # on the new master after a failover
         checks = {f"{c['round']}: {c['name']}": c for c in report["checks"]}
