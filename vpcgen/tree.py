@@ -60,8 +60,11 @@ G = GENERATED
 # the daemons' own checkers, run on the router against a new release before it is switched to
 CHECK_COMMANDS = {
     "iptables": f"iptables-restore --test {{release}}/{G['iptables']}",
-    "keepalived": f"keepalived --config-test -f {{release}}/{G['keepalived']} && "
-                  f"sh -n {{release}}/{G['keepalived-notify']}",
+    # the scripts the config names are the release's own: a router that gets its first pair config
+    # (a single router converted to a pair) has no notify.sh in /etc yet
+    "keepalived": (f"t=$(mktemp) && sed 's|[^ \"]*/{G['keepalived-notify']}|{{release}}/{G['keepalived-notify']}|g' "
+                   f"{{release}}/{G['keepalived']} > \"$t\" && keepalived --config-test -f \"$t\"; rc=$?; "
+                   f"rm -f \"$t\"; [ $rc -eq 0 ] && sh -n {{release}}/{G['keepalived-notify']}"),
     "haproxy": f"haproxy -c -q -f {{release}}/{G['haproxy']}",
     "frr": f"vtysh --dryrun -f {{release}}/{G['frr']}",
     "dnsmasq": f"dnsmasq --test -C {{release}}/{G['dnsmasq']}",
@@ -82,12 +85,23 @@ HEALTH_COMMANDS = {
 HA_GUARD_TAG = "vpcgen-ha-guard"  # the comment on rules.v4's HA guard rules (lifted on a master)
 HAPROXY_STATS_SOCKET = "/run/haproxy/admin.sock"
 VPN_CHILD = "s2s-{name}"  # swanctl child of a site-to-site VPN peer
+# deploy's state under a router's deploy root (releases, the current link, the unconfirmed mark)
+DEPLOY_STATE = "var/lib/vpcgen"
+RELEASES = "releases"
+CURRENT = "current"
+
 STATUS_COMMANDS = {
     "firewall": "iptables-save",
     # rules.v4 (stdin) loaded into a throwaway network namespace: the expected rules in
     # iptables-save's own spelling
     "firewall-expected": "unshare --net sh -c 'iptables-restore && iptables-save'",
     "conntrackd": f"conntrackd -C {{root}}/{G['conntrackd']} -s",
+    # seconds since conntrackd (found by its control socket), keepalived and the current release
+    # started: a conntrackd younger than both was restarted by hand or by the health check
+    "conntrackd-age": ("c=$(ss -xlpn | sed -n 's/.*conntrackd[.]ctl .*pid=\\([0-9]*\\).*/\\1/p' | head -n1); "
+                       "echo conntrackd $(ps -o etimes= -p \"${c:-0}\"); "
+                       "echo keepalived $(ps -o etimes= -p \"$(cat /run/keepalived.pid 2>/dev/null || echo 0)\"); "
+                       f"echo release $(( $(date +%s) - $(stat -c %Y {{root}}/{DEPLOY_STATE}/{CURRENT}) ))"),
     "haproxy": f"echo 'show stat' | socat stdio {HAPROXY_STATS_SOCKET}",
     "strongswan": "swanctl --list-sas",
     "ospf-neighbors": "vtysh -c 'show ip ospf neighbor json'",
@@ -107,10 +121,6 @@ VRRP_STATE_COMMAND = f"cat {VRRP_STATE}"
 DNSMASQ_LEASES = "/var/lib/misc/dnsmasq.leases"
 
 
-# deploy's state under a router's deploy root (releases, the current link, the unconfirmed mark)
-DEPLOY_STATE = "var/lib/vpcgen"
-RELEASES = "releases"
-CURRENT = "current"
 PENDING = "pending"  # a release switched to but not yet confirmed: its id, the fallback, others
 HISTORY = "history"  # confirmed releases, oldest first
 # commit-confirm, under DEPLOY_STATE: the timer's revert script, its lock, the armed mark

@@ -72,7 +72,7 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         assert lab.probe(data, "shop-web-1", "192.168.0.5", 25).startswith("FAILED")  # corp-gw rule 30
         # every round of `lab test`, for real (the failover round kills and restarts the master)
         results = tree.parent / "lab-results.json"
-        code, out, err = run_cli("lab", "test", tree, "--results", results)
+        code, out, err = run_cli("lab", "test", tree, "--results", results, "--site", tree.parent.parent / "example")
         assert code == 0, out + err
         report = json.loads(results.read_text())
         assert report["failed"] == 0 and report["passed"] >= 40
@@ -98,6 +98,18 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         assert guest["seconds_to_renewal_after_failover"] < 5 and guest["seconds_to_lease"] < 10
         assert all(report["failover"][v]["guest"]["lookups_per_second"] > 0 for v in ("blog", "left", "right", "shop"))
         assert report["failover"]["left"]["announced_transitions"] == "50/50"
+        # day two over the management network: every drift reported exactly (the round checks the
+        # findings), changes deployed while probes run, a tree cutting SSH undone, a switchover
+        drifts = [c for c in report["checks"] if c["round"] == "daytwo" and c["name"].startswith("status reports")]
+        assert len(drifts) == 6 and all(c["ok"] for c in drifts), drifts
+        deployed = report["failover"]["deploy"]
+        assert deployed["one ACL rule"]["lost_probes"] == 0 and deployed["one ACL rule"]["probes"] > 100
+        assert {"one load-balancer member", "one VPN peer network", "cuts_ssh"} <= deployed.keys()
+        assert deployed["cuts_ssh"]["back_and_green_s"] < deployed["cuts_ssh"]["confirm_timeout_s"] + 30
+        assert report["failover"]["shop"]["switchover"]["tcp_survives"] is True
+        # the single-router VPC converted to a pair by a deploy (the convert round checks one master
+        # and status green on the rebuilt site), its interruption measured
+        assert report["failover"]["blog"]["conversion"]["probes"] > 10
         data = lab.status(tree)
         recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]
     finally:

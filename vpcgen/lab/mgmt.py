@@ -22,13 +22,14 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
 from ..errors import VpcgenError
 from ..ops import netns
-from ..tree import DEPLOY_STATE, MANIFEST, on_router
+from ..tree import MANIFEST, on_router
 
 STATION = "169.254.254.254"  # the management station's address when the site lets SSH in from anywhere
 BRIDGE = "mgmt0"
@@ -63,15 +64,18 @@ def commands() -> dict:
     from .run import DNSMASQ_HEALTH, DNSMASQ_RESTART, KEEPALIVED_START  # the lab starts them so
     return {
         "reload": {
-            "networking": "true",  # the lab made the interfaces; it does not run ifupdown
+            # the lab made the links; addresses and routes follow the deployed file as with ifupdown
+            "networking": f"{shlex.quote(sys.executable)} -m vpcgen.lab.ifreload",
             # the tree's own reload, then the lab's libipsec twins of the tier-to-internet accepts
             "iptables": (f"if [ -x {notify} ]; then {notify} apply-firewall; else iptables-restore --wait=10 {rules}; "
                          f"fi && while read -r rule; do iptables -w -A $rule -m comment --comment "
                          f"{shlex.quote(LAB_ONLY)} || exit 1; done < {INSIDE}/twins"),
-            "conntrackd": (f"conntrackd -C {conntrackd} -k >/dev/null 2>&1; sleep 0.3; rm -f /run/lock/conntrackd.lock; "
+            "conntrackd": (f"conntrackd -C {conntrackd} -k >/dev/null 2>&1 || true; sleep 0.3; rm -f /run/lock/conntrackd.lock; "
                            f"conntrackd -d -C {conntrackd}"),
-            "keepalived": "kill -HUP $(cat /run/keepalived.pid)",
-            "haproxy": f"haproxy -D -n 4096 -p /run/haproxy.pid -f {haproxy} -sf $(cat /run/haproxy.pid)",
+            # started by the deploy that brings it (a single router's VPC converted to a pair)
+            "keepalived": f"kill -HUP $(cat /run/keepalived.pid 2>/dev/null) 2>/dev/null || {KEEPALIVED_START}",
+            "haproxy": (f"p=$(cat /run/haproxy.pid 2>/dev/null || true); "
+                        f"haproxy -D -n 4096 -p /run/haproxy.pid -f {haproxy} ${{p:+-sf $p}}"),
             # additive, as `vtysh -b` at start (frr-reload.py, which also removes, is not installed here)
             "frr": f"vtysh -f {on_router('frr')}",
             "chrony": "true",  # the lab runs no time daemon
@@ -114,7 +118,6 @@ def station(site: dict, taken: set[str]) -> str:
 
 def setup(p, state, progress=lambda m: None) -> None:
     """Give every router of the running lab its management address and sshd (lab up calls this)."""
-    from .run import libipsec_rules
     lab, folder = p.name, state.dir / "mgmt"
     folder.mkdir(parents=True, exist_ok=True)
     mg = _ns(lab)
@@ -131,7 +134,6 @@ def setup(p, state, progress=lambda m: None) -> None:
     known, config = [], ["GlobalKnownHostsFile /dev/null", f"UserKnownHostsFile {folder / 'known_hosts'}",
                          f"IdentityFile {folder / 'id_ed25519'}", "StrictHostKeyChecking yes",
                          "BatchMode yes", "ConnectTimeout 5"]
-    os.makedirs(f"/{DEPLOY_STATE}", exist_ok=True)  # the mount point; each router binds its own folder there
     for i, node in enumerate(routers):
         info = state.data["nodes"][node.name]
         manifest = json.loads((node.tree / MANIFEST).read_text())
@@ -140,39 +142,73 @@ def setup(p, state, progress=lambda m: None) -> None:
         _sh("ip", "link", "add", "eth0", "netns", info["ns"], "type", "veth", "peer", "name", port, "netns", mg)
         _sh("ip", "netns", "exec", mg, "ip", "link", "set", port, "master", BRIDGE, "up")
         _sh("ip", "netns", "exec", mg, "ip", "route", "add", f"{address}/32", "dev", BRIDGE)
-        for cmd in (["ip", "addr", "add", f"{address}/32", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
-                    ["ip", "route", "add", f"{me}/32", "dev", "eth0"]):
-            _sh("ip", "netns", "exec", info["ns"], *cmd)
+        _sh("ip", "netns", "exec", info["ns"], "ip", "addr", "add", f"{address}/32", "dev", "eth0")
         host_type, host_key = _keygen(folder / f"host-{node.name}")
         shown = address if ssh["port"] == 22 else f"[{address}]:{ssh['port']}"
         known.append(f"{shown} {host_type} {host_key}")
         config += [f"Host {address}", f"  Port {ssh['port']}", f"  User {ssh['user']}"]
-        holder = str(info["holder"])
-        files = {
-            "host_key": (folder / f"host-{node.name}").read_text(),
-            "authorized_keys": (folder / "authorized_keys").read_text(),
-            "sshd_config": "\n".join([
-                f"Port {ssh['port']}", f"ListenAddress {address}", f"HostKey {INSIDE}/host_key",
-                f"PidFile {INSIDE}/sshd.pid", f"AuthorizedKeysFile {INSIDE}/authorized_keys", "StrictModes no",
-                "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-                "PermitRootLogin prohibit-password", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
-                f"SetEnv STRONGSWAN_CONF={LAB_STRONGSWAN}", ""]),
-            # the lab's libipsec twins of this router's rules, re-added after each reload of its rules
-            "twins": "".join(f"{rule}\n" for rule in libipsec_rules(p.site, node)),
-        }
-        for name, text in files.items():
-            _sh("nsenter", "-t", holder, "-m", "sh", "-c", f"umask 077; mkdir -p {INSIDE}/var; cat > {INSIDE}/{name}",
-                input=text)
-        # the router's deploy state lives in its private /run: a deploy never writes the machine's
-        _sh("nsenter", "-t", holder, "-m", "-n", "sh", "-c",
-            f"mount --bind {INSIDE}/var /{DEPLOY_STATE} && {SSHD} -f {INSIDE}/sshd_config -E {INSIDE}/sshd.log")
+        _sshd(p, info, node, folder, me)
         progress(f"{node.name}: sshd on eth0 {address}:{ssh['port']}")
     _tunnels_up(p, state)
     (folder / "known_hosts").write_text("\n".join(known) + "\n")
     (folder / "ssh_config").write_text("\n".join(config) + "\n")
     (folder / "commands.yaml").write_text(yaml.safe_dump(commands(), sort_keys=True))
-    state.data["mgmt"] = {"ns": mg, "dir": str(folder)}
+    state.data["mgmt"] = {"ns": mg, "dir": str(folder), "station": me}
     state.save()
+
+
+def _sshd(p, info: dict, node, folder: Path, me: str) -> None:
+    """eth0 up with its route to the station, and the router's sshd in its private mount namespace."""
+    from .run import libipsec_rules
+    manifest = json.loads((node.tree / MANIFEST).read_text())
+    address, ssh = manifest["mgmt"], manifest["deploy"]["ssh"]
+    for cmd in (["ip", "link", "set", "eth0", "up"], ["ip", "route", "replace", f"{me}/32", "dev", "eth0"]):
+        _sh("ip", "netns", "exec", info["ns"], *cmd)
+    holder = str(info["holder"])
+    files = {
+        "host_key": (folder / f"host-{node.name}").read_text(),
+        "authorized_keys": (folder / "authorized_keys").read_text(),
+        "sshd_config": "\n".join([
+            f"Port {ssh['port']}", f"ListenAddress {address}", f"HostKey {INSIDE}/host_key",
+            f"PidFile {INSIDE}/sshd.pid", f"AuthorizedKeysFile {INSIDE}/authorized_keys", "StrictModes no",
+            "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
+            f"SetEnv STRONGSWAN_CONF={LAB_STRONGSWAN}", ""]),
+        # the lab's libipsec twins of this router's rules, re-added after each reload of its rules
+        "twins": "".join(f"{rule}\n" for rule in libipsec_rules(p.site, node)),
+    }
+    for name, text in files.items():
+        _sh("nsenter", "-t", holder, "-m", "sh", "-c", f"umask 077; mkdir -p {INSIDE}; cat > {INSIDE}/{name}",
+            input=text)
+    _sh("nsenter", "-t", holder, "-m", "-n", SSHD, "-f", f"{INSIDE}/sshd_config", "-E", f"{INSIDE}/sshd.log")
+
+
+def add(p, state, node) -> None:
+    """A router added to the running lab (run.add_router): its eth0, host key, pinned key and sshd."""
+    mg, folder = state.data["mgmt"], Path(state.data["mgmt"]["dir"])
+    info = state.data["nodes"][node.name]
+    manifest = json.loads((node.tree / MANIFEST).read_text())
+    address, ssh = manifest["mgmt"], manifest["deploy"]["ssh"]
+    port = f"m{sum(n['kind'] == 'router' for n in state.data['nodes'].values())}"
+    _sh("ip", "link", "add", "eth0", "netns", info["ns"], "type", "veth", "peer", "name", port, "netns", mg["ns"])
+    _sh("ip", "netns", "exec", mg["ns"], "ip", "link", "set", port, "master", BRIDGE, "up")
+    _sh("ip", "netns", "exec", mg["ns"], "ip", "route", "add", f"{address}/32", "dev", BRIDGE)
+    _sh("ip", "netns", "exec", info["ns"], "ip", "addr", "add", f"{address}/32", "dev", "eth0")
+    host_type, host_key = _keygen(folder / f"host-{node.name}")
+    shown = address if ssh["port"] == 22 else f"[{address}]:{ssh['port']}"
+    with open(folder / "known_hosts", "a") as known:
+        known.write(f"{shown} {host_type} {host_key}\n")
+    with open(folder / "ssh_config", "a") as config:
+        config.write(f"Host {address}\n  Port {ssh['port']}\n  User {ssh['user']}\n")
+    _sshd(p, info, node, folder, mg["station"])
+
+
+def restart(p, state, node) -> None:
+    """After a router's restart (lab fault stop/start, heal): its eth0 and sshd back, as at boot."""
+    mg = state.data["mgmt"]
+    _sh("ip", "netns", "exec", state.data["nodes"][node.name]["ns"], "ip", "addr", "replace",
+        f"{json.loads((node.tree / MANIFEST).read_text())['mgmt']}/32", "dev", "eth0")
+    _sshd(p, state.data["nodes"][node.name], node, Path(mg["dir"]), mg["station"])
 
 
 def _tunnels_up(p, state) -> None:

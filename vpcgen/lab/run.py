@@ -32,8 +32,8 @@ from pathlib import Path
 
 from ..errors import VpcgenError
 from ..ops import check, netns
-from ..tree import _NAME, DNSMASQ_LEASES, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
-from . import mgmt
+from ..tree import _NAME, DEPLOY_STATE, DNSMASQ_LEASES, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
+from . import ifreload, mgmt
 from .plan import (CORE_LOOPBACK, UPSTREAM_ADDRESS, UPSTREAM_NAME, Client, Core, DhcpClient, Host, Node, Peer, Plan,
                    Router, build as build_plan, tier_ifname)
 
@@ -152,11 +152,11 @@ def up(tree_dir, only_vpc: str | None = None, progress=lambda m: None) -> Plan:
     return p
 
 
-def stage(tree_dir: Path, routers: dict) -> None:
+def stage(tree_dir: Path, routers: dict, lab_tree: Path | None = None) -> None:
     """Copy the verified routers and site.json to the lab's run folder, refusing what the lab must
     not run: a haproxy config that runs code, a sysctl that is not per namespace, a name in
     site.json that is no name (names become namespace and file names), a router without a tree."""
-    root = staged_root(tree_dir)
+    root = staged_root(lab_tree or tree_dir)  # another tree into a running lab: `add_router`
     shutil.rmtree(root, ignore_errors=True)  # ours: a run folder that a crash left behind
     site = read_site_json(tree_dir)
     shown = str(tree_dir / "site.json")
@@ -246,6 +246,24 @@ def _wait_ready(p: Plan, data: dict, progress) -> None:
     progress(f"lab {p.name} ready ({time.monotonic() - waiting.start:.0f} s of waiting)")
 
 
+def _link(state: State, sw: str, node: Node, ns: str, link, peer: str, addresses, mtus: dict) -> None:
+    """One of the node's links: a veth whose switch side ``peer`` sits in the segment's bridge."""
+    bridge = state.data["bridges"][link.segment]
+    # the switch's side takes any frame (the tier's MTU is the ends' business: jumbo tiers)
+    _ip("link", "add", link.ifname, "netns", ns, "type", "veth", "peer", "name", peer, "netns", sw,
+        "mtu", str(SWITCH_MTU))
+    _in(sw, "ip", "link", "set", peer, "master", bridge)
+    state.data["ports"][f"{node.name}/{link.ifname}"] = [peer, bridge]
+    _in(sw, "ip", "link", "set", peer, "up")
+    if getattr(node, "mac", ""):
+        _in(ns, "ip", "link", "set", link.ifname, "address", node.mac)
+    if link.ifname in mtus:
+        _in(ns, "ip", "link", "set", link.ifname, "mtu", str(mtus[link.ifname]))
+    _in(ns, "ip", "link", "set", link.ifname, "up")
+    for address in addresses:
+        _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
+
+
 def _build(p: Plan, state: State, progress) -> None:
     sw = ns_of(p.name, "sw")
     _ip("netns", "add", sw)
@@ -273,20 +291,7 @@ def _build(p: Plan, state: State, progress) -> None:
             mtus = {"eth0": node.mtu}  # a static host set up as the tier's MTU says
         for link in node.links:
             port += 1
-            peer = f"p{port}"
-            # the switch's side takes any frame (the tier's MTU is the ends' business: jumbo tiers)
-            _ip("link", "add", link.ifname, "netns", ns, "type", "veth", "peer", "name", peer, "netns", sw,
-                "mtu", str(SWITCH_MTU))
-            _in(sw, "ip", "link", "set", peer, "master", bridges[link.segment])
-            state.data["ports"][f"{node.name}/{link.ifname}"] = [peer, bridges[link.segment]]
-            _in(sw, "ip", "link", "set", peer, "up")
-            if getattr(node, "mac", ""):
-                _in(ns, "ip", "link", "set", link.ifname, "address", node.mac)
-            if link.ifname in mtus:
-                _in(ns, "ip", "link", "set", link.ifname, "mtu", str(mtus[link.ifname]))
-            _in(ns, "ip", "link", "set", link.ifname, "up")
-            for address in addresses[link.ifname]:
-                _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
+            _link(state, sw, node, ns, link, f"p{port}", addresses[link.ifname], mtus)
         for address in node.loopback:
             _in(ns, "ip", "addr", "add", address, "dev", "lo")
         state.data["nodes"][node.name] = {"ns": ns, "kind": node.kind, "vpc": node.vpc}
@@ -439,9 +444,13 @@ KEEPALIVED_START = (f"keepalived -f {on_router('keepalived')} -p /run/keepalived
                     "-c /run/checkers.pid")
 
 
-def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
+def _start_router(p: Plan, state: State, node: Node, ns: str, daemons: bool = True) -> None:
+    """The router's holder (its /etc overlay, /run and disk) and, as at boot, its daemons; without
+    ``daemons``, a router that waits for its first deploy to start them (`add_router`)."""
     etc = node.tree / "etc"
-    parts = []
+    # the interfaces file as applied: what the lab's networking reload compares a deployed one with
+    parts = [f"mkdir -p {ifreload.APPLIED}/{os.path.dirname(GENERATED['interfaces'])} && "
+             f"cp /{GENERATED['interfaces']} {ifreload.APPLIED}/{GENERATED['interfaces']}"]
     if (etc / "conntrackd/conntrackd.conf").exists():
         conf = on_router("conntrackd")
         parts.append(f"conntrackd -d -C {conf}; "
@@ -457,15 +466,20 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
         parts.append(f"haproxy -D -n 4096 -p /run/haproxy.pid -f {on_router('haproxy')}")
     if (etc / "keepalived/keepalived.conf").exists():
         parts.append(KEEPALIVED_START)
-    binds = {}
+    # the deploy state on a folder of the router's own (its disk), never the machine's own
+    binds = {f"/{DEPLOY_STATE}": state.dir / "deploy" / node.name}
+    binds[f"/{DEPLOY_STATE}"].mkdir(parents=True, exist_ok=True)
+    os.makedirs(f"/{DEPLOY_STATE}", exist_ok=True)  # the mount point only
     if (node.tree / GENERATED["dnsmasq"]).exists():
         # leases on a folder of the router's own that outlives a restart (as a disk does), never the
         # machine's own lease folder
         binds[os.path.dirname(DNSMASQ_LEASES)] = state.dir / "leases" / node.name
         binds[os.path.dirname(DNSMASQ_LEASES)].mkdir(parents=True, exist_ok=True)
         parts.append(DNSMASQ_START)
+    if not daemons:
+        parts = parts[:1]
     # STRONGSWAN_CONF reaches charon, swanctl and the notify script's swanctl calls alike
-    _holder(state, node.name, ns, etc, "; ".join(parts) or "true", env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH},
+    _holder(state, node.name, ns, etc, "; ".join(parts), env={"STRONGSWAN_CONF": LAB_STRONGSWAN_PATH},
             binds=binds)
 
 
@@ -479,7 +493,7 @@ DNSMASQ_START = ("/usr/share/dnsmasq/systemd-helper checkconfig >/run/dnsmasq-ch
 # reload is `systemctl restart dnsmasq` (a new configuration needs a restart); the leases stay in the
 # router's lease folder. notify.sh needs none: dnsmasq answers on whatever gateway the router holds.
 DNSMASQ_PID = "/run/dnsmasq/dnsmasq.pid"  # the helper's -x
-DNSMASQ_RESTART = (f"p=$(cat {DNSMASQ_PID} 2>/dev/null); [ -n \"$p\" ] && kill $p; i=0; "
+DNSMASQ_RESTART = (f"p=$(cat {DNSMASQ_PID} 2>/dev/null || true); [ -n \"$p\" ] && kill $p; i=0; "
                    "while [ -n \"$p\" ] && kill -0 $p 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
                    + DNSMASQ_START)
 DNSMASQ_HEALTH = f"kill -0 $(cat {DNSMASQ_PID})"
@@ -803,8 +817,11 @@ def start_router(tree_dir, router: str) -> None:
     for route in routes:
         _in(ns, "ip", "route", "replace", *route.split())
     load_rules(ns, node, p.site)
-    shutil.rmtree(state.dir / "ovl" / router, ignore_errors=True)
+    # the overlay's upper folder and the deploy state are the router's disk: a deployed release
+    # outlives the restart, as it outlives a real router's reboot
     _start_router(p, state, node, ns)
+    if state.data.get("mgmt"):
+        mgmt.restart(p, State(p.name), node)
 
 
 def _flush_daemon_routes(ns: str) -> None:
@@ -816,6 +833,50 @@ def _flush_daemon_routes(ns: str) -> None:
         protos.add(words[words.index("proto") + 1] if "proto" in words else "boot")
     for proto in sorted(protos - {"kernel", "boot"}):  # connected routes, and the lab's and the file's own
         _in(ns, "ip", "route", "flush", "table", "main", "proto", proto)
+
+
+# --- a router added to a running lab (a single router's VPC converted to a pair) ---------------
+
+def add_router(tree_dir, new_tree, router: str) -> None:
+    """Start ``router`` of the rebuilt site ``new_tree`` in the running lab as a router racked and
+    booted with its links, addresses and rules, whose daemons its first deploy starts. From now on
+    the lab runs the rebuilt site's files (verified and staged again), and the routers it runs get
+    the links the rebuilt site adds to them (a pair's sync VLAN), without addresses: their deploy's
+    networking reload gives them those."""
+    tree_dir, new_tree = Path(tree_dir), Path(new_tree)
+    state = _running(tree_dir)
+    if router in state.data["nodes"]:
+        raise VpcgenError(f"{router} runs in the lab already")
+    stage(new_tree, read_routers(new_tree), lab_tree=tree_dir)
+    p = plan(tree_dir)
+    node = p.node(router)
+    if not isinstance(node, Router):
+        raise VpcgenError(f"{new_tree} has no router {router}")
+    sw, bridges = ns_of(p.name, "sw"), state.data["bridges"]
+    for segment in sorted({link.segment for n in p.nodes for link in n.links} - set(bridges)):
+        bridges[segment] = f"b{len(bridges)}"
+        _in(sw, "ip", "link", "add", bridges[segment], "type", "bridge")
+        _in(sw, "ip", "link", "set", bridges[segment], "up")
+    ns = ns_of(p.name, router)
+    _ip("netns", "add", ns)
+    state.add_namespace(ns)
+    _in(ns, "ip", "link", "set", "lo", "up")
+    state.data["nodes"][router] = {"ns": ns, "kind": node.kind, "vpc": node.vpc}
+    port = 1 + max(int(peer[1:]) for peer, _ in state.data["ports"].values())
+    for other in (n for n in p.of(Router) if n.name in state.data["nodes"]):
+        addresses = router_config(other)[0] if other is node else {}
+        for link in other.links:
+            if f"{other.name}/{link.ifname}" not in state.data["ports"]:
+                _link(state, sw, other, state.data["nodes"][other.name]["ns"], link, f"p{port}",
+                      addresses.get(link.ifname, []), router_mtus(other))
+                port += 1
+    state.save()
+    _sysctls(ns, node.tree)
+    for route in router_config(node)[1]:
+        _in(ns, "ip", "route", "replace", *route.split())
+    load_rules(ns, node, p.site)
+    _start_router(p, state, node, ns, daemons=False)
+    mgmt.add(p, State(p.name), node)
 
 
 # --- faults: vpcgen lab fault / heal ------------------------------------------------------------

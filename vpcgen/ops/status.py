@@ -22,6 +22,10 @@ from ..tree import (CURRENT, GENERATED, HA_GUARD_TAG, MANIFEST, PENDING, RELEASE
                     VPN_CHILD, read_routers, read_site_json)
 from .deploy import CONNECTION_ERRORS, Remote, State, Target, _settings_problem, connect, substitute
 
+# a conntrackd that started this much later than keepalived and the release, within the window, was
+# restarted outside a deploy (the health check brings a dead one back within a second)
+RESTART_SLACK_S = 10
+RESTART_WINDOW_S = 600
 _SECTION = re.compile(r"^@@section (\S+)\n(.*?)^@@rc (\d+)$", re.M | re.S)
 
 
@@ -96,6 +100,10 @@ def _script(t: Target, commands: dict, health: list[tuple[str, str]], vrrp: str 
     # on a master the HA guard is lifted: its rules are not expected there
     sections.append(("firewall-expected", f"if [ \"{state}\" = MASTER ]; then grep -v -e {q(HA_GUARD_TAG)}; "
                      f"else cat; fi | {commands['firewall-expected']}"))
+    # the running release's own rules, for a router that runs another release than the tree's
+    rules = f"{b}/{CURRENT}/{GENERATED['iptables']}"
+    sections.append(("firewall-release", f"if [ \"{state}\" = MASTER ]; then grep -v -e {q(HA_GUARD_TAG)} {rules}; "
+                     f"else cat {rules}; fi | {commands['firewall-expected']}"))
     sections.append(("current", f"readlink {b}/{CURRENT}"))
     sections.append(("pending", f"cat {b}/{PENDING} 2>/dev/null || true"))
     sections.append(("manifest", f"cat {b}/{CURRENT}/{MANIFEST}"))
@@ -108,7 +116,7 @@ def _script(t: Target, commands: dict, health: list[tuple[str, str]], vrrp: str 
     sections.append(("firewall", commands["firewall"]))
     sections += [(f"health:{name}", command) for name, command in health]
     services = {s["name"] for s in t.manifest["services"]}
-    for name, service in (("conntrackd", "conntrackd"), ("haproxy", "haproxy"), ("strongswan", "strongswan"),
+    for name, service in (("conntrackd", "conntrackd"), ("conntrackd-age", "conntrackd"), ("haproxy", "haproxy"), ("strongswan", "strongswan"),
                           ("ospf-neighbors", "frr"), ("ospf-announced", "frr")):
         if service in services:
             sections.append((name, substitute(commands[name], t, "")))
@@ -229,9 +237,10 @@ def check_router(t: Target, site: dict, options: StatusOptions) -> RouterStatus:
         remote.close()
     st.reached = True
     s = _parse(out)
-    _files(st, t, s, _release(st, t, s))
+    own = _files(st, t, s, _release(st, t, s))
     if rules_path in paths:
-        rc, expected = s.get("firewall-expected", (1, "no answer"))
+        # a router on another release is compared with that release's rules (drift on top of it shows)
+        rc, expected = s.get("firewall-expected" if own else "firewall-release", (1, "no answer"))
         lrc, live = s.get("firewall", (1, "no answer"))
         if rc != 0:
             st.find("firewall", f"cannot load rules.v4 into a scratch namespace to compare (exit {rc}): "
@@ -265,17 +274,18 @@ def _release(st: RouterStatus, t: Target, s: dict) -> State | None:
     state = State.parse(s.get("manifest", (1, ""))[1], s.get("sums", (0, ""))[1])
     if state is None:
         st.find("release", f"release {st.release} has no readable manifest")
-    elif state.key() != t.state().key():
-        st.find("release", f"runs release {st.release}, which is not the tree's (deploy the tree, or it was "
-                "rolled back)")
     if st.pending:
         st.find("release", f"release {st.pending[0]} was switched to but never confirmed")
     return state
 
 
-def _files(st: RouterStatus, t: Target, s: dict, running: State | None) -> None:
+def _files(st: RouterStatus, t: Target, s: dict, running: State | None) -> bool:
+    """File findings; one release finding for a router on another release than the tree's, naming the
+    files that are that release's. True when the router runs the tree's release."""
     sums = t.tree.sums()
     release = {p: v[0] for p, v in running.files().items()} if running else {}
+    other = running is not None and running.key() != t.state().key()
+    theirs = []
     for line in s.get("files", (0, ""))[1].splitlines():
         parts = line.split(" ")
         if len(parts) != 3 or parts[0] not in sums:
@@ -285,9 +295,15 @@ def _files(st: RouterStatus, t: Target, s: dict, running: State | None) -> None:
         if digest == "-":
             st.find("file", f"{shown} is missing")
         elif digest != sums[path]:
-            why = ("not vpcgen's link: replaced by hand" if link == "-" else f"release {st.release}'s"
-                   if release.get(path) == digest else "edited on the router")
-            st.find("file", f"{shown} differs from the tree ({why})")
+            if link != "-" and release.get(path) == digest:
+                theirs.append(path)
+            else:
+                why = "not vpcgen's link: replaced by hand" if link == "-" else "edited on the router"
+                st.find("file", f"{shown} differs from the tree ({why})")
+    if other:
+        st.find("release", f"runs release {st.release}, which is not the tree's (deploy the tree, or it was rolled "
+                f"back){'; its own files: ' + ', '.join(theirs) if theirs else ''}")
+    return not other
 
 
 def _daemons(st: RouterStatus, t: Target, site: dict, s: dict) -> None:
@@ -298,6 +314,12 @@ def _daemons(st: RouterStatus, t: Target, site: dict, s: dict) -> None:
         st.conntrackd = _counters(text)
         if rc != 0:
             st.find("conntrackd", f"conntrackd does not answer (exit {rc})")
+        ages = dict(re.findall(r"^(\w+) (\d+)$", s.get("conntrackd-age", (1, ""))[1], re.M))
+        if rc == 0 and {"conntrackd", "keepalived", "release"} <= ages.keys():
+            age = int(ages["conntrackd"])
+            if age < RESTART_WINDOW_S and age + RESTART_SLACK_S < min(int(ages["keepalived"]), int(ages["release"])):
+                st.find("conntrackd", f"conntrackd restarted {age} s ago, not by a deploy (it died or was "
+                        "restarted by hand): the connection states it held were lost")
     if "haproxy" in s:
         rc, text = s["haproxy"]
         st.backends = _backends(text)

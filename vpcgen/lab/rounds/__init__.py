@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from . import acl, failover, guest, ha, redundancy, services
+from . import acl, convert, daytwo, deploy, failover, guest, ha, redundancy, services
 from .context import Check, Lab
 
-# the rounds in the order `lab test` runs them (guest, failover and ha kill routers: they come last)
+# the rounds in the order `lab test` runs them: the site as built first, then the rounds that
+# deploy changed copies of it through the management network (convert last: the lab then runs
+# the rebuilt site)
 ROUNDS = {
     "redundancy": redundancy.run,
     "acl": acl.run,
@@ -20,13 +22,16 @@ ROUNDS = {
     "guest": guest.run,
     "failover": failover.run,
     "ha": ha.run,
+    "daytwo": daytwo.run,
+    "deploy": deploy.run,
+    "convert": convert.run,
 }
 
 __all__ = ["Check", "Lab", "ROUNDS", "run", "results_json"]
 
 
-def run(tree_dir, rounds=tuple(ROUNDS), progress=lambda m: None) -> Lab:
-    lab = Lab(tree_dir, progress)
+def run(tree_dir, rounds=tuple(ROUNDS), progress=lambda m: None, site_dir=None) -> Lab:
+    lab = Lab(tree_dir, progress, site_dir)
     for name in rounds:
         ROUNDS[name](lab)
     return lab

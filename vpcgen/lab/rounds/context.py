@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ class Check:
 
 class Lab:
 
-    def __init__(self, tree_dir, progress=lambda m: None):
+    def __init__(self, tree_dir, progress=lambda m: None, site_dir=None):
         self.tree_dir = Path(tree_dir)
         self.data = lab.status(tree_dir)
         self.trees = lab.staged_root(self.tree_dir)  # the lab's verified copy, never the tree itself
@@ -44,6 +45,27 @@ class Lab:
         self.vpcs = {name: vpc for name, vpc in self.site["vpcs"].items()
                      if any(r in self.data["nodes"] for r in vpc["routers"])}
         self.sync_holder = "?"
+        # the site the tree was built from, for the rounds that deploy a changed site: given, or the
+        # conventional sites/<name> under the current folder
+        default = Path("sites") / self.site["site"]
+        self.site_dir = Path(site_dir) if site_dir else default if (default / "site.yaml").is_file() else None
+        self.variants = 0
+
+    def variant(self, edit) -> Path:
+        """A tree built from a copy of the site that ``edit(site_copy)`` changed (its lock and secrets
+        copied along, so every allocation stays): the tree folder."""
+        if self.site_dir is None:
+            raise RuntimeError("this round deploys a changed site: give `lab test --site SITE_DIR`")
+        self.variants += 1
+        work = lab.RUN_ROOT / self.data["name"] / "variants" / str(self.variants)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(self.site_dir, work / "site", ignore=shutil.ignore_patterns(".git"))
+        edit(work / "site")
+        r = subprocess.run([sys.executable, "-m", "vpcgen", "build", str(work / "site"), "--output", str(work / "out")],
+                           capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"the changed site does not build: {(r.stdout + r.stderr)[-400:]}")
+        return work / "out" / self.site["site"]
 
     def check(self, round_: str, name: str, fn) -> bool:
         start = time.monotonic()
@@ -228,18 +250,43 @@ class Lab:
         master = self.wait_one_master(vpc, wait)
         if len(master) != 1:
             return None
-        proc = subprocess.Popen(["ip", "netns", "exec", self.data["nodes"][node]["ns"], sys.executable, "-c", script],
-                                stdout=subprocess.PIPE, text=True)
-        time.sleep(lead_s)
-        lab.stop_router(self.data, master[0])
-        self.data["nodes"][master[0]].pop("holder", None)
+
+        def kill() -> None:
+            lab.stop_router(self.data, master[0])
+            self.data["nodes"][master[0]].pop("holder", None)
         try:
-            out, _ = proc.communicate(timeout=timeout)
+            return self.during(node, script, lead_s, kill, timeout)
         finally:
             lab.start_router(self.tree_dir, master[0])
             self.reload_data()
             time.sleep(wait)
-        return out
+
+    def during(self, node: str, script: str, lead_s: float, action, timeout: float) -> str:
+        """The output of the Python ``script`` run in ``node`` while ``action()`` runs ``lead_s`` seconds in."""
+        return self.during_all([(node, script)], lead_s, action, timeout)[0]
+
+    def during_all(self, scripts: list[tuple[str, str]], lead_s: float, action, timeout: float) -> list[str]:
+        """The outputs of Python scripts, each run in its node, while ``action()`` runs ``lead_s`` seconds in."""
+        procs = [subprocess.Popen(["ip", "netns", "exec", self.data["nodes"][node]["ns"], sys.executable, "-c", script],
+                                  stdout=subprocess.PIPE, text=True) for node, script in scripts]
+        try:
+            time.sleep(lead_s)
+            action()
+            return [proc.communicate(timeout=timeout)[0] for proc in procs]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+    def lab_run(self, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """A command on the lab's management network, as an operator runs it (`vpcgen lab run`)."""
+        return subprocess.run([sys.executable, "-m", "vpcgen", "lab", "run", str(self.tree_dir), "--", *command],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def vpcgen(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`vpcgen ARGS` on the management network."""
+        return self.lab_run(sys.executable, "-m", "vpcgen", *args, timeout=timeout)
 
     def vips(self, vpc: str) -> list[str]:
         """Every virtual address of a pair, from site.json: tier gateways, public IPs, private gateways."""
