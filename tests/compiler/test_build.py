@@ -115,7 +115,7 @@ def test_single_router_has_no_ha_daemons(trees):
     assert "VPCGEN_HA_GUARD" not in (tree / "etc/iptables/rules.v4").read_text()
 
 
-@pytest.mark.parametrize("site,pair,count", [("example", "shop", 7), ("example", "left", 2), ("services", "rp", 3)])
+@pytest.mark.parametrize("site,pair,count", [("example", "shop", 9), ("example", "left", 2), ("services", "rp", 3)])
 def test_pair_renders_identical_virtual_addresses(site, pair, count, trees):
     def vips(router: str) -> list[str]:
         text = (trees[site] / router / "etc/keepalived/keepalived.conf").read_text()

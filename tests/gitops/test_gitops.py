@@ -55,7 +55,7 @@ def test_diff_reports_intent_allocations_and_files_with_secrets_redacted(repo, m
     assert code == 0, text + err
     assert "- VPC 'shop': tier 'cache' added" in text
     assert "- ACL 'web': rule '20' changed" in text
-    assert "- 'vpcs.shop.tiers.cache.cidr': 10.10.3.0/24 (new)" in text
+    assert "- 'vpcs.shop.tiers.cache.cidr': 10.10.4.0/24 (new)" in text
     assert re.search(r"- 'vpcs\.shop\.tiers\.cache\.vlan': \d+ \(new\)", text)
     assert "Routers: 3 changed (blog-r1, shop-r1, shop-r2), 3 unchanged" in text
     assert "+-A ACL_INBOUND_eth2.1000 -s 10.10.0.0/16 -p tcp -m tcp --dport 8000:8088" in text

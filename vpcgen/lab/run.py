@@ -355,11 +355,11 @@ def restore_nat(ns: str, router: Router) -> None:
         raise VpcgenError(f"in {ns}: iptables-restore --table nat: {r.stderr.strip()}")
 
 
-# the sysctls a network namespace has of its own (PLATFORM.md): anything else (vm.*, kernel.*,
-# net.core.*) would change the machine itself. An interface name's dots are written as slashes.
+# the sysctls a network namespace has of its own (PLATFORM.md; an interface's neighbour settings
+# too): anything else (vm.*, kernel.*, net.core.*) would change the machine itself. An interface name's dots are written as slashes.
 _IFACE_KEY = r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*"
 NAMESPACED_SYSCTL = re.compile(rf"^(net\.ipv4\.(?:ip_forward|ip_nonlocal_bind|tcp_syncookies"
-                               rf"|conf\.{_IFACE_KEY}\.\w+)|net\.ipv6\.conf\.{_IFACE_KEY}\.\w+)$")
+                               rf"|(?:conf|neigh)\.{_IFACE_KEY}\.\w+)|net\.ipv6\.conf\.{_IFACE_KEY}\.\w+)$")
 
 
 def sysctls(path: Path, shown: Path | str) -> list[tuple[str, str]]:
@@ -372,7 +372,7 @@ def sysctls(path: Path, shown: Path | str) -> list[tuple[str, str]]:
         key, eq, value = (x.strip() for x in line.partition("="))
         if not (eq and NAMESPACED_SYSCTL.match(key) and re.fullmatch(r"-?\d+", value)):
             raise TreeError(f"{shown}:{number}: error: {line!r}: the lab applies only per-namespace sysctls "
-                            "(net.ipv4.ip_forward, net.ipv4.conf.*, net.ipv4.ip_nonlocal_bind, "
+                            "(net.ipv4.ip_forward, net.ipv4.conf.*, net.ipv4.neigh.*, net.ipv4.ip_nonlocal_bind, "
                             "net.ipv4.tcp_syncookies, net.ipv6.conf.*) with a number: refusing the tree")
         out.append((key, value))
     return out
