@@ -53,7 +53,8 @@ def test_hosts_cover_every_address_nat_and_load_balancers_use(site):
         hosts = p.hosts("shop", tier)
         assert len(hosts) >= 2 and all(isinstance(h, Host) and h.routes == [f"default via {info['gateway']}"]
                                        for h in hosts)
-        assert all(h.links[0].segment == f"zone1/eth2.{info['vlan']}" for h in hosts)
+        iface = f"eth2.{info['vlan']}" if info["vlan"] else f"vxlan{info['vni']}"  # a VXLAN tier: its vxlan<vni>
+        assert all(h.links[0].segment == f"zone1/{iface}" for h in hosts)
     web1 = p.host_at("shop", "10.10.1.11")
     assert {80, 443, 8080, lab_plan.PROBE_TCP_PORT} <= set(web1.tcp)  # LB port, an ACL rule's ports, the probe
     assert set(range(5000, 5010)) <= set(p.host_at("shop", "10.10.0.21").udp)  # the forwarded UDP range
@@ -71,7 +72,8 @@ def test_vpn_peers_and_the_client_come_from_site_json(site):
     assert peers["shop-peer-hq"].loopback == ["172.16.0.1/32"]
     client = p.node("shop-ra-client")
     assert isinstance(client, Client) and client.user == "alice" and client.server == "203.0.113.12"
-    assert client.local_cidrs == ("10.10.0.0/24", "10.10.2.0/24", "10.10.1.0/24")  # every tier, by tier name
+    # every tier, by tier name (app, db, dmz, media, web)
+    assert client.local_cidrs == ("10.10.0.0/24", "10.10.2.0/24", "203.0.113.208/28", "10.10.3.0/24", "10.10.1.0/24")
     inet = p.node("inet-zone1")
     assert isinstance(inet, Inet) and inet.address == "203.0.113.1"
     assert f"{hq['peer']}/32 via {peers['shop-peer-hq'].address}" in inet.routes
@@ -137,7 +139,9 @@ def test_a_router_gets_the_mtus_of_its_interfaces_file_on_its_own_links(built, s
     p = lab_plan.build(site, "vltest", built, built)
     shop = p.node("shop-r1")
     tiers = site["vpcs"]["shop"]["tiers"]
-    assert lab_run.router_mtus(shop) == {f"eth2.{t['vlan']}": t["mtu"] for t in tiers.values()}
+    vtep = site["zones"]["zone1"]["vxlan"]
+    assert lab_run.router_mtus(shop) == {f"eth2.{t['vlan']}" if t["vlan"] else f"vxlan{t['vni']}": t["mtu"]
+                                         for t in tiers.values()} | {f"eth2.{vtep['underlay']['vlan']}": vtep["mtu"]}
     assert lab_run.router_mtus(shop)["eth2.1200"] == 1450
     text = (built / "shop-r1" / GENERATED["interfaces"]).read_text()
     jumbo = text.replace("auto eth2\niface eth2 inet manual\n",

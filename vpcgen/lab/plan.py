@@ -256,7 +256,8 @@ def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: s
             # the tier's named hosts too: their names resolve to a test host, a reserved one leases
             reserved = {h["address"]: (h["mac"] or "").lower() for h in tier.get("hosts", {}).values()}
             mine = [a for a in used | set(reserved) if ipaddress.ip_address(a) in net]
-            segment = f"{zone}/eth2.{tier['vlan']}"
+            # a VXLAN tier's segment stands in for the overlay here: a bridge the router's vxlan<vni> joins
+            segment = f"{zone}/eth2.{tier['vlan']}" if tier.get("vlan") else f"{zone}/vxlan{tier['vni']}"
             for i, address in enumerate(_host_addresses(tier["cidr"], mine)):
                 mac = reserved.get(address, "")
                 nodes.append(Host(f"{vpc_name}-{tier_name}-{i + 1}", vpc_name, tier=tier_name, tcp=tcp, udp=udp,
@@ -265,7 +266,7 @@ def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: s
                                   links=[Link("eth0", segment, (f"{address}/{net.prefixlen}",))]))
             if (tier.get("dhcp") or {}).get("range"):
                 nodes.append(DhcpClient(f"{vpc_name}-{tier_name}-dhcp", vpc_name, tier=tier_name,
-                                        mac=_guest_mac(tier["vlan"], set(reserved.values())),
+                                        mac=_guest_mac(tier["vlan"] or tier["vni"], set(reserved.values())),
                                         links=[Link("eth0", segment)]))
         for gw_name, gw in sorted(vpc["private_gateways"].items()):
             prefix = gw["address"].split("/")[1]
