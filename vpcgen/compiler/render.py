@@ -84,7 +84,7 @@ def _interfaces_ctx(view: RouterView, secrets: dict) -> dict:
     # a single router answers ARP for its public tiers' hosts on the uplink while the tier is up (a
     # pair's master does, from notify.sh)
     proxy = {} if view.redundant or not view.public else \
-        {t.iface: t.proxied(view.index, False, 1) for t in view.public_tiers}
+        {t.iface: t.proxied(0) for t in view.public_tiers}
     return {"parents": [p for p in ("eth1", "eth2") if p not in names], "default_route_iface": default,
             "parent_mtu": {"eth2": biggest} if biggest > 1500 else {}, "proxy": proxy,
             "proxy_iface": view.public.iface if view.public else None}

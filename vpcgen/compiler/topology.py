@@ -78,13 +78,12 @@ class TierView:
     def isolation(self) -> str:
         return "vlan" if self.vni is None else "vxlan"
 
-    def proxied(self, index: int | None, redundant: bool, routers: int) -> list[str]:
-        """A public tier's host addresses: every usable address but the gateway and the routers' own.
-        The router answers ARP for them on the uplink (proxy ARP), and for nothing else."""
+    def proxied(self, own_addresses: int) -> list[str]:
+        """A public tier's host addresses: every usable address but the gateway and the last
+        ``own_addresses`` (a pair's routers' own). The router answers ARP for them on the uplink
+        (proxy ARP), and for nothing else."""
         first, last = addr.usable(self.cidr)
-        reserved = {int(addr.ip(self.gateway))}
-        if redundant:
-            reserved |= {last - i for i in range(routers)}
+        reserved = {int(addr.ip(self.gateway))} | {last - i for i in range(own_addresses)}
         return [addr.to_ip(a) for a in range(first, last + 1) if a not in reserved]
 
 
@@ -150,7 +149,8 @@ class RouterView:
 
     def proxy_arp(self) -> list[str]:
         """Addresses this router answers ARP for on its uplink (public tiers' hosts), in order."""
-        return [a for t in self.public_tiers for a in t.proxied(self.index, self.redundant, len(self.vpc.routers))]
+        own = len(self.vpc.routers) if self.redundant else 0  # a single router's own address is the gateway
+        return [a for t in self.public_tiers for a in t.proxied(own)]
 
     @property
     def routed(self) -> bool:
