@@ -197,3 +197,46 @@ def test_dnsmasq_and_chrony_follow_the_intent(tmp_path):
     assert "        dns = 10.10.0.1\n" in (tree / "shop-r1/etc/swanctl/swanctl.conf").read_text()  # still served
     # both routers of a pair carry the same file (only the master holds the addresses it names)
     assert conf.split("\n", 2)[2] == (tree / "shop-r2/etc/dnsmasq.d/vpcgen.conf").read_text().split("\n", 2)[2]
+
+
+def test_public_tier_is_routed_with_proxy_arp_for_its_hosts_only(example_tree, tmp_path):
+    """A public tier: never NATed (exemptions ahead of every NAT rule), reached from the uplink only
+    through its ingress list, no spoofed sources; proxy ARP on the uplink for its host addresses
+    and nothing else, held by a pair's master only (notify.sh), without the kernel's answer delay."""
+    site = json.loads((example_tree / "site.json").read_text())
+    dmz = site["vpcs"]["shop"]["tiers"]["dmz"]
+    assert dmz["public"] and dmz["cidr"] == "203.0.113.208/28" and dmz["gateway"] == "203.0.113.209"
+    hosts = [f"203.0.113.{i}" for i in range(210, 221)]  # not .209 (gateway), .221/.222 (the routers), .208/.223
+    for router in ("shop-r1", "shop-r2"):
+        notify = (example_tree / router / "etc/keepalived/notify.sh").read_text()
+        assert f'PROXIED="{" ".join(hosts)}"' in notify
+        to_master = notify.split("to_master() {", 1)[1].split("\n}", 1)[0]
+        assert to_master.index("guard_off") < to_master.index("proxy_on")
+        for state in ("to_backup", "to_fault"):
+            assert "proxy_off" in notify.split(f"{state}() {{", 1)[1].split("\n}", 1)[0]
+        assert "ip neigh" not in (example_tree / router / "etc/network/interfaces.d/vpcgen").read_text()
+        sysctl = (example_tree / router / "etc/sysctl.d/90-vpcgen.conf").read_text()
+        assert "net.ipv4.neigh.eth1.proxy_delay = 0" in sysctl and "proxy_arp" not in sysctl
+        rules = (example_tree / router / "etc/iptables/rules.v4").read_text()
+        for chain, match in (("PREROUTING", "-d 203.0.113.208/28 -j ACCEPT"),
+                             ("POSTROUTING", "-s 203.0.113.208/28 -j ACCEPT")):
+            nat = chain_rules(rules, "nat", chain)
+            assert match in nat[0], nat  # ahead of every DNAT and SNAT rule
+        forward = chain_rules(rules, "filter", "FORWARD")
+        spoof = forward.index(next(r for r in forward if "! -s 203.0.113.208/28 -j DROP" in r))
+        jump = "-A FORWARD -i eth1 -o eth2.1008 -d 203.0.113.208/28 -j ACL_INBOUND_eth2.1008"
+        inbound = forward.index(next(r for r in forward if r.startswith(jump)))
+        uplink_drop = forward.index(next(r for r in forward if "uplink: only NATed" in r))
+        assert spoof < inbound < uplink_drop
+    # a router without public tiers gets none of it
+    blog = example_tree / "blog-r1"
+    assert "proxy_delay" not in (blog / "etc/sysctl.d/90-vpcgen.conf").read_text()
+    assert "ip neigh" not in (blog / "etc/network/interfaces.d/vpcgen").read_text()
+    # a single router holds its entries with the tier's interface
+    code, out, err = run_cli("build", copy_site(FIXTURE_SITES / "services", tmp_path / "s"), "--output",
+                             tmp_path / "o", "--placeholder-secrets")
+    assert code == 0, out + err
+    interfaces = (tmp_path / "o/services/solo-r1/etc/network/interfaces.d/vpcgen").read_text()
+    stanza = interfaces.split("auto vxlan16777215\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split()[5] for line in stanza.splitlines() if "up ip neigh replace proxy" in line] == \
+        [f"198.51.100.{i}" for i in range(242, 247)]  # not .241, the single router's own (the gateway)

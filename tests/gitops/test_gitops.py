@@ -49,7 +49,8 @@ def test_diff_names_vxlan_and_public_tier_changes(repo, monkeypatch):
     changed: the intent section says so in words, the lock section shows the VNI allocated."""
     site = repo / "sites/example"
     for rel, old, new in (
-            ("vpcs/shop.yaml", "{name: db, netmask: 24, acl: db}", "{name: db, netmask: 24, acl: db, isolation: vxlan}"),
+            ("vpcs/shop.yaml", "{name: db, netmask: 24, acl: db}",
+             "{name: db, netmask: 24, acl: db, isolation: vxlan}"),
             ("vpcs/shop.yaml", "{name: dmz, cidr: 203.0.113.208/28, public: true, acl: web}",
              "{name: dmz, cidr: 10.10.208.0/28, acl: web}"),
             ("zones/zone1.yaml", 'routed: ["203.0.113.208/28"]', 'routed: ["203.0.113.224/28"]'),

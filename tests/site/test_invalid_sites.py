@@ -161,6 +161,7 @@ CASES = [
                                   'vnis: "5000-5999"\n  remotes: [10.0.0.21, 10.0.1.22]')]),
     ("remote-in-tier", [("zones/zone1.yaml", 'vnis: "5000-5999"', 'vnis: "5000-5999"\n  remotes: [10.0.0.99, 10.20.0.9]'),
                         ("zones/zone1.yaml", "cidr: 10.0.0.0/24, vlan: 90", "cidr: 10.0.0.0/8, vlan: 90")]),
+    ("underlay-overlaps-tier", [("zones/zone1.yaml", "cidr: 10.0.0.0/24, vlan: 90", "cidr: 10.20.0.0/24, vlan: 90")]),
     ("underlay-vlan-collision", [("zones/zone1.yaml", "vlan: 99", "vlan: 90")]),
     ("vni-pool-exhausted", [("zones/zone1.yaml", 'vnis: "5000-5999"', 'vnis: "5000-5000"'),
                             blog_tier("{name: vx, netmask: 24, isolation: vxlan}\n  - {name: vy, netmask: 24, isolation: vxlan}")]),

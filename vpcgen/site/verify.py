@@ -658,10 +658,18 @@ def check_placement(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[
 
 
 def _check_remotes(c: Checker, site: Site, tier_cidrs: dict[tuple[str, str], str]) -> None:
-    """A remote VTEP inside a tier would be routed into that tier, not reached on the underlay."""
+    """The underlay shares no addresses with a tier: a remote VTEP (or a router's own) inside a tier
+    would be routed into that tier, not reached on the underlay."""
     for zone in site.zones.values():
         if zone.vxlan is None:
             continue
+        underlay = zone.vxlan.underlay_cidr
+        if addr.is_canonical(underlay):
+            for (vpc_name, tier_name), cidr in sorted(tier_cidrs.items()):
+                if site.vpcs[vpc_name].zone == zone.name and addr.overlaps(underlay, cidr):
+                    c.err(zone.src, ("vxlan", "underlay", "cidr"), f"underlay {underlay} overlaps tier "
+                          f"'{vpc_name}/{tier_name}' {cidr}", "underlay-overlaps-tier")
+                    break
         for i, remote in enumerate(zone.vxlan.remotes):
             for (vpc_name, tier_name), cidr in sorted(tier_cidrs.items()):
                 if site.vpcs[vpc_name].zone == zone.name and addr.in_net(remote, cidr):
