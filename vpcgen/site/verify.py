@@ -666,13 +666,13 @@ def _check_remotes(c: Checker, site: Site, tier_cidrs: dict[tuple[str, str], str
         underlay = zone.vxlan.underlay_cidr
         if addr.is_canonical(underlay):
             for (vpc_name, tier_name), cidr in sorted(tier_cidrs.items()):
-                if site.vpcs[vpc_name].zone == zone.name and addr.overlaps(underlay, cidr):
+                if vpc_name in site.vpcs and site.vpcs[vpc_name].zone == zone.name and addr.overlaps(underlay, cidr):
                     c.err(zone.src, ("vxlan", "underlay", "cidr"), f"underlay {underlay} overlaps tier "
                           f"'{vpc_name}/{tier_name}' {cidr}", "underlay-overlaps-tier")
                     break
         for i, remote in enumerate(zone.vxlan.remotes):
             for (vpc_name, tier_name), cidr in sorted(tier_cidrs.items()):
-                if site.vpcs[vpc_name].zone == zone.name and addr.in_net(remote, cidr):
+                if vpc_name in site.vpcs and site.vpcs[vpc_name].zone == zone.name and addr.in_net(remote, cidr):
                     c.err(zone.src, ("vxlan", "remotes", i), f"remote VTEP {remote} lies inside tier "
                           f"'{vpc_name}/{tier_name}' {cidr}", "remote-in-tier")
                     break
