@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from . import acl, failover, guest, ha, redundancy, services
+from . import acl, failover, guest, ha, redundancy, services, vxlan
 from .context import Check, Lab
 
-# the rounds in the order `lab test` runs them (guest, failover and ha kill routers: they come last)
+# the rounds in the order `lab test` runs them (vxlan, guest, failover and ha kill routers: they come
+# last; vxlan starts the one it stops again, as its last check)
 ROUNDS = {
     "redundancy": redundancy.run,
     "acl": acl.run,
     "services": services.run,
+    "vxlan": vxlan.run,
     "guest": guest.run,
     "failover": failover.run,
     "ha": ha.run,
