@@ -332,6 +332,15 @@ def intent_changes(base: Site | None, head: Site) -> list[str]:
     out: list[str] = []
     zones_a = base.zones if base else {}
     _compare(out, "", "zone", zones_a, head.zones)
+    for name in sorted(set(zones_a) & set(head.zones)):
+        a, b = zones_a[name], head.zones[name]
+        if a.vxlan != b.vxlan:
+            state = "added" if a.vxlan is None else "removed" if b.vxlan is None else "changed"
+            out.append(f"zone `{name}`: vxlan {state}")
+        if (a.public.routed if a.public else ()) != (b.public.routed if b.public else ()):
+            out.append(f"zone `{name}`: public routed blocks "
+                       f"{', '.join(a.public.routed if a.public else ()) or 'none'} -> "
+                       f"{', '.join(b.public.routed if b.public else ()) or 'none'}")
     vpcs_a = base.vpcs if base else {}
     for name in sorted(set(vpcs_a) | set(head.vpcs)):
         if name not in vpcs_a:
@@ -393,6 +402,13 @@ def _tier_services(out: list[str], where: str, a, b) -> None:
             continue
         if old.mtu != t.mtu:
             out.append(f"{where}tier `{t.name}`: MTU {old.mtu} -> {t.mtu}")
+        if old.isolation != t.isolation:
+            out.append(f"{where}tier `{t.name}`: isolation {old.isolation} -> {t.isolation}")
+        elif old.vni != t.vni:
+            out.append(f"{where}tier `{t.name}`: VNI {old.vni or 'allocated'} -> {t.vni or 'allocated'}")
+        if old.public != t.public:
+            out.append(f"{where}tier `{t.name}`: " + ("now a public tier (routed, no NAT)" if t.public
+                                                      else "no longer a public tier (NATed)"))
         if old.dhcp != t.dhcp:
             state = "added" if old.dhcp is None else "removed" if t.dhcp is None else "changed"
             out.append(f"{where}tier `{t.name}`: DHCP {state}")

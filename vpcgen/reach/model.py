@@ -18,8 +18,8 @@ CloudStack's, as the generated rules implement them:
 - From the internet, destination NAT is applied first (static NAT, port forwarding with its port
   mapping, a load balancer's listener, judged like a port forward to its members); the target
   tier's ingress list then decides on the translated port. A routed VPC's tiers, and a NAT VPC's
-  public tiers, are reached directly, through their ingress list; a public tier's hosts go out with
-  their own addresses (no source NAT).
+  public tiers, are reached directly, through their ingress list (a public tier's hosts also leave
+  with their own addresses: no source NAT).
 - From a VPN peer's network (inside the tunnel's selectors) or a remote-access client, the tier's
   ingress list decides; from a private gateway, the gateway's ingress list and then the tier's.
 
@@ -418,7 +418,7 @@ class Model:
         # a routed VPC's tiers: from the routed VPCs of its zone through the core, from anywhere else
         # through the internet (a NAT VPC's hosts then seen as their source NAT address)
         seen: list[tuple[list[Box] | None, int | None]] = [(None, None)]
-        public_tier = bool(v["tiers"][tier].get("public"))  # its hosts keep their addresses: never NATed
+        public_tier = v["tiers"][tier].get("public", False)  # routed, never NATed: seen as itself
         if v["kind"] == "nat" and not public_tier:
             hosts = {private: public for public, private in v["static_nat"].items()}
             seen = [([bx.box(src=(bx.ip(h), bx.ip(h)))], bx.ip(v["public_ips"][p])) for h, p in sorted(hosts.items())]
@@ -445,7 +445,7 @@ class Model:
         out: list[Route] = []
         if v["kind"] == "routed":
             return self._tier_routes(vpc, sorted(v["tiers"]), (), [bx.FULL])
-        # a NAT VPC's public tiers are routed: reached at their own addresses, through their ingress list
+        # public tiers are routed from the internet, through their ingress lists only
         out += self._tier_routes(vpc, sorted(n for n, t in v["tiers"].items() if t.get("public")), (), [bx.FULL])
         for public, address in sorted(v["public_ips"].items()):
             a = bx.ip(address)
