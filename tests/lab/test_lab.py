@@ -98,6 +98,15 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         assert guest["seconds_to_renewal_after_failover"] < 5 and guest["seconds_to_lease"] < 10
         assert all(report["failover"][v]["guest"]["lookups_per_second"] > 0 for v in ("blog", "left", "right", "shop"))
         assert report["failover"]["left"]["announced_transitions"] == "50/50"
+        # the router joins the hosts' own networks: the VXLAN tier behind the CloudStack-built
+        # hypervisors, the public tier's takeover as the provider sees it
+        vxlan = {c["name"]: c for c in report["checks"] if c["round"] == "vxlan shop"}
+        media = json.loads((tree / "site.json").read_text())["vpcs"]["shop"]["tiers"]["media"]
+        assert vxlan[f"tier media (VNI {media['vni']}): a {media['mtu']}-byte frame with DF set passes to the "
+                     "gateway and across hypervisors"]["ok"]
+        assert vxlan["public tier dmz: exactly one MAC answers ARP for a host, none for an address nobody holds"]["ok"]
+        figures = report["failover"]["shop"]["vxlan"]
+        assert figures["public_takeover_s"] <= 3 and figures["vxlan"]["bulk_mbit_s"] > 0
         data = lab.status(tree)
         recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]
     finally:
