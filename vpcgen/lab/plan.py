@@ -216,7 +216,8 @@ def _host_addresses(cidr: str, wanted: list[str], count: int = 2) -> list[str]:
 
 def _ports(vpc: dict, acls: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Every TCP and UDP port a test host of the VPC should answer on: NAT and LB targets, both ends
-    of every ACL rule's range, and the probe port no rule names."""
+    of every ACL rule's range and the ports just outside them (the reach round probes box edges),
+    and the probe port no rule names."""
     tcp = {22, 80, 443, 5432, 8080, PROBE_TCP_PORT}
     udp = {PROBE_UDP_PORT}
     for pf in vpc["port_forwarding"]:
@@ -226,8 +227,10 @@ def _ports(vpc: dict, acls: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
     for tier in vpc["tiers"].values():
         for rule in acls[tier["acl"]]:
             if rule["ports"] and rule["protocol"] in ("tcp", "udp"):
-                (tcp if rule["protocol"] == "tcp" else udp).update(rule["ports"])
-    return tuple(sorted(tcp)), tuple(sorted(udp))
+                low, high = rule["ports"]
+                (tcp if rule["protocol"] == "tcp" else udp).update({low - 1, low, high, high + 1})
+    return tuple(sorted(p for p in tcp if 0 < p < 65536 and p != WHOAMI_PORT)), \
+        tuple(sorted(p for p in udp if 0 < p < 65536))
 
 
 def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: str | None = None) -> Plan:
