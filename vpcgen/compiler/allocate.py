@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ..site import addr
+from ..site.loader import _Loader
 from ..errors import Diagnostic
 from ..site.intent import Site, Src, Vpc
 
@@ -416,9 +417,12 @@ def _flatten(data, prefix: str = "") -> dict[str, object]:
 
 def lock_changes(base_text: str, head_text: str) -> list[str]:
     """What changes between two lock files, one line per value: `vpcs.shop.vrid`: 1 → 2."""
+    if base_text == head_text:
+        return []  # the usual case, and parsing two locks of a large site takes seconds
+
     def load(text: str) -> dict:
         try:
-            data = yaml.safe_load(text) if text else {}
+            data = yaml.load(text, Loader=_Loader) if text else {}
         except yaml.YAMLError:
             data = None
         return _flatten(data) if isinstance(data, dict) else {}
