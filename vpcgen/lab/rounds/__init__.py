@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from . import acl, failover, guest, ha, reach, redundancy, services
+from . import acl, failover, guest, ha, redundancy, services
 from .context import Check, Lab
 
 # the rounds in the order `lab test` runs them (guest, failover and ha kill routers: they come last)
@@ -17,7 +17,6 @@ ROUNDS = {
     "redundancy": redundancy.run,
     "acl": acl.run,
     "services": services.run,
-    "reach": reach.run,
     "guest": guest.run,
     "failover": failover.run,
     "ha": ha.run,
