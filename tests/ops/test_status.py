@@ -88,16 +88,31 @@ def test_status_sees_an_older_release(lab, netns):
     assert status(lab, "--router", "solo-r1", commands=commands)[0] == 0
     code, out, err = run_cli("rollback", tree, "--router", "solo-r1", "-i", lab.server.user_key)
     assert code == 0, out + err
+    # the router's firewall is the older release's, as its reload loaded it
+    current = lab.root("solo-r1") / "var/lib/vpcgen/current/etc/iptables/rules.v4"
+    subprocess.run(["ip", "netns", "exec", netns, "iptables-restore", str(current)], check=True)
     code, out, _ = status(lab, "--router", "solo-r1", "--format", "json", commands=commands)
     got = [(f["check"], f["message"]) for f in findings(out)]
-    # the older release is reported, and its files differ from the tree's (the firewall is the
-    # namespace's, loaded from the tree, so it is not a finding)
-    assert code == 1 and ("release", f"runs release {first}, which is not the tree's (deploy the tree, or it "
-                          "was rolled back)") in got
-    assert {c for c, _ in got} == {"release", "file"}
-    # through vpcgen's link into the older release: an older file, not an edited one
-    assert ("file", f"{lab.root('solo-r1')}/etc/iptables/rules.v4 differs from the tree (release {first}'s)") in got
+    # one finding: the older release, naming the file in which it differs from the tree (its
+    # firewall is judged by its own rules.v4, so the difference is not repeated)
+    assert code == 1 and got == [("release", f"runs release {first}, which is not the tree's (deploy the tree, or it "
+                                  "was rolled back): its etc/iptables/rules.v4 differs from the tree's")], got
     assert json.loads(out)["routers"][0]["release"] == first
+    # a rule deleted by hand on the older release is still found, against that release's rules
+    filter_table = current.read_text().split("*filter", 1)[1].split("COMMIT", 1)[0]
+    rule = next(line for line in filter_table.splitlines() if line.startswith("-A FORWARD"))
+    subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", f"iptables -t filter {rule.replace('-A ', '-D ', 1)}"],
+                   check=True)
+    code, out, _ = status(lab, "--router", "solo-r1", "--format", "json", commands=commands)
+    assert code == 1 and sorted(f["check"] for f in findings(out)) == ["firewall", "release"], out
+    assert [f["message"] for f in findings(out) if f["check"] == "firewall"][0].startswith("filter: missing -A FORWARD")
+    # a file of the older release edited on the router: that file, as edited
+    live = lab.root("solo-r1") / "etc/sysctl.d/90-vpcgen.conf"
+    with open(live, "a") as handle:
+        handle.write("net.ipv4.ip_forward = 0\n")
+    code, out, _ = status(lab, "--router", "solo-r1", "--format", "json", commands=commands)
+    assert ("file", f"{lab.root('solo-r1')}/etc/sysctl.d/90-vpcgen.conf differs from the tree (edited on the "
+            "router)") in [(f["check"], f["message"]) for f in findings(out)]
 
 
 def test_status_sees_an_unconfirmed_release(lab):
@@ -119,8 +134,10 @@ def test_pair_verdict_two_masters_or_none(lab):
     (canned / "stat").write_text("# pxname,svname,status\nwww,FRONTEND,OPEN\nwww,m0,UP\nwww,BACKEND,UP\n")
     (canned / "sas").write_text("hq: #1, ESTABLISHED, IKEv2\n  s2s-hq: #1, reqid 1, INSTALLED, TUNNEL\n")
     commands = {"status": {"firewall-expected": "cat >/dev/null; true", "firewall": "true",
-                           "conntrackd": "echo 'cache internal:'; echo 'current active connections: 3'",
+                           "conntrackd": "cat {root}/ct.stats",
                            "haproxy": f"cat {canned}/stat", "strongswan": f"cat {canned}/sas"}}
+    for router in ("pair-r1", "pair-r2"):  # as conntrackd -s prints them: each holds the other's connections
+        (lab.root(router) / "ct.stats").write_text(conntrackd_stats(40, 40))
     for states, expected in ((("MASTER", "BACKUP"), []), (("BACKUP", "MASTER"), []),
                              (("MASTER", "MASTER"), ["two masters: pair-r1, pair-r2 (split brain)"]),
                              (("BACKUP", "BACKUP"), ["no master: pair-r1 BACKUP, pair-r2 BACKUP"])):
@@ -131,9 +148,22 @@ def test_pair_verdict_two_masters_or_none(lab):
         got = findings(out)
         assert [f["message"] for f in got] == expected and code == (1 if expected else 0), out + err
         assert all(f["router"] == "pair" and f["check"] == "pair" for f in got)
+    # the backup's external cache behind the master's connections: not in sync (switchover would refuse)
+    lab.set_state("pair-r1", "MASTER")
+    lab.set_state("pair-r2", "BACKUP")
+    (lab.root("pair-r2") / "ct.stats").write_text(conntrackd_stats(40, 3))
+    code, out, _ = status(lab, "--router", "pair-r1", "--router", "pair-r2", "--format", "json", commands=commands)
+    assert code == 1 and [(f["router"], f["check"], f["message"]) for f in findings(out)] == [
+        ("pair-r2", "conntrackd", "not in sync: its external cache holds 3 connections, pair-r1's internal cache 40")]
     lab.set_state("pair-r2", "FAULT")
     code, out, _ = status(lab, "--router", "pair-r2", commands=commands)
     assert code == 1 and "pair-r2  vrrp  VRRP state is FAULT (expected MASTER or BACKUP)" in out
+
+
+def conntrackd_stats(internal: int, external: int) -> str:
+    return (f"cache internal:\ncurrent active connections:\t{internal:>12}\n"
+            f"connections created:\t\t{internal:>12}\tfailed:\t           0\n\n"
+            f"cache external:\ncurrent active connections:\t{external:>12}\n")
 
 
 def test_status_of_an_unreachable_router_is_a_finding(lab):

@@ -6,8 +6,9 @@ reach real ones.
   commands come from); each router's ``eth0`` is a veth into that bridge carrying its ``mgmt``
   address (/32, with a host route to the station: nothing else of the router's routing changes).
 - Each router runs its own sshd inside its private mount namespace (the lab's /etc overlay and
-  /run), with a host key of its own, and its deploy state folder bind-mounted from the lab's run
-  folder: a deploy writes the router's /etc and release folder, never the machine's.
+  /run), with a host key of its own; its deploy state folder is a folder of the lab's
+  (run.deploy_state): a deploy writes the router's /etc and release folder, never the machine's,
+  and both outlive a restart of the router, as a disk does (its sshd starts again with it).
 - `lab run` runs a command in the management namespace with the lab's key, the routers' pinned
   host keys (an ssh_config of the lab's bound over /etc/ssh/ssh_config in a private mount
   namespace) and the lab's service command overrides (VPCGEN_COMMANDS): the namespaces have no
@@ -28,7 +29,7 @@ import yaml
 
 from ..errors import VpcgenError
 from ..ops import netns
-from ..tree import DEPLOY_STATE, MANIFEST, on_router
+from ..tree import MANIFEST, on_router
 
 STATION = "169.254.254.254"  # the management station's address when the site lets SSH in from anywhere
 BRIDGE = "mgmt0"
@@ -114,7 +115,6 @@ def station(site: dict, taken: set[str]) -> str:
 
 def setup(p, state, progress=lambda m: None) -> None:
     """Give every router of the running lab its management address and sshd (lab up calls this)."""
-    from .run import libipsec_rules
     lab, folder = p.name, state.dir / "mgmt"
     folder.mkdir(parents=True, exist_ok=True)
     mg = _ns(lab)
@@ -131,7 +131,7 @@ def setup(p, state, progress=lambda m: None) -> None:
     known, config = [], ["GlobalKnownHostsFile /dev/null", f"UserKnownHostsFile {folder / 'known_hosts'}",
                          f"IdentityFile {folder / 'id_ed25519'}", "StrictHostKeyChecking yes",
                          "BatchMode yes", "ConnectTimeout 5"]
-    os.makedirs(f"/{DEPLOY_STATE}", exist_ok=True)  # the mount point; each router binds its own folder there
+    state.data["mgmt"] = {"ns": mg, "dir": str(folder), "station": me}
     for i, node in enumerate(routers):
         info = state.data["nodes"][node.name]
         manifest = json.loads((node.tree / MANIFEST).read_text())
@@ -140,39 +140,47 @@ def setup(p, state, progress=lambda m: None) -> None:
         _sh("ip", "link", "add", "eth0", "netns", info["ns"], "type", "veth", "peer", "name", port, "netns", mg)
         _sh("ip", "netns", "exec", mg, "ip", "link", "set", port, "master", BRIDGE, "up")
         _sh("ip", "netns", "exec", mg, "ip", "route", "add", f"{address}/32", "dev", BRIDGE)
-        for cmd in (["ip", "addr", "add", f"{address}/32", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
-                    ["ip", "route", "add", f"{me}/32", "dev", "eth0"]):
-            _sh("ip", "netns", "exec", info["ns"], *cmd)
+        _sh("ip", "netns", "exec", info["ns"], "ip", "addr", "add", f"{address}/32", "dev", "eth0")
         host_type, host_key = _keygen(folder / f"host-{node.name}")
         shown = address if ssh["port"] == 22 else f"[{address}]:{ssh['port']}"
         known.append(f"{shown} {host_type} {host_key}")
         config += [f"Host {address}", f"  Port {ssh['port']}", f"  User {ssh['user']}"]
-        holder = str(info["holder"])
-        files = {
-            "host_key": (folder / f"host-{node.name}").read_text(),
-            "authorized_keys": (folder / "authorized_keys").read_text(),
-            "sshd_config": "\n".join([
-                f"Port {ssh['port']}", f"ListenAddress {address}", f"HostKey {INSIDE}/host_key",
-                f"PidFile {INSIDE}/sshd.pid", f"AuthorizedKeysFile {INSIDE}/authorized_keys", "StrictModes no",
-                "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-                "PermitRootLogin prohibit-password", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
-                f"SetEnv STRONGSWAN_CONF={LAB_STRONGSWAN}", ""]),
-            # the lab's libipsec twins of this router's rules, re-added after each reload of its rules
-            "twins": "".join(f"{rule}\n" for rule in libipsec_rules(p.site, node)),
-        }
-        for name, text in files.items():
-            _sh("nsenter", "-t", holder, "-m", "sh", "-c", f"umask 077; mkdir -p {INSIDE}/var; cat > {INSIDE}/{name}",
-                input=text)
-        # the router's deploy state lives in its private /run: a deploy never writes the machine's
-        _sh("nsenter", "-t", holder, "-m", "-n", "sh", "-c",
-            f"mount --bind {INSIDE}/var /{DEPLOY_STATE} && {SSHD} -f {INSIDE}/sshd_config -E {INSIDE}/sshd.log")
+        start_sshd(p, state, node)
         progress(f"{node.name}: sshd on eth0 {address}:{ssh['port']}")
     _tunnels_up(p, state)
     (folder / "known_hosts").write_text("\n".join(known) + "\n")
     (folder / "ssh_config").write_text("\n".join(config) + "\n")
     (folder / "commands.yaml").write_text(yaml.safe_dump(commands(), sort_keys=True))
-    state.data["mgmt"] = {"ns": mg, "dir": str(folder)}
     state.save()
+
+
+def start_sshd(p, state, node) -> None:
+    """The router's side of the management network, as at boot: eth0 up with its route to the
+    station, and its sshd (lab up, and every start of the router after a stop or a fault)."""
+    from .run import libipsec_rules
+    mg, info = state.data["mgmt"], state.data["nodes"][node.name]
+    folder = Path(mg["dir"])
+    manifest = json.loads((node.tree / MANIFEST).read_text())
+    address, ssh = manifest["mgmt"], manifest["deploy"]["ssh"]
+    for cmd in (["ip", "link", "set", "eth0", "up"], ["ip", "route", "replace", f"{mg['station']}/32", "dev", "eth0"]):
+        _sh("ip", "netns", "exec", info["ns"], *cmd)
+    files = {
+        "host_key": (folder / f"host-{node.name}").read_text(),
+        "authorized_keys": (folder / "authorized_keys").read_text(),
+        "sshd_config": "\n".join([
+            f"Port {ssh['port']}", f"ListenAddress {address}", f"HostKey {INSIDE}/host_key",
+            f"PidFile {INSIDE}/sshd.pid", f"AuthorizedKeysFile {INSIDE}/authorized_keys", "StrictModes no",
+            "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password", "MaxSessions 100", "MaxStartups 100", "LogLevel ERROR",
+            f"SetEnv STRONGSWAN_CONF={LAB_STRONGSWAN}", ""]),
+        # the lab's libipsec twins of this router's rules, re-added after each reload of its rules
+        "twins": "".join(f"{rule}\n" for rule in libipsec_rules(p.site, node)),
+    }
+    holder = str(info["holder"])
+    for name, text in files.items():
+        _sh("nsenter", "-t", holder, "-m", "sh", "-c", f"umask 077; mkdir -p {INSIDE}; cat > {INSIDE}/{name}",
+            input=text)
+    _sh("nsenter", "-t", holder, "-m", "-n", SSHD, "-f", f"{INSIDE}/sshd_config", "-E", f"{INSIDE}/sshd.log")
 
 
 def _tunnels_up(p, state) -> None:
@@ -189,11 +197,12 @@ def _tunnels_up(p, state) -> None:
         wait = (f"i=0; while [ ! -s {VRRP_STATE} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
                 f"[ \"$(cat {VRRP_STATE} 2>/dev/null)\" = MASTER ] || exit 0; "
                 if p.site["vpcs"][node.vpc]["redundant"] else "")
+        # a peer whose charon has not loaded its connections yet answers NO_PROPOSAL_CHOSEN: again
         script = (wait
-                  + "; ".join(f"swanctl --initiate --child {VPN_CHILD.format(name=peer)} --timeout 10 "
-                              ">/dev/null 2>&1 &" for peer in peers) + "; wait")
+                  + "; ".join(f"( for i in 1 2 3 4 5; do swanctl --initiate --child {VPN_CHILD.format(name=peer)} "
+                              "--timeout 5 >/dev/null 2>&1 && break; sleep 1; done ) &" for peer in peers) + "; wait")
         netns.run(["nsenter", "-t", holder, "-m", "-n", "env", f"STRONGSWAN_CONF={LAB_STRONGSWAN}", "sh", "-c",
-                   script], timeout=30)
+                   script], timeout=60)
 
 
 def run(tree_dir, command: list[str]) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import VpcgenError
 from ..ops import check, netns
-from ..tree import _NAME, DNSMASQ_LEASES, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
+from ..tree import _NAME, DEPLOY_STATE, DNSMASQ_LEASES, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
 from . import mgmt
 from .plan import (CORE_LOOPBACK, UPSTREAM_ADDRESS, UPSTREAM_NAME, Client, Core, DhcpClient, Host, Node, Peer, Plan,
                    Router, build as build_plan, tier_ifname)
@@ -337,10 +337,11 @@ def libipsec_rules(site: dict, router: Router) -> list[str]:
             for name, tier in sorted(vpc["tiers"].items())]
 
 
-def load_rules(ns: str, router: Router, site: dict) -> None:
-    """Load a router's rules (the tree's own file), plus the libipsec twins."""
+def load_rules(ns: str, router: Router, site: dict, path: Path | None = None) -> None:
+    """Load a router's rules (the tree's own file, or the router's own after a deploy), plus the
+    libipsec twins."""
     r = netns.run(["ip", "netns", "exec", ns, "iptables-restore", "--wait=10"],
-                  input=(router.tree / GENERATED["iptables"]).read_text())
+                  input=(path or router.tree / GENERATED["iptables"]).read_text())
     if r.returncode != 0:
         raise VpcgenError(f"in {ns}: iptables-restore: {r.stderr.strip()}")
     for rule in libipsec_rules(site, router):
@@ -457,7 +458,11 @@ def _start_router(p: Plan, state: State, node: Node, ns: str) -> None:
         parts.append(f"haproxy -D -n 4096 -p /run/haproxy.pid -f {on_router('haproxy')}")
     if (etc / "keepalived/keepalived.conf").exists():
         parts.append(KEEPALIVED_START)
-    binds = {}
+    # deploy's state (releases, the current link) on a folder of the router's own that outlives a
+    # restart, as a disk does: a deploy through the management network never writes the machine's
+    os.makedirs(f"/{DEPLOY_STATE}", exist_ok=True)  # the mount point (empty on the machine)
+    binds = {f"/{DEPLOY_STATE}": deploy_state(state, node.name)}
+    binds[f"/{DEPLOY_STATE}"].mkdir(parents=True, exist_ok=True)
     if (node.tree / GENERATED["dnsmasq"]).exists():
         # leases on a folder of the router's own that outlives a restart (as a disk does), never the
         # machine's own lease folder
@@ -783,9 +788,31 @@ def start_host(tree_dir, host: str) -> None:
     _start_host(state, node, state.data["nodes"][host]["ns"])
 
 
+def deploy_state(state: State, router: str) -> Path:
+    """The lab's folder that is the router's /var/lib/vpcgen."""
+    return state.dir / "deploy" / router
+
+
+def router_file(state: State, node: Router, path: str) -> Path:
+    """A file of the router's /etc as the router sees it: the tree's, or what a deploy put there (a
+    link into its release folder, resolved in the lab's folder behind it)."""
+    upper = state.dir / "ovl" / node.name / "upper" / Path(path).relative_to("etc")
+    if upper.is_symlink():
+        target = os.readlink(upper)
+        prefix = f"/{DEPLOY_STATE}/"
+        if target.startswith(prefix):
+            current = deploy_state(state, node.name) / target[len(prefix):].split("/", 1)[0]
+            release = current.parent / os.readlink(current) if current.is_symlink() else current
+            return release / target[len(prefix):].split("/", 1)[1]
+    elif upper.is_file():
+        return upper
+    return node.tree / path
+
+
 def start_router(tree_dir, router: str) -> None:
     """As after a reboot: links up with only the interface file's addresses, rules loaded (HA guard
-    armed), daemons started on the tree's files."""
+    armed), daemons started on the router's files (the tree's, or what was deployed since: its /etc
+    and deploy state outlive the restart), sshd on the management network again."""
     p = plan(Path(tree_dir))
     state = State(p.name)
     node = p.node(router)
@@ -802,9 +829,10 @@ def start_router(tree_dir, router: str) -> None:
             _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
     for route in routes:
         _in(ns, "ip", "route", "replace", *route.split())
-    load_rules(ns, node, p.site)
-    shutil.rmtree(state.dir / "ovl" / router, ignore_errors=True)
+    load_rules(ns, node, p.site, router_file(state, node, GENERATED["iptables"]))
     _start_router(p, state, node, ns)
+    if state.data.get("mgmt"):
+        mgmt.start_sshd(p, state, node)
 
 
 def _flush_daemon_routes(ns: str) -> None:

@@ -18,11 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import VpcgenError
-from ..tree import (CURRENT, GENERATED, HA_GUARD_TAG, MANIFEST, PENDING, RELEASES, SECRET_SUMS, STATUS_COMMANDS,
-                    VPN_CHILD, read_routers, read_site_json)
+from ..tree import (CURRENT, GENERATED, HA_GUARD_TAG, MANIFEST, PENDING, RELEASES, SECRET_SUMS, SPLIT_FILE,
+                    STATUS_COMMANDS, VPN_CHILD, read_routers, read_site_json)
 from .deploy import CONNECTION_ERRORS, Remote, State, Target, _settings_problem, connect, substitute
 
 _SECTION = re.compile(r"^@@section (\S+)\n(.*?)^@@rc (\d+)$", re.M | re.S)
+SAME = "@@same"  # the running release's rules.v4 is the tree's
+SYNC_SLACK = 16  # connections a backup's external cache may lag behind its master's internal one
+MAX_AGE = 3600  # an OSPF LSA this old is being withdrawn (flushed), not announced
+# a daemon's own status section, and the health check that already reports it dead
+_HEALTH_OF = {"conntrackd": "conntrackd", "haproxy": "haproxy", "strongswan": "strongswan",
+              "ospf-neighbors": "frr", "ospf-announced": "frr"}
 
 
 @dataclass
@@ -87,15 +93,15 @@ class StatusOptions:
 
 
 def _script(t: Target, commands: dict, health: list[tuple[str, str]], vrrp: str | None,
-            paths: list[str]) -> str:
+            paths: list[str], rules_sha: str | None) -> str:
     """The one command run on the router. The expected firewall comes first: it alone reads stdin."""
     q = shlex.quote
     b = q(t.base)
     sections: list[tuple[str, str]] = []
     state = f"$({vrrp} 2>/dev/null </dev/null)" if vrrp else ""
     # on a master the HA guard is lifted: its rules are not expected there
-    sections.append(("firewall-expected", f"if [ \"{state}\" = MASTER ]; then grep -v -e {q(HA_GUARD_TAG)}; "
-                     f"else cat; fi | {commands['firewall-expected']}"))
+    guard = f"if [ \"{state}\" = MASTER ]; then grep -v -e {q(HA_GUARD_TAG)}; else cat; fi"
+    sections.append(("firewall-expected", f"{guard} | {commands['firewall-expected']}"))
     sections.append(("current", f"readlink {b}/{CURRENT}"))
     sections.append(("pending", f"cat {b}/{PENDING} 2>/dev/null || true"))
     sections.append(("manifest", f"cat {b}/{CURRENT}/{MANIFEST}"))
@@ -103,8 +109,14 @@ def _script(t: Target, commands: dict, health: list[tuple[str, str]], vrrp: str 
     files = "; ".join(f"f={q(t.root + '/' + p)}; h=$(sha256sum < \"$f\" 2>/dev/null | cut -c1-64); "
                       f"l=$(readlink \"$f\" || true); echo {q(p)} \"${{h:--}}\" \"${{l:--}}\"" for p in paths)
     sections.append(("files", files or "true"))
+    if rules_sha:
+        # a router on another release (rolled back): its own rules.v4, to judge the live firewall by
+        f = q(f"{t.base}/{CURRENT}/{GENERATED['iptables']}")
+        sections.append(("firewall-release", f"[ \"$(sha256sum < {f} | cut -c1-64)\" = {rules_sha} ] && "
+                         f"{{ echo {SAME}; exit 0; }}; {guard} < {f} | {commands['firewall-expected']}"))
     if vrrp:
         sections.append(("vrrp", vrrp))
+        sections.append(("split", f"cat {SPLIT_FILE} 2>/dev/null || true"))
     sections.append(("firewall", commands["firewall"]))
     sections += [(f"health:{name}", command) for name, command in health]
     services = {s["name"] for s in t.manifest["services"]}
@@ -221,7 +233,7 @@ def check_router(t: Target, site: dict, options: StatusOptions) -> RouterStatus:
         st.find("ssh", str(exc) or type(exc).__name__)
         return st
     try:
-        _, out = remote.run(_script(t, commands, health, vrrp, paths), rules)
+        _, out = remote.run(_script(t, commands, health, vrrp, paths, t.tree.sums().get(rules_path)), rules)
     except CONNECTION_ERRORS as exc:
         st.find("ssh", f"the status command failed: {exc}")
         return st
@@ -229,9 +241,18 @@ def check_router(t: Target, site: dict, options: StatusOptions) -> RouterStatus:
         remote.close()
     st.reached = True
     s = _parse(out)
-    _files(st, t, s, _release(st, t, s))
+    running = _release(st, t, s)
+    other = running is not None and running.key() != t.state().key()
+    folded = _files(st, t, s, running if other else None)
+    if other:
+        shown = f": its {', '.join(folded)} differ{'s' if len(folded) == 1 else ''} from the tree's" if folded else ""
+        st.find("release", f"runs release {st.release}, which is not the tree's (deploy the tree, or it was "
+                f"rolled back){shown}")
     if rules_path in paths:
         rc, expected = s.get("firewall-expected", (1, "no answer"))
+        own = s.get("firewall-release", (1, SAME))
+        if other and GENERATED["iptables"] in folded and own[1].strip() != SAME:
+            rc, expected = own  # the release's own rules: its difference from the tree is the release finding
         lrc, live = s.get("firewall", (1, "no answer"))
         if rc != 0:
             st.find("firewall", f"cannot load rules.v4 into a scratch namespace to compare (exit {rc}): "
@@ -244,7 +265,10 @@ def check_router(t: Target, site: dict, options: StatusOptions) -> RouterStatus:
     if vrrp:
         rc, text = s.get("vrrp", (1, ""))
         st.vrrp = text.strip().upper() or None
-        if st.vrrp not in ("MASTER", "BACKUP"):
+        if st.vrrp == "FAULT" and s.get("split", (0, ""))[1].strip() == "1":
+            st.find("vrrp", "VRRP state is FAULT: the sync link to its peer is down while the peer serves "
+                    "(notify.sh's split check)")
+        elif st.vrrp not in ("MASTER", "BACKUP"):
             st.find("vrrp", f"VRRP state is {st.vrrp or 'unknown'} (expected MASTER or BACKUP)")
     for name, _ in health:
         rc, text = s.get(f"health:{name}", (1, ""))
@@ -265,34 +289,39 @@ def _release(st: RouterStatus, t: Target, s: dict) -> State | None:
     state = State.parse(s.get("manifest", (1, ""))[1], s.get("sums", (0, ""))[1])
     if state is None:
         st.find("release", f"release {st.release} has no readable manifest")
-    elif state.key() != t.state().key():
-        st.find("release", f"runs release {st.release}, which is not the tree's (deploy the tree, or it was "
-                "rolled back)")
     if st.pending:
         st.find("release", f"release {st.pending[0]} was switched to but never confirmed")
     return state
 
 
-def _files(st: RouterStatus, t: Target, s: dict, running: State | None) -> None:
+def _files(st: RouterStatus, t: Target, s: dict, other: State | None) -> list[str]:
+    """Findings for files that differ from the tree; on a router that runs ``other`` (a release that
+    is not the tree's), the paths whose difference is that release's own, for the release finding."""
     sums = t.tree.sums()
-    release = {p: v[0] for p, v in running.files().items()} if running else {}
+    release = {p: v[0] for p, v in other.files().items()} if other else {}
+    folded = []
     for line in s.get("files", (0, ""))[1].splitlines():
         parts = line.split(" ")
         if len(parts) != 3 or parts[0] not in sums:
             continue
         path, digest, link = parts
         shown = f"{t.root}/{path}"
-        if digest == "-":
+        if other and digest != sums[path] and ((link != "-" and release.get(path) == digest)
+                                               or (digest == "-" and path not in release)):
+            folded.append(path)
+        elif digest == "-":
             st.find("file", f"{shown} is missing")
         elif digest != sums[path]:
-            why = ("not vpcgen's link: replaced by hand" if link == "-" else f"release {st.release}'s"
-                   if release.get(path) == digest else "edited on the router")
+            why = "not vpcgen's link: replaced by hand" if link == "-" else "edited on the router"
             st.find("file", f"{shown} differs from the tree ({why})")
+    return folded
 
 
 def _daemons(st: RouterStatus, t: Target, site: dict, s: dict) -> None:
     vpc = site.get("vpcs", {}).get(t.vpc, {})
     serving = st.vrrp in (None, "MASTER")  # a single router always serves
+    # a daemon whose health check failed is one finding already: its own sections would only repeat it
+    s = {k: v for k, v in s.items() if st.services.get(_HEALTH_OF.get(k, ""), True) or v[0] == 0}
     if "conntrackd" in s:
         rc, text = s["conntrackd"]
         st.conntrackd = _counters(text)
@@ -325,16 +354,34 @@ def _daemons(st: RouterStatus, t: Target, site: dict, s: dict) -> None:
             st.find("ospf", "no full OSPF adjacency")
     if "ospf-announced" in s and vpc.get("cidr"):
         rc, text = s["ospf-announced"]
-        network = str(ipaddress.ip_network(vpc["cidr"]).network_address)
-        st.announces = rc == 0 and re.search(rf"(^|\s){re.escape(network)}(\s|$)", text, re.M) is not None
+        st.announces = rc == 0 and announced(text, str(ipaddress.ip_network(vpc["cidr"]).network_address))
         if rc == 0 and serving and not st.announces:
             st.find("ospf", f"does not announce the VPC {vpc['cidr']}")
         if rc == 0 and not serving and st.announces and vpc.get("redundant"):
             st.find("ospf", f"announces the VPC {vpc['cidr']} while not master")
 
 
+def announced(text: str, network: str) -> bool:
+    """Whether `show ip ospf database self-originate` holds a live LSA for ``network`` (one at MaxAge
+    is being flushed: withdrawn, not announced)."""
+    return any(m.group(1) == network and int(m.group(2)) < MAX_AGE
+               for m in re.finditer(r"^(\S+)\s+\S+\s+(\d+)\s+0x[0-9a-f]+", text, re.M))
+
+
+def cache(counters: dict, which: str) -> int | None:
+    """conntrackd's current connections in its internal or external cache."""
+    return next((v.get("current active connections") for k, v in counters.items() if which in k), None)
+
+
+def in_sync(master: dict, backup: dict, slack: int = SYNC_SLACK) -> tuple[bool, int | None, int | None]:
+    """Whether the backup's external cache holds the master's connections (within ``slack``)."""
+    internal, external = cache(master, "internal"), cache(backup, "external")
+    return internal is not None and external is not None and external + slack >= internal, internal, external
+
+
 def pair_findings(routers: list[RouterStatus]) -> list[Finding]:
-    """Per redundant VPC whose routers were all reached: exactly one master."""
+    """Per redundant VPC whose routers were all reached: exactly one master, and the backup's
+    conntrackd in sync with it."""
     out = []
     by_vpc: dict[str, list[RouterStatus]] = {}
     for r in routers:
@@ -349,6 +396,15 @@ def pair_findings(routers: list[RouterStatus]) -> list[Finding]:
         elif not masters:
             out.append(Finding(vpc, "pair", "no master: " + ", ".join(f"{m.router} {m.vrrp or 'unknown'}"
                                                                       for m in members)))
+        backups = [m for m in members if m.vrrp == "BACKUP"]
+        if len(masters) == 1 and len(backups) == 1:
+            master = next(m for m in members if m.vrrp == "MASTER")
+            if master.conntrackd and backups[0].conntrackd:  # both answered (else that is the finding)
+                ok, internal, external = in_sync(master.conntrackd, backups[0].conntrackd)
+                if not ok:
+                    out.append(Finding(backups[0].router, "conntrackd", f"not in sync: its external cache holds "
+                                       f"{'?' if external is None else external} connections, {master.router}'s "
+                                       f"internal cache {'?' if internal is None else internal}"))
     return out
 
 

@@ -20,7 +20,7 @@ from ..errors import VpcgenError
 from ..tree import STATUS_COMMANDS, read_routers
 from .deploy import (CONNECTION_ERRORS, Remote, RouterDeploy, Target, _said, _settings_problem, connect,
                      substitute)
-from .status import _counters
+from .status import SYNC_SLACK, _counters, in_sync
 
 SAMPLE_S = 0.1
 STABLE_S = 1.0
@@ -32,7 +32,7 @@ class SwitchoverOptions:
     identity: list[str] = field(default_factory=list)
     timeout: float = 30.0  # for the new master to be the only one
     commands: dict = field(default_factory=dict)
-    sync_slack: int = 16  # connections the backup's external cache may lag behind the master's
+    sync_slack: int = SYNC_SLACK  # connections the backup's external cache may lag behind the master's
 
 
 @dataclass
@@ -43,10 +43,6 @@ class Result:
     new_master: str | None = None
     seconds: float = 0.0  # from the handover command to the new master seen
     detail: str = ""
-
-
-def _cache(counters: dict, which: str) -> int | None:
-    return next((v.get("current active connections") for k, v in counters.items() if which in k), None)
 
 
 def pair_targets(tree_dir: Path, vpc: str, commands: dict) -> list[Target]:
@@ -125,8 +121,8 @@ def _switch(vpc: str, targets: list[Target], routers: dict[str, RouterDeploy], o
                 return Result(vpc, False, master, detail=f"{name}: conntrackd does not answer (exit {rc}); "
                               "not switching over")
             counts[name] = _counters(text)
-        internal, external = _cache(counts[master], "internal"), _cache(counts[backup], "external")
-        if internal is None or external is None or external + options.sync_slack < internal:
+        ok, internal, external = in_sync(counts[master], counts[backup], options.sync_slack)
+        if not ok:
             return Result(vpc, False, master, detail=f"{backup} is not in sync: its external cache holds "
                           f"{external if external is not None else '?'} connections, {master}'s internal cache "
                           f"{internal if internal is not None else '?'}; not switching over")

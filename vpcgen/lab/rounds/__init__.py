@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from . import acl, failover, guest, ha, redundancy, services
+from . import acl, daytwo, failover, guest, ha, redundancy, services
 from .context import Check, Lab
 
 # the rounds in the order `lab test` runs them (guest, failover and ha kill routers: they come last)
@@ -17,6 +17,8 @@ ROUNDS = {
     "redundancy": redundancy.run,
     "acl": acl.run,
     "services": services.run,
+    "status": daytwo.run_status,  # deploys the tree first: the rounds after it run on deployed routers
+    "switchover": daytwo.run_switchover,
     "guest": guest.run,
     "failover": failover.run,
     "ha": ha.run,
