@@ -98,6 +98,19 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         assert guest["seconds_to_renewal_after_failover"] < 5 and guest["seconds_to_lease"] < 10
         assert all(report["failover"][v]["guest"]["lookups_per_second"] > 0 for v in ("blog", "left", "right", "shop"))
         assert report["failover"]["left"]["announced_transitions"] == "50/50"
+        # day two through the management network (the status and switchover rounds): status green on
+        # the deployed lab, each injected drift exactly one router's findings, then green again
+        status = {c["name"]: c for c in report["checks"] if c["round"] == "status"}
+        assert len(status) == 10 and all(c["ok"] for c in status.values()), status
+        drifts = report["failover"]["status"]["drifts"]
+        assert len(drifts) == 7 and all(d["exit"] == 1 and len({f.split()[0] for f in d["findings"]}) == 1
+                                        for d in drifts.values()), drifts
+        assert "blog-r1 rolled back to the older release: exactly that, naming the file that differs" in status
+        # a planned switchover: the backup takes over, a TCP connection through source NAT survives
+        for pair in ("shop", "left"):
+            switch = report["failover"][pair]["switchover"]
+            assert switch["exit"] == 0 and switch["to"] != switch["from"], switch
+        assert report["failover"]["shop"]["switchover"]["tcp_survives"] is True
         data = lab.status(tree)
         recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]
     finally:

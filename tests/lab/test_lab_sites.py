@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ROOT, copy_site, run_cli
 from vpcgen.lab import run as lab
+from vpcgen.lab.rounds.daytwo import lab_run, vpcgen
 from vpcgen.tree import DNSMASQ_LEASES
 
 EGRESS = ROOT / "tests/fixtures/lab/egress"
@@ -87,6 +88,24 @@ def test_lab_test_on_a_site_whose_first_tier_denies_egress(tree, tmp_path, monke
         assert (lab.RUN_ROOT / data["name"] / "leases/solo-r1/dnsmasq.leases").read_text() == leases
         assert lab.exec_in(data, "solo-vault-1", "dig +short +time=1 +tries=3 @10.30.2.1 vault2.solo.test"
                            ).stdout.strip() == "10.30.2.12"
+        # day two as an operator does it, on this site too: one ACL changed and deployed through the
+        # management network, status green; a rule deleted by hand over ssh, status names the router
+        site = tree.parent.parent / "egress"
+        acl = site / "acls/open.yaml"
+        acl.write_text(acl.read_text().replace("protocol: tcp, ports: 80}", "protocol: tcp, ports: \"80-81\"}"))
+        assert run_cli("build", site, "--output", tree.parent)[0] == 0
+        r = lab_run(tree, *vpcgen(), "deploy", str(tree))
+        assert r.returncode == 0 and "1 changed" in r.stdout, r.stdout + r.stderr
+        r = lab_run(tree, *vpcgen(), "status", str(tree))
+        assert r.returncode == 0 and "all routers as built" in r.stdout, r.stdout + r.stderr
+        rules = (tree / "solo-r1/etc/iptables/rules.v4").read_text()
+        rule = next(line for line in rules.splitlines() if "--dport 80:81" in line)
+        assert lab_run(tree, "ssh", "198.51.100.41", "iptables " + rule.replace("-A ", "-D ", 1)).returncode == 0
+        r = lab_run(tree, *vpcgen(), "status", str(tree), "--format", "json")
+        findings = json.loads(r.stdout)["findings"]
+        assert r.returncode == 1 and [(f["router"], f["check"]) for f in findings] == [("solo-r1", "firewall")], \
+            r.stdout
+        assert "--dport 80:81" in findings[0]["message"]
     finally:
         code, out, err = run_cli("lab", "down", tree)
         assert code == 0, out + err

@@ -37,19 +37,21 @@ def vpcgen() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "vpcgen"]
 
 
-def lab_run(t, *command: str, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*vpcgen(), "lab", "run", str(t.tree_dir), "--", *command], capture_output=True, text=True,
+def lab_run(tree_dir: Path, *command: str, input: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """`vpcgen lab run TREE_DIR -- COMMAND...`: the command on the lab's management network."""
+    return subprocess.run([*vpcgen(), "lab", "run", str(tree_dir), "--", *command], capture_output=True, text=True,
                           input=input, timeout=timeout)
 
 
 def ssh(t, router: str, command: str, input: str | None = None) -> subprocess.CompletedProcess:
-    return lab_run(t, "ssh", t.site["vpcs"][t.data["nodes"][router]["vpc"]]["routers"][router]["mgmt"], command,
-                   input=input)
+    mgmt = t.site["vpcs"][t.data["nodes"][router]["vpc"]]["routers"][router]["mgmt"]
+    return lab_run(t.tree_dir, "ssh", mgmt, command, input=input)
 
 
 def status(t, tree: Path | None = None) -> tuple[int, list[dict], str]:
     """`vpcgen status --format json` through the management network: exit code, findings, output."""
-    r = lab_run(t, *vpcgen(), "status", str(tree or t.tree_dir), "--format", "json")
+    r = lab_run(t.tree_dir, *vpcgen(), "status", str(tree or t.tree_dir), "--format", "json")
     try:
         found = json.loads(r.stdout)["findings"]
     except (ValueError, KeyError):
@@ -126,8 +128,8 @@ def run_status(t) -> None:
         _drift(t, f"{on} rolled back to the older release: exactly that, naming the file that differs",
                [(on, "release", f"runs release {older['release']}, which is not the tree's (deploy the tree, or it "
                  f"was rolled back): its {RULES} differs from the tree's")],
-               lambda: _ok(lab_run(t, *vpcgen(), "rollback", str(t.tree_dir), "--router", on)),
-               lambda: _ok(lab_run(t, *vpcgen(), "deploy", str(t.tree_dir), "--router", on)))
+               lambda: _ok(lab_run(t.tree_dir, *vpcgen(), "rollback", str(t.tree_dir), "--router", on)),
+               lambda: _ok(lab_run(t.tree_dir, *vpcgen(), "deploy", str(t.tree_dir), "--router", on)))
 
 
 def _ok(r: subprocess.CompletedProcess) -> None:
@@ -185,7 +187,7 @@ def _deploy(t) -> tuple[bool, str]:
     if rule:
         with tempfile.TemporaryDirectory(prefix="vpcgen-older-") as tmp:
             older = _older_tree(t.tree_dir, Path(tmp) / t.tree_dir.name, on, rule[2])
-            r = lab_run(t, *vpcgen(), "deploy", str(older), "--router", on)
+            r = lab_run(t.tree_dir, *vpcgen(), "deploy", str(older), "--router", on)
             if r.returncode != 0:
                 return False, f"the older release on {on}: exit {r.returncode}: {(r.stdout + r.stderr)[-300:]}"
         release = _current(t, on)
@@ -193,7 +195,7 @@ def _deploy(t) -> tuple[bool, str]:
                                                                  "without": rule[2]}
         notes.append(f"{on} first on {release} (without {rule[2].split(' --comment ')[-1]})")
     start = time.monotonic()
-    r = lab_run(t, *vpcgen(), "deploy", str(t.tree_dir), "--parallel", "8")
+    r = lab_run(t.tree_dir, *vpcgen(), "deploy", str(t.tree_dir), "--parallel", "8")
     took = time.monotonic() - start
     summary = (r.stdout.strip().splitlines() or ["no output"])[-1]
     t.figures.setdefault("status", {})["deploy_s"] = round(took, 1)
@@ -278,7 +280,7 @@ def _switchover(t, vpc: str) -> tuple[bool, str]:
         streams["tcp"] = _start(t, host[0], script)
     time.sleep(2)  # the streams under way, the TCP connection synced to the backup
     start = time.monotonic()
-    r = lab_run(t, *vpcgen(), "switchover", str(t.tree_dir), "--vpc", vpc, timeout=120)
+    r = lab_run(t.tree_dir, *vpcgen(), "switchover", str(t.tree_dir), "--vpc", vpc, timeout=120)
     took = time.monotonic() - start
     outs = {k: (p.communicate(timeout=60)[0].strip().splitlines() or ["no output"])[-1] for k, p in streams.items()}
     after = t.masters(vpc)
