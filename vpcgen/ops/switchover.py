@@ -11,6 +11,7 @@ reported.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,11 +130,28 @@ def _switch(vpc: str, targets: list[Target], routers: dict[str, RouterDeploy], o
         progress(f"{vpc}: {backup} in sync ({external} of the master's {internal} connections)")
     command = substitute((STATUS_COMMANDS | options.commands.get("status", {}))["switchover"], routers[master].t, "")
     progress(f"{vpc}: asking {master} to hand over")
+    # the backup watched on its own connection while the master's command runs (it returns once
+    # keepalived is back as backup, well after the takeover)
+    seen: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set() and not seen:
+            if routers[backup].vrrp_state() == "MASTER":
+                seen.append(time.monotonic())
+            time.sleep(SAMPLE_S)
+
     start = time.monotonic()
-    rc, out = routers[master].r.run(command)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        rc, out = routers[master].r.run(command)
+    finally:
+        done.set()
+        watcher.join()
     if rc != 0:
         return Result(vpc, False, master, detail=f"the handover command failed on {master} (exit {rc}){_said(out, 200)}")
-    seen_at, stable_since, split = None, None, []
+    seen_at, stable_since, split = (seen[0] if seen else None), None, []
     deadline = start + options.timeout
     while time.monotonic() < deadline:
         states = _states(routers)
