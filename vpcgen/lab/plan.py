@@ -8,6 +8,7 @@ built from the resolved site, so a template bug is not copied into the routers' 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,14 +204,19 @@ def tier_ifname(vpc: dict, router: str, tier: str) -> str:
     raise ValueError(f"{router} has no interface in tier {tier}")
 
 
-def _host_addresses(cidr: str, wanted: list[str], count: int = 2) -> list[str]:
+def _host_addresses(cidr: str, wanted: list[str], taken: set[str], count: int = 2) -> list[str]:
+    """The tier's test host addresses: those NAT and the load balancers use, then free ones from the
+    tenth address up (from the first, in a tier too small for that), never one a router or the
+    gateway holds."""
     net = ipaddress.ip_network(cidr)
     out = sorted(set(wanted), key=ipaddress.ip_address)
-    candidate = net.network_address + 10
-    while len(out) < count:
-        if str(candidate) not in out:
-            out.append(str(candidate))
-        candidate += 1
+    first, last = int(net.network_address) + 1, int(net.broadcast_address) - 1
+    start = min(first + 9, last)
+    for candidate in itertools.chain(range(start, last + 1), range(first, start)):
+        if len(out) >= count:
+            break
+        if str(ipaddress.ip_address(candidate)) not in out and str(ipaddress.ip_address(candidate)) not in taken:
+            out.append(str(ipaddress.ip_address(candidate)))
     return out
 
 
@@ -257,7 +263,9 @@ def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: s
             reserved = {h["address"]: (h["mac"] or "").lower() for h in tier.get("hosts", {}).values()}
             mine = [a for a in used | set(reserved) if ipaddress.ip_address(a) in net]
             segment = f"{zone}/eth2.{tier['vlan']}"
-            for i, address in enumerate(_host_addresses(tier["cidr"], mine)):
+            taken = {tier["gateway"]} | {a.split("/")[0] for info in vpc["routers"].values()
+                                         for addresses in info["interfaces"].values() for a in addresses}
+            for i, address in enumerate(_host_addresses(tier["cidr"], mine, taken)):
                 mac = reserved.get(address, "")
                 nodes.append(Host(f"{vpc_name}-{tier_name}-{i + 1}", vpc_name, tier=tier_name, tcp=tcp, udp=udp,
                                   whoami=WHOAMI_PORT, routes=[f"default via {tier['gateway']}"],

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import VpcgenError
-from ..tree import STATUS_COMMANDS, read_routers
+from ..tree import STATUS_COMMANDS, read_routers, read_site_json
 from .deploy import (CONNECTION_ERRORS, Remote, RouterDeploy, Target, _said, _settings_problem, connect,
                      substitute)
 from .status import SYNC_SLACK, _counters, in_sync
@@ -54,6 +54,9 @@ def pair_targets(tree_dir: Path, vpc: str, commands: dict) -> list[Target]:
         raise VpcgenError(f"no VPC {vpc} in {tree_dir} (VPCs: {', '.join(vpcs)})")
     if len(targets) != 2 or not all(t.manifest["deploy"].get("vrrp") for t in targets):
         raise VpcgenError(f"VPC {vpc} is not a redundant pair: nothing to switch over")
+    if ((read_site_json(Path(tree_dir))["vpcs"].get(vpc) or {}).get("vrrp") or {}).get("preempt"):
+        raise VpcgenError(f"VPC {vpc} preempts (vrrp preempt: true): its higher-priority router takes mastership "
+                          "back as soon as it is backup again, so a switchover cannot hold")
     for t in targets:
         problem = _settings_problem(t.manifest)
         if problem:

@@ -254,13 +254,19 @@ def _conntrackd_restarted(t, router: str) -> tuple[bool, str]:
 def run_switchover(t) -> None:
     for vpc, v in sorted(t.vpcs.items()):
         if v["redundant"]:
-            t.check(f"switchover {vpc}", "vpcgen switchover while probes run: the backup is the only master, "
-                    "interruption measured" + (", TCP through source NAT survives" if v["kind"] == "nat" else ""),
-                    lambda vpc=vpc: _switchover(t, vpc))
+            name = ("vpcgen switchover refused: the pair preempts" if v["vrrp"]["preempt"] else
+                    "vpcgen switchover while probes run: the backup is the only master, interruption measured"
+                    + (", TCP through source NAT survives" if v["kind"] == "nat" else ""))
+            t.check(f"switchover {vpc}", name, lambda vpc=vpc: _switchover(t, vpc))
 
 
 def _switchover(t, vpc: str) -> tuple[bool, str]:
     v = t.vpcs[vpc]
+    if v["vrrp"]["preempt"]:  # its first router takes mastership back: refused, and nothing changes
+        before = t.masters(vpc)
+        r = lab_run(t.tree_dir, *vpcgen(), "switchover", str(t.tree_dir), "--vpc", vpc, timeout=120)
+        said = (r.stdout + r.stderr).strip()
+        return r.returncode == 1 and "preempts" in said and t.masters(vpc) == before, f"exit {r.returncode}: {said}"
     before = t.wait_one_master(vpc, t.settle_s(vpc))
     if len(before) != 1:
         return False, f"masters before: {before}"
