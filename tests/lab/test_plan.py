@@ -148,3 +148,13 @@ def test_a_router_gets_the_mtus_of_its_interfaces_file_on_its_own_links(built, s
         assert "eth2" not in lab_run.router_mtus(shop)  # ... but eth2 is no device of the lab
     finally:
         (built / "shop-r1" / GENERATED["interfaces"]).write_text(text)
+
+
+def test_test_hosts_fit_a_small_tier_and_never_take_a_router_address():
+    _host_addresses = lab_plan._host_addresses
+    # from the tenth address up where the tier has room, as always
+    assert _host_addresses("10.10.1.0/24", ["10.10.1.11"], {"10.10.1.1"}) == ["10.10.1.11", "10.10.1.10"]
+    # a /29 has no tenth address: the free ones from the first, around the gateway and the routers
+    assert _host_addresses("172.20.0.0/29", [], {"172.20.0.1", "172.20.0.5", "172.20.0.6"}) == [
+        "172.20.0.2", "172.20.0.3"]
+    assert _host_addresses("10.0.0.0/24", [], {"10.0.0.10"}) == ["10.0.0.11", "10.0.0.12"]
