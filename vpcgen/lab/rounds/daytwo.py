@@ -277,17 +277,21 @@ def _switchover(t, vpc: str) -> tuple[bool, str]:
         inet, v["public_ips"][pf["public_ip"]], "udp", pf["public_port"][0]).delivered), None)
     if udp:
         script = UDP_STREAM.replace("ADDRESS", v["public_ips"][udp["public_ip"]]).replace(
-            "PORT", str(udp["public_port"][0])).replace("SECONDS", "12")
+            "PORT", str(udp["public_port"][0])).replace("SECONDS", "300")
         streams["udp"] = _start(t, t.inet(vpc), script)
     host, allowed = t.source_host(vpc, t.inet_address(vpc), [("tcp", ECHO_PORT)]) if v["kind"] == "nat" else \
         (None, False)
     if host and allowed:
-        script = TCP_STREAM.replace("ADDRESS", t.inet_address(vpc)).replace("ECHO_PORT", str(ECHO_PORT))
+        script = TCP_STREAM.replace("ADDRESS", t.inet_address(vpc)).replace("ECHO_PORT", str(ECHO_PORT)).replace(
+            "SECONDS", "300")
         streams["tcp"] = _start(t, host[0], script)
     time.sleep(2)  # the streams under way, the TCP connection synced to the backup
     start = time.monotonic()
     r = lab_run(t.tree_dir, *vpcgen(), "switchover", str(t.tree_dir), "--vpc", vpc, timeout=120)
     took = time.monotonic() - start
+    time.sleep(1)  # the streams run across the whole switchover, and a moment after it
+    for p in streams.values():
+        p.terminate()
     outs = {k: (p.communicate(timeout=60)[0].strip().splitlines() or ["no output"])[-1] for k, p in streams.items()}
     after = t.masters(vpc)
     figure = {"from": before[0], "to": backup, "exit": r.returncode, "command_s": round(took, 2),

@@ -117,7 +117,8 @@ def _tcp_survives(t, vpc: str) -> tuple[bool, str]:
     host, allowed = t.source_host(vpc, t.inet_address(vpc), [("tcp", ECHO_PORT)])
     if host is None or not allowed:
         return False, f"no host whose egress list lets tcp/{ECHO_PORT} out"
-    script = TCP_STREAM.replace("ADDRESS", t.inet_address(vpc)).replace("ECHO_PORT", str(ECHO_PORT))
+    script = TCP_STREAM.replace("ADDRESS", t.inet_address(vpc)).replace("ECHO_PORT", str(ECHO_PORT)).replace(
+        "SECONDS", "12")
     out = t.during_failover(vpc, host[0], script, 2.0, 60)
     last = out.strip().splitlines()[-1] if out and out.strip() else "no output (or no master)"
     t.figures.setdefault(vpc, {})["tcp_survives"] = last.startswith("SURVIVED")
@@ -125,23 +126,28 @@ def _tcp_survives(t, vpc: str) -> tuple[bool, str]:
 
 
 
-# a UDP client sending every 10 ms for SECONDS s; prints the probes sent, answered (late answers
+# a UDP client sending every 10 ms for SECONDS s (or until SIGTERM); prints the probes sent, answered (late answers
 # included), and the longest gap between answers in ms
 UDP_STREAM = """
-import socket, time
+import signal, socket, time
+def stop(*_): raise KeyboardInterrupt  # SIGTERM ends the stream early (it still reports)
+signal.signal(signal.SIGTERM, stop)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.01)
 sent = answered = 0
 last, gap, end = None, 0.0, time.monotonic() + SECONDS
-while time.monotonic() < end:
-    s.sendto(b"x", ("ADDRESS", PORT)); sent += 1
-    try:
-        s.recv(100); answered += 1
-        now = time.monotonic()
-        if last is not None: gap = max(gap, now - last)
-        last = now
-    except OSError:
-        pass
-    time.sleep(0.01)
+try:
+    while time.monotonic() < end:
+        s.sendto(b"x", ("ADDRESS", PORT)); sent += 1
+        try:
+            s.recv(100); answered += 1
+            now = time.monotonic()
+            if last is not None: gap = max(gap, now - last)
+            last = now
+        except OSError:
+            pass
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    pass
 s.settimeout(0.2)
 while True:
     try:
@@ -151,19 +157,24 @@ while True:
 print(sent, answered, gap * 1000)
 """
 
-# one TCP connection to the internet side's echo service, a line every 100 ms for 12 s
+# one TCP connection to the internet side's echo service, a line every 100 ms for SECONDS s (or until SIGTERM)
 TCP_STREAM = """
-import socket, time
+import signal, socket, time
+def stop(*_): raise KeyboardInterrupt  # SIGTERM ends the stream early (it still reports)
+signal.signal(signal.SIGTERM, stop)
 sent = got = 0
 try:
     s = socket.create_connection(("ADDRESS", ECHO_PORT), timeout=5); s.settimeout(5)
-    end = time.monotonic() + 12
-    while time.monotonic() < end:
-        s.sendall(b"ping\\n"); sent += 1
-        data = s.recv(100)
-        if not data: raise ConnectionResetError("closed")
-        got += 1
-        time.sleep(0.1)
+    end = time.monotonic() + SECONDS
+    try:
+        while time.monotonic() < end:
+            s.sendall(b"ping\\n"); sent += 1
+            data = s.recv(100)
+            if not data: raise ConnectionResetError("closed")
+            got += 1
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        pass
     print(f"SURVIVED {got}/{sent} answers")
 except Exception as exc:
     print(f"BROKEN after {got}/{sent} answers: {type(exc).__name__}")
