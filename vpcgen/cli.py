@@ -521,7 +521,9 @@ def lab_heal(tree_dir: Path = typer.Argument(..., help="The built site the lab w
 def lab_test(
     tree_dir: Path = typer.Argument(..., help="The built site the lab was started from."),
     round_: Optional[list[str]] = typer.Option(None, "--round", help="Only these rounds: redundancy, acl, "
-                                               "services, guest, failover, ha (repeatable)."),
+                                               "services, deploy, guest, failover, ha (repeatable)."),
+    site: Optional[Path] = typer.Option(None, "--site", metavar="SITE_DIR", help="The site folder the tree was "
+                                        "built from (the deploy round deploys changed copies of it)."),
     results: Optional[Path] = typer.Option(None, "--results", help="Where to write the results (JSON); by "
                                            "default TREE_DIR.lab-results.json, next to the tree."),
 ) -> None:
@@ -535,7 +537,7 @@ def lab_test(
         unknown = sorted(set(rounds) - set(labtest.ROUNDS))
         if unknown:
             raise typer.BadParameter(f"unknown round {', '.join(unknown)} (rounds: {', '.join(labtest.ROUNDS)})")
-        runner = labtest.run(tree_dir, rounds, progress=lambda m: typer.echo(m, err=True))
+        runner = labtest.run(tree_dir, rounds, progress=lambda m: typer.echo(m, err=True), site_dir=site)
         width = max([len(f"{c.round}: {c.name}") for c in runner.checks] + [10])
         for c in runner.checks:
             typer.echo(f"{'PASS' if c.ok else 'FAIL'}  {c.seconds:6.1f}s  {(c.round + ': ' + c.name):<{width}}  {c.detail}")

@@ -72,7 +72,7 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         assert lab.probe(data, "shop-web-1", "192.168.0.5", 25).startswith("FAILED")  # corp-gw rule 30
         # every round of `lab test`, for real (the failover round kills and restarts the master)
         results = tree.parent / "lab-results.json"
-        code, out, err = run_cli("lab", "test", tree, "--results", results)
+        code, out, err = run_cli("lab", "test", tree, "--results", results, "--site", tree.parent.parent / "example")
         assert code == 0, out + err
         report = json.loads(results.read_text())
         assert report["failed"] == 0 and report["passed"] >= 40
@@ -98,6 +98,14 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         assert guest["seconds_to_renewal_after_failover"] < 5 and guest["seconds_to_lease"] < 10
         assert all(report["failover"][v]["guest"]["lookups_per_second"] > 0 for v in ("blog", "left", "right", "shop"))
         assert report["failover"]["left"]["announced_transitions"] == "50/50"
+        # changes deployed into the running lab over its management network while probes ran
+        deployed = report["failover"]["deploy"]
+        assert deployed["acl"]["lost"] == 0 and deployed["acl"]["probes"] > 50, deployed["acl"]
+        assert deployed["lb_member"]["probes"] > 0 and deployed["vpn_peer_cidr"]["probes"] > 0
+        cut = deployed["ssh_cut"]  # undone: back on SSH within the confirm timeout
+        assert cut["ssh_back_after_cut_s"] is not None and cut["ssh_back_after_cut_s"] <= cut["confirm_timeout_s"] + 2
+        assert all(c["ok"] for c in report["checks"] if c["round"] == "deploy") and \
+            sum(c["round"] == "deploy" for c in report["checks"]) == 6
         data = lab.status(tree)
         recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from . import acl, failover, guest, ha, redundancy, services
+from . import acl, deploy, failover, guest, ha, redundancy, services
 from .context import Check, Lab
 
 # the rounds in the order `lab test` runs them (guest, failover and ha kill routers: they come last)
@@ -17,6 +17,7 @@ ROUNDS = {
     "redundancy": redundancy.run,
     "acl": acl.run,
     "services": services.run,
+    "deploy": deploy.run,  # deploys the lab's own tree again at its end
     "guest": guest.run,
     "failover": failover.run,
     "ha": ha.run,
@@ -25,8 +26,8 @@ ROUNDS = {
 __all__ = ["Check", "Lab", "ROUNDS", "run", "results_json"]
 
 
-def run(tree_dir, rounds=tuple(ROUNDS), progress=lambda m: None) -> Lab:
-    lab = Lab(tree_dir, progress)
+def run(tree_dir, rounds=tuple(ROUNDS), progress=lambda m: None, site_dir=None) -> Lab:
+    lab = Lab(tree_dir, progress, site_dir)
     for name in rounds:
         ROUNDS[name](lab)
     return lab

@@ -31,8 +31,9 @@ class Check:
 
 class Lab:
 
-    def __init__(self, tree_dir, progress=lambda m: None):
+    def __init__(self, tree_dir, progress=lambda m: None, site_dir=None):
         self.tree_dir = Path(tree_dir)
+        self.site_dir = Path(site_dir) if site_dir else None  # the tree's site: the deploy round changes copies
         self.data = lab.status(tree_dir)
         self.trees = lab.staged_root(self.tree_dir)  # the lab's verified copy, never the tree itself
         self.site = read_site_json(self.trees)
