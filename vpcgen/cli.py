@@ -520,8 +520,8 @@ def lab_heal(tree_dir: Path = typer.Argument(..., help="The built site the lab w
 @lab_app.command("test")
 def lab_test(
     tree_dir: Path = typer.Argument(..., help="The built site the lab was started from."),
-    round_: Optional[list[str]] = typer.Option(None, "--round", help="Only these rounds: redundancy, acl, "
-                                               "services, deploy, guest, failover, ha (repeatable)."),
+    round_: Optional[list[str]] = typer.Option(None, "--round", help="Only these rounds: deploy, redundancy, "
+                                               "acl, services, guest, failover, ha (repeatable)."),
     site: Optional[Path] = typer.Option(None, "--site", metavar="SITE_DIR", help="The site folder the tree was "
                                         "built from (the deploy round deploys changed copies of it)."),
     results: Optional[Path] = typer.Option(None, "--results", help="Where to write the results (JSON); by "

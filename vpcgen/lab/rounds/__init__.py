@@ -12,12 +12,14 @@ from dataclasses import asdict
 from . import acl, deploy, failover, guest, ha, redundancy, services
 from .context import Check, Lab
 
-# the rounds in the order `lab test` runs them (guest, failover and ha kill routers: they come last)
+# the rounds in the order `lab test` runs them: deploy first (a restarted router has no sshd and no
+# releases; the round deploys the lab's own tree again at its end); redundancy, guest, failover and
+# ha kill routers
 ROUNDS = {
+    "deploy": deploy.run,
     "redundancy": redundancy.run,
     "acl": acl.run,
     "services": services.run,
-    "deploy": deploy.run,  # deploys the lab's own tree again at its end
     "guest": guest.run,
     "failover": failover.run,
     "ha": ha.run,
