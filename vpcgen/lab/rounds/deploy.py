@@ -16,7 +16,7 @@ import yaml
 from ...reach.model import Endpoint
 from ..plan import PROBE_TCP_PORT, Peer
 from .context import HTTP_GET
-from .daytwo import deploy, status_is
+from .daytwo import _widen_one_rule, deploy, status_is
 from .failover import UDP_STREAM
 
 # new TCP connections every 50 ms until STOP exists, each sending PAYLOAD and reading an answer;
@@ -79,7 +79,6 @@ def _changes(t):
         tier = t.tier_of(vpc, udp["private_ip"])
 
         def acl():
-            from .daytwo import _widen_one_rule
             script = UDP_UNTIL.replace("ADDRESS", t.vpcs[vpc]["public_ips"][udp["public_ip"]]).replace(
                 "PORT", str(udp["public_port"][0]))
             return vpc, t.variant(lambda p: _widen_one_rule(p, tier["acl"])), t.inet(vpc), script
