@@ -499,14 +499,16 @@ DNSMASQ_RESTART = (f"p=$(cat {DNSMASQ_PID} 2>/dev/null || true); [ -n \"$p\" ] &
 DNSMASQ_HEALTH = f"kill -0 $(cat {DNSMASQ_PID})"
 
 
-# the daemons the node's etc/frr/daemons enables (a router's bfdd among them), then its frr.conf
+# the daemons the node's etc/frr/daemons enables (a router's bfdd among them), then its frr.conf once
+# every one of them answers: `vtysh -b` silently skips a daemon that does not (its lines are lost and
+# exit is 0), and a loaded machine starts them slowly
 _FRR_START = ("/usr/lib/frr/zebra -d -A 127.0.0.1 -s 90000000 -u frr -g frr; "
-              "/usr/lib/frr/staticd -d -A 127.0.0.1 -u frr -g frr; "
-              f"for d in ospfd bfdd; do grep -q \"^$d=yes\" {on_router('frr-daemons')} && "
-              "/usr/lib/frr/$d -d -A 127.0.0.1 -u frr -g frr; done; "
-              # the config is applied once ospfd answers (a loaded machine starts it slowly)
-              "i=0; until vtysh -c 'show ip ospf' >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done; "
-              "vtysh -b >/run/vtysh.log 2>&1")
+              "/usr/lib/frr/staticd -d -A 127.0.0.1 -u frr -g frr; want='staticd zebra'; "
+              f"for d in ospfd bfdd; do grep -q \"^$d=yes\" {on_router('frr-daemons')} && want=\"$want $d\" && "
+              "/usr/lib/frr/$d -d -A 127.0.0.1 -u frr -g frr; done; want=$(echo $want | tr ' ' '\\n' | sort | xargs); "
+              "i=0; until [ \"$(vtysh -c 'show daemons' 2>/dev/null | tr ' ' '\\n' | sort | xargs)\" = \"$want\" ] "
+              "|| [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done; "
+              "vtysh -b >/run/vtysh.log 2>&1; vtysh -c 'show daemons' >>/run/vtysh.log 2>&1")
 
 
 def ospf_key(router: Router) -> str:

@@ -243,7 +243,12 @@ def _ospf_learned(t, vpc: str) -> tuple[bool, str]:
     masters = t.masters(vpc) if t.vpcs[vpc]["redundant"] else t.vpcs[vpc]["routers"]
     via = [t.transit_address(m) for m in masters]
     ok = bool(routes) and any(f"via {a} " in routes + " " for a in via)
-    return ok, routes or "no route"
+    if ok:
+        return ok, routes
+    # what the routers' FRR says, for whoever reads the failure
+    seen = "; ".join(f"{m}: " + " | ".join(lab.exec_in(
+        t.data, m, "cat /run/vtysh.log; vtysh -c 'show ip ospf neighbor'").stdout.split("\n")[-12:]) for m in masters)
+    return ok, f"{routes or 'no route'} ({seen})"
 
 
 def _routed_reach(t, vpc: str, other: str) -> tuple[bool, str]:
