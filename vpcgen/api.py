@@ -61,6 +61,8 @@ class BuildResult:
     # person may see of them; never written
     redacted: dict = field(default_factory=dict, repr=False)
     warnings: list = field(default_factory=list)
+    # the site.json document itself (redacted_view: a diff reads it and should not parse 36 MB again)
+    document: dict | None = field(default=None, repr=False)
     _tree: dict | None = field(default=None, repr=False)
 
     @property
@@ -183,7 +185,8 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
                                            "`vpcgen build` without --locked and commit the lock file",
                                            "lock-changed")], v.warnings)
     views = router_views(site, alloc)
-    site_bytes = dump_json(site_json(site, alloc, views))
+    document = site_json(site, alloc, views)
+    site_bytes = dump_json(document)
     digest = hashlib.sha256(site_bytes).hexdigest()
     env = render.environment()
     head: list[tuple[str, tuple[bytes, int]]] = [("site.json", (site_bytes, render.TEXT_MODE))]
@@ -205,7 +208,8 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
                 if mode == render.SECRET_MODE and path != SECRET_SUMS:
                     redacted[f"{view.name}/{path}"] = data
     result = BuildResult(site.name, tree, lock_text, lock_changed, [view.name for view in views], intent=site,
-                         redacted=redacted, warnings=v.warnings)
+                         redacted=redacted, warnings=v.warnings,
+                         document=document if options.redacted_view else None)
     if options.redacted_view:  # a diff compares whole trees: render now, as before
         result.tree
     return result

@@ -521,7 +521,7 @@ def lab_heal(tree_dir: Path = typer.Argument(..., help="The built site the lab w
 def lab_test(
     tree_dir: Path = typer.Argument(..., help="The built site the lab was started from."),
     round_: Optional[list[str]] = typer.Option(None, "--round", help="Only these rounds: redundancy, acl, "
-                                               "services, guest, failover, ha, daytwo, deploy, convert (repeatable)."),
+                                               "services, reach, vxlan, guest, failover, ha, daytwo, deploy, convert (repeatable)."),
     results: Optional[Path] = typer.Option(None, "--results", help="Where to write the results (JSON); by "
                                            "default TREE_DIR.lab-results.json, next to the tree."),
     site: Optional[Path] = typer.Option(None, "--site", metavar="SITE_DIR", help="The site the tree was built "

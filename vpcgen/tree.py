@@ -52,7 +52,7 @@ GENERATED = {
     "chrony": "etc/chrony/sources.d/vpcgen.sources",  # Debian's chrony.conf has `sourcedir` for it
 }
 # `vpcgen check`'s checkers and the generated file each one reads
-CHECKED = {"iptables": GENERATED["iptables"], "keepalived": GENERATED["keepalived"],
+CHECKED = {"interfaces": GENERATED["interfaces"], "iptables": GENERATED["iptables"], "keepalived": GENERATED["keepalived"],
            "notify": GENERATED["keepalived-notify"], "conntrackd": GENERATED["conntrackd"],
            "haproxy": GENERATED["haproxy"], "strongswan": GENERATED["swanctl"], "frr": GENERATED["frr"],
            "dnsmasq": GENERATED["dnsmasq"], "chrony": GENERATED["chrony"]}

@@ -115,7 +115,7 @@ def test_single_router_has_no_ha_daemons(trees):
     assert "VPCGEN_HA_GUARD" not in (tree / "etc/iptables/rules.v4").read_text()
 
 
-@pytest.mark.parametrize("site,pair,count", [("example", "shop", 7), ("example", "left", 2), ("services", "rp", 3)])
+@pytest.mark.parametrize("site,pair,count", [("example", "shop", 9), ("example", "left", 2), ("services", "rp", 3)])
 def test_pair_renders_identical_virtual_addresses(site, pair, count, trees):
     def vips(router: str) -> list[str]:
         text = (trees[site] / router / "etc/keepalived/keepalived.conf").read_text()
@@ -129,7 +129,8 @@ def test_site_json_has_the_resolved_site(trees):
     site = json.loads((trees["example"] / "site.json").read_text())
     shop = site["vpcs"]["shop"]
     assert shop["tiers"]["web"] == {
-        "cidr": "10.10.1.0/24", "gateway": "10.10.1.1", "vlan": 1200, "acl": "web", "mtu": 1450,
+        "cidr": "10.10.1.0/24", "gateway": "10.10.1.1", "isolation": "vlan", "vlan": 1200, "vni": None, "group": None,
+        "public": False, "acl": "web", "mtu": 1450,
         "dhcp": {"range": "10.10.1.100-10.10.1.199", "lease_s": 3600},
         "hosts": {"bastion": {"address": "10.10.1.10", "mac": None},
                   "web1": {"address": "10.10.1.11", "mac": "02:00:0a:0a:01:0b"},

@@ -22,12 +22,13 @@ def sites(draw):
     vpcs = {}
     for i, name in enumerate(vpc_names):
         redundant = draw(st.booleans())
-        tiers = draw(st.lists(st.tuples(NAMES, st.sampled_from([24, 25, 26, 27, 28])),
+        tiers = draw(st.lists(st.tuples(NAMES, st.sampled_from([24, 25, 26, 27, 28]), st.booleans()),
                               min_size=1, max_size=4, unique_by=lambda t: t[0]))
         vpcs[name] = {
             "name": name, "zone": "z", "cidr": f"10.{i}.0.0/16", "redundant": redundant,
             "routers": [{"name": f"{name}-r{k}", "mgmt": f"192.0.{i}.{k + 1}"} for k in range(2 if redundant else 1)],
-            "tiers": [{"name": t, "netmask": m} for t, m in tiers],
+            # VLAN and VXLAN tiers: VLAN ids, VNIs and the routers' VTEP addresses are allocated
+            "tiers": [{"name": t, "netmask": m, **({"isolation": "vxlan"} if vx else {})} for t, m, vx in tiers],
             "public_ips": [{"name": p} for p in draw(st.lists(NAMES, max_size=3, unique=True))],
         }
     return vpcs
@@ -42,7 +43,8 @@ def write_site(root: Path, vpcs: dict, order: list[str] | None = None) -> Path:
     (root / "site.yaml").write_text("name: prop\n")
     (root / "zones/z.yaml").write_text(yaml.safe_dump({
         "name": "z", "guest_vlans": "100-3999",
-        "public": {"cidr": "198.18.0.0/16", "gateway": "198.18.0.1", "ranges": ["198.18.0.10-198.18.255.200"]}}))
+        "public": {"cidr": "198.18.0.0/16", "gateway": "198.18.0.1", "ranges": ["198.18.0.10-198.18.255.200"]},
+        "vxlan": {"underlay": {"cidr": "10.250.0.0/24", "vlan": 4000}, "vnis": "5000-5999"}}))
     for name in order or sorted(vpcs):
         (root / "vpcs" / f"{name}.yaml").write_text(yaml.safe_dump(vpcs[name]))
     return root
@@ -64,10 +66,17 @@ def allocations(root: Path) -> dict:
                 out[(vpc, key, "")] = entry[key]
         for name, address in entry.get("public_ips", {}).items():
             out[(vpc, "public_ip", name)] = address
+        for router, address in entry.get("vteps", {}).items():
+            out[(vpc, "vtep", router)] = address
         for tier, values in entry.get("tiers", {}).items():
             for key, value in values.items():
                 out[(vpc, key, tier)] = value
     return out
+
+
+def tiers(vpc: dict, isolation: str | None | bool = True) -> set[str]:
+    """Names of a VPC's tiers (True: all; otherwise those of that isolation, None: VLAN)."""
+    return {t["name"] for t in vpc["tiers"] if isolation is True or t.get("isolation") == isolation}
 
 
 PROFILE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,7 +94,7 @@ def test_output_does_not_depend_on_file_order(vpcs, seed):
 
 
 MUTATIONS = ("add_vpc", "remove_vpc", "add_tier", "remove_tier", "change_tier", "add_public_ip",
-             "remove_public_ip", "toggle_redundant")
+             "remove_public_ip", "toggle_redundant", "toggle_isolation", "add_vxlan_tier")
 
 
 @PROFILE
@@ -113,6 +122,16 @@ def test_one_change_never_moves_another_allocation(vpcs, mutation, pick, new):
         elif mutation == "remove_tier" and len(vpc["tiers"]) > 1:
             vpc["tiers"].pop(pick % len(vpc["tiers"]))
             touched = set()
+        elif mutation == "add_vxlan_tier" and new not in {t["name"] for t in vpc["tiers"]}:
+            vpc["tiers"].append({"name": new, "netmask": 26, "isolation": "vxlan"})
+            touched = set()
+        elif mutation == "toggle_isolation":
+            tier = vpc["tiers"][pick % len(vpc["tiers"])]
+            if tier.pop("isolation", None) is None:
+                tier["isolation"] = "vxlan"
+            touched = {(target, tier["name"])}
+            if sum(t.get("isolation") == "vxlan" for t in vpc["tiers"]) in (0, 1):
+                touched.add(target)  # its routers gain or lose their VTEPs
         elif mutation == "change_tier":
             tier = vpc["tiers"][pick % len(vpc["tiers"])]
             tier["netmask"] = 28 if tier["netmask"] != 28 else 27
@@ -140,6 +159,10 @@ def test_one_change_never_moves_another_allocation(vpcs, mutation, pick, new):
             vpc_name, kind, obj = key
             still = vpc_name in vpcs and (kind in ("vrid", "sync_vlan") and vpcs[vpc_name]["redundant"]
                                           or kind == "public_ip" and obj in {p["name"] for p in vpcs[vpc_name]["public_ips"]}
-                                          or kind in ("cidr", "vlan") and obj in {t["name"] for t in vpcs[vpc_name]["tiers"]})
+                                          or kind == "cidr" and obj in tiers(vpcs[vpc_name])
+                                          or kind == "vlan" and obj in tiers(vpcs[vpc_name], None)
+                                          or kind == "vni" and obj in tiers(vpcs[vpc_name], "vxlan")
+                                          or kind == "vtep" and any(t.get("isolation") for t in vpcs[vpc_name]["tiers"])
+                                          and obj in {r["name"] for r in vpcs[vpc_name]["routers"]})
             if still:
                 assert key in after

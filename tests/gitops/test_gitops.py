@@ -44,6 +44,30 @@ def change_site(site: Path) -> None:
     (site / "secrets/hq-psk").write_text("the NEW pre-shared key, never to be shown")
 
 
+def test_diff_names_vxlan_and_public_tier_changes(repo, monkeypatch):
+    """A tier moved onto VXLAN, the public tier made NATed again, the zone's routed blocks and VXLAN
+    changed: the intent section says so in words, the lock section shows the VNI allocated."""
+    site = repo / "sites/example"
+    for rel, old, new in (
+            ("vpcs/shop.yaml", "{name: db, netmask: 24, acl: db}", "{name: db, netmask: 24, acl: db, isolation: vxlan}"),
+            ("vpcs/shop.yaml", "{name: dmz, cidr: 203.0.113.208/28, public: true, acl: web}",
+             "{name: dmz, cidr: 10.10.208.0/28, acl: web}"),
+            ("zones/zone1.yaml", 'routed: ["203.0.113.208/28"]', 'routed: ["203.0.113.224/28"]'),
+            ("zones/zone1.yaml", 'vnis: "5000-5999"', 'vnis: "5000-5999"\n  mtu: 1550')):
+        path = site / rel
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, new))
+    monkeypatch.chdir(repo)
+    code, text, err = run_cli("diff", "sites/example", "--base", "HEAD")
+    assert code == 0, text + err
+    assert "- VPC 'shop': tier 'db': isolation vlan -> vxlan" in text
+    assert "- VPC 'shop': tier 'dmz': no longer a public tier (NATed)" in text
+    assert "- zone 'zone1': public routed blocks 203.0.113.208/28 -> 203.0.113.224/28" in text
+    assert "- zone 'zone1': vxlan changed" in text
+    assert "- 'vpcs.shop.tiers.db.vni': 5001 (new)" in text and "- 'vpcs.shop.tiers.db.vlan': 1002 released" in text
+    assert "+    pre-up ip link add vxlan5001 type vxlan id 5001 group 239.0.19.137 dstport 8472 ttl 10" in text
+
+
 def test_diff_reports_intent_allocations_and_files_with_secrets_redacted(repo, monkeypatch):
     site = repo / "sites/example"
     old_psk = (site / "secrets/hq-psk").read_text()
@@ -55,7 +79,7 @@ def test_diff_reports_intent_allocations_and_files_with_secrets_redacted(repo, m
     assert code == 0, text + err
     assert "- VPC 'shop': tier 'cache' added" in text
     assert "- ACL 'web': rule '20' changed" in text
-    assert "- 'vpcs.shop.tiers.cache.cidr': 10.10.3.0/24 (new)" in text
+    assert "- 'vpcs.shop.tiers.cache.cidr': 10.10.4.0/24 (new)" in text
     assert re.search(r"- 'vpcs\.shop\.tiers\.cache\.vlan': \d+ \(new\)", text)
     assert "Routers: 3 changed (blog-r1, shop-r1, shop-r2), 3 unchanged" in text
     assert "+-A ACL_INBOUND_eth2.1000 -s 10.10.0.0/16 -p tcp -m tcp --dport 8000:8088" in text

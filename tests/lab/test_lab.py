@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,13 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         # DNS and DHCP: the reserved web hosts leased by DHCP, names answered, a lease renewed (ACK)
         # on the new master after a failover
         checks = {f"{c['round']}: {c['name']}": c for c in report["checks"]}
+        # the model's allowed boxes probed at their edges, from the tiers and the internet side
+        reached = [c for c in report["checks"] if c["round"].startswith("reach ")]
+        assert len(reached) >= 15 and all(c["ok"] for c in reached), reached
+        for name in ("shop: shop/app -> shop/db", "shop: internet -> shop/web", "left: left/web -> left/db"):
+            detail = checks[f"reach {name}"]["detail"]
+            inside, outside = (int(n) for n in re.match(r"(\d+) inside and (\d+) just outside", detail).groups())
+            assert inside >= 1 and outside >= 2, checks[name]
         for host, address in (("shop-web-2", "10.10.1.11"), ("shop-web-3", "10.10.1.12")):
             assert checks[f"guest shop: tier web: {host} leases its reservation {address}"]["ok"]
         renewal = checks["guest shop: failover: the new master renews a lease the old one gave (ACK, not NAK) "
@@ -110,6 +118,15 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         # the single-router VPC converted to a pair by a deploy (the convert round checks one master
         # and status green on the rebuilt site), its interruption measured
         assert report["failover"]["blog"]["conversion"]["probes"] > 10
+        # the router joins the hosts' own networks: the VXLAN tier behind the CloudStack-built
+        # hypervisors, the public tier's takeover as the provider sees it
+        vxlan = {c["name"]: c for c in report["checks"] if c["round"] == "vxlan shop"}
+        media = json.loads((tree / "site.json").read_text())["vpcs"]["shop"]["tiers"]["media"]
+        assert vxlan[f"tier media (VNI {media['vni']}): a {media['mtu']}-byte frame with DF set passes to the "
+                     "gateway and across hypervisors"]["ok"]
+        assert vxlan["public tier dmz: exactly one MAC answers ARP for a host, none for an address nobody holds"]["ok"]
+        figures = report["failover"]["shop"]["vxlan"]
+        assert figures["public_takeover_s"] <= 3 and figures["vxlan"]["bulk_mbit_s"] > 0
         data = lab.status(tree)
         recorded = [p for n in data["nodes"].values() for p in (n.get("holder"), n.get("server")) if p]
     finally:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, copy_site, run_cli
+from conftest import EXAMPLE, FIXTURE_SITES, copy_site, run_cli
 from vpcgen.lab import plan as lab_plan
 from vpcgen.lab import run as lab_run
 from vpcgen.ops import netns
 from vpcgen.tree import GENERATED
-from vpcgen.lab.plan import Client, Core, DhcpClient, Gateway, Host, Inet, Peer, Router
+from vpcgen.lab.plan import Client, Core, DhcpClient, Gateway, Host, Hypervisor, Inet, Peer, Router
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,10 @@ def test_hosts_cover_every_address_nat_and_load_balancers_use(site):
         hosts = p.hosts("shop", tier)
         assert len(hosts) >= 2 and all(isinstance(h, Host) and h.routes == [f"default via {info['gateway']}"]
                                        for h in hosts)
-        assert all(h.links[0].segment == f"zone1/eth2.{info['vlan']}" for h in hosts)
+        # a VXLAN tier's hosts are spread over the hypervisors' bridges brvx-<vni>
+        segments = [f"zone1/eth2.{info['vlan']}"] * 2 if info["vlan"] else \
+            [f"hv-zone1-1/brvx-{info['vni']}", f"hv-zone1-2/brvx-{info['vni']}"]
+        assert [h.links[0].segment for h in hosts[:2]] == segments
     web1 = p.host_at("shop", "10.10.1.11")
     assert {80, 443, 8080, lab_plan.PROBE_TCP_PORT} <= set(web1.tcp)  # LB port, an ACL rule's ports, the probe
     assert set(range(5000, 5010)) <= set(p.host_at("shop", "10.10.0.21").udp)  # the forwarded UDP range
@@ -71,7 +74,8 @@ def test_vpn_peers_and_the_client_come_from_site_json(site):
     assert peers["shop-peer-hq"].loopback == ["172.16.0.1/32"]
     client = p.node("shop-ra-client")
     assert isinstance(client, Client) and client.user == "alice" and client.server == "203.0.113.12"
-    assert client.local_cidrs == ("10.10.0.0/24", "10.10.2.0/24", "10.10.1.0/24")  # every tier, by tier name
+    # every tier, by tier name (app, db, dmz, media, web)
+    assert client.local_cidrs == ("10.10.0.0/24", "10.10.2.0/24", "203.0.113.208/28", "10.10.3.0/24", "10.10.1.0/24")
     inet = p.node("inet-zone1")
     assert isinstance(inet, Inet) and inet.address == "203.0.113.1"
     assert f"{hq['peer']}/32 via {peers['shop-peer-hq'].address}" in inet.routes
@@ -137,7 +141,9 @@ def test_a_router_gets_the_mtus_of_its_interfaces_file_on_its_own_links(built, s
     p = lab_plan.build(site, "vltest", built, built)
     shop = p.node("shop-r1")
     tiers = site["vpcs"]["shop"]["tiers"]
-    assert lab_run.router_mtus(shop) == {f"eth2.{t['vlan']}": t["mtu"] for t in tiers.values()}
+    vtep = site["zones"]["zone1"]["vxlan"]
+    assert lab_run.router_mtus(shop) == {f"eth2.{t['vlan']}" if t["vlan"] else f"vxlan{t['vni']}": t["mtu"]
+                                         for t in tiers.values()} | {f"eth2.{vtep['underlay']['vlan']}": vtep["mtu"]}
     assert lab_run.router_mtus(shop)["eth2.1200"] == 1450
     text = (built / "shop-r1" / GENERATED["interfaces"]).read_text()
     jumbo = text.replace("auto eth2\niface eth2 inet manual\n",
@@ -148,3 +154,45 @@ def test_a_router_gets_the_mtus_of_its_interfaces_file_on_its_own_links(built, s
         assert "eth2" not in lab_run.router_mtus(shop)  # ... but eth2 is no device of the lab
     finally:
         (built / "shop-r1" / GENERATED["interfaces"]).write_text(text)
+
+
+def test_hypervisors_build_their_devices_as_cloudstack_does(site):
+    """Multicast (the example): two hypervisors on the routers' VTEP segment, at the underlay's
+    highest free addresses, each with modifyvxlan.sh's command line, the group derived by the lab."""
+    p = build(site)
+    vni = site["vpcs"]["shop"]["tiers"]["media"]["vni"]
+    hvs = p.of(Hypervisor)
+    assert [h.name for h in hvs] == ["hv-zone1-1", "hv-zone1-2"]
+    assert [h.address for h in hvs] == ["10.0.0.254", "10.0.0.253"]
+    assert all(h.links[0].segment == "zone1/eth2.90" and h.mtu == 1500 and not h.flood for h in hvs)
+    commands = [" ".join(c) for c in hvs[0].commands()]
+    assert f"ip link add vxlan{vni} type vxlan id {vni} group {lab_plan.cloudstack_group(vni)} ttl 10 dev eth0" \
+        in commands and f"ip link set vxlan{vni} master brvx-{vni}" in commands
+    assert lab_plan.cloudstack_group(70001) == "239.1.17.113" and lab_plan.cloudstack_group(16777215) == "239.255.255.255"
+    # the routers' own device is no switch port: their interfaces file builds it on the VTEP interface
+    link = next(link for link in p.node("shop-r1").links if link.ifname == f"vxlan{vni}")
+    assert (link.over, link.segment, link.addresses) == ("eth2.90", "", tuple(
+        site["vpcs"]["shop"]["routers"]["shop-r1"]["interfaces"][f"vxlan{vni}"]))
+    assert p.hosted[f"hv-zone1-2/brvx-{vni}"] == ("hv-zone1-2", f"brvx-{vni}")
+    assert p.nodes[:2] == hvs  # built before the hosts plugged into them
+    assert build(site, "blog").of(Hypervisor) == []  # a lab without VXLAN tiers has none
+
+
+def test_hypervisors_replicate_to_every_vtep_with_remotes(tmp_path):
+    """Unicast (the services fixture): the hypervisors are the zone's remotes and flood to the
+    routers' VTEPs and to each other, on UDP 4789."""
+    code, out, err = run_cli("build", copy_site(FIXTURE_SITES / "services", tmp_path / "services"), "--output",
+                             tmp_path / "out", "--placeholder-secrets")
+    assert code == 0, out + err
+    site = json.loads((tmp_path / "out/services/site.json").read_text())
+    zone = next(z for z in site["zones"].values() if z.get("vxlan"))
+    remotes, vteps = zone["vxlan"]["remotes"], zone["vxlan"]["vteps"]
+    hvs = build(site).of(Hypervisor)
+    assert [h.address for h in hvs] == remotes[:2]
+    for hv in hvs:
+        assert set(hv.flood) == (set(vteps.values()) | set(remotes)) - {hv.address}
+        commands = [" ".join(c) for c in hv.commands()]
+        for vni in hv.vnis:
+            assert f"ip link add vxlan{vni} type vxlan id {vni} dstport 4789 local {hv.address} ttl 10 dev eth0" \
+                in commands
+            assert all(f"bridge fdb append 00:00:00:00:00:00 dev vxlan{vni} dst {d}" in commands for d in hv.flood)

@@ -131,7 +131,7 @@ def rehash(router: Path, add: dict[str, str] | None = None) -> None:
 
 
 # each daemon file -> the checkers that must have run on it
-CHECKED_BY = {"etc/keepalived": {"keepalived", "conntrackd", "notify"}, "etc/haproxy": {"haproxy"},
+CHECKED_BY = {"etc/network": {"interfaces"}, "etc/keepalived": {"keepalived", "conntrackd", "notify"}, "etc/haproxy": {"haproxy"},
               "etc/swanctl": {"strongswan"}, "etc/frr": {"frr"}, "etc/dnsmasq.d": {"dnsmasq"},
               "etc/chrony": {"chrony"}}
 
@@ -156,7 +156,8 @@ def test_check_passes_on_built_sites(site, extra, tmp_path, own_daemons):
     assert netns_list() == before, "check must remove the namespaces it creates"
     assert not own_daemons(), "check must stop every daemon it starts"
     if site == EXAMPLE:  # the example exercises every checker
-        assert kinds == {"keepalived", "conntrackd", "notify", "haproxy", "strongswan", "frr", "dnsmasq", "chrony"}
+        assert kinds == {"interfaces", "keepalived", "conntrackd", "notify", "haproxy", "strongswan", "frr", "dnsmasq",
+                         "chrony"}
 
 
 BREAKAGES = [
@@ -181,6 +182,14 @@ BREAKAGES = [
     ("dnsmasq", "etc/dnsmasq.d/vpcgen.conf", "listen-address=10.10.1.1\n", "listen-address=10.10.1.300\n"),
     ("chrony", "etc/chrony/sources.d/vpcgen.sources", " iburst", " iburts"),
     ("chrony", "etc/chrony/sources.d/vpcgen.sources", "server 192.0.2.123", "allow 192.0.2.123"),
+    # the VXLAN device's own pre-up line: a wrong group, a missing underlay, an MTU the underlay cannot carry
+    ("interfaces", "etc/network/interfaces.d/vpcgen", "group 239.0.19.136", "group 10.0.19.136"),
+    ("interfaces", "etc/network/interfaces.d/vpcgen", "dev eth2.90\n", "dev eth2.91\n"),
+    ("interfaces", "etc/network/interfaces.d/vpcgen", "post-down ip link del vxlan5000\n    mtu 1450",
+     "post-down ip link del vxlan5000\n    mtu 1451"),
+    ("interfaces", "etc/network/interfaces.d/vpcgen", "type vxlan id 5000 ", "type vxlan id 16777216 "),
+    ("interfaces", "etc/network/interfaces.d/vpcgen", "    post-down ip link del vxlan5000",
+     "    pre-up touch /tmp/vpcgen-pwned\n    post-down ip link del vxlan5000"),
 ]
 FRR_BREAKAGES = [
     ("frr", "etc/frr/frr.conf", " ip ospf passive", " ip ospf pasive"),
@@ -345,6 +354,7 @@ def test_lab_sysctl_allowlist(tmp_path):
     assert ("net.ipv4.ip_forward", "1") in lab.sysctls(built_conf, built_conf)
     conf = tmp_path / "sysctl.conf"
     for good in ("net.ipv4.conf.eth2/1200.rp_filter = 1", "net.ipv6.conf.lo.disable_ipv6 = 0",
+                 "net.ipv4.neigh.eth1/50.proxy_delay = 0",
                  "net.ipv4.tcp_syncookies = 1", "net.ipv4.ip_nonlocal_bind = 1"):
         conf.write_text(good + "\n")
         assert lab.sysctls(conf, conf) == [tuple(x.strip() for x in good.split("="))]

@@ -117,6 +117,14 @@ def test_a_removed_static_nat():
          "via": "static NAT bastion -> 10.0.1.5"}]
 
 
+def test_a_description_only_change_gives_no_entry():
+    base = site(web=[EGRESS_ALL, rule(10, "allow", "ingress", "tcp", (80, 80))])
+    base["vpcs"]["shop"]["static_nat"] = {"bastion": "10.0.1.5"}
+    head = copy.deepcopy(base)
+    head["acls"]["web"][1]["description"] = "the public web tier"
+    assert head != base and exact(base, head) == []
+
+
 def test_a_load_balancer_is_judged_like_a_port_forward_to_its_members():
     base = site(web=[rule(10, "allow", "ingress", "tcp", (8080, 8080), ["198.51.100.0/24"])])
     head = copy.deepcopy(base)

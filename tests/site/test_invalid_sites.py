@@ -10,6 +10,18 @@ import pytest
 
 from conftest import run_cli
 
+# the example's zone has VXLAN (multicast) and one routed block; a tier for the single-router blog VPC
+ZONE_VXLAN_BLOCK = 'vxlan:                           # tiers on VXLAN segments, as CloudStack\'s KVM hosts build them (multicast)\n  underlay: {cidr: 10.0.0.0/24, vlan: 90}\n  vnis: "5000-5999"\n'
+
+
+def blog_tier(flow: str) -> tuple:
+    return ("vpcs/blog.yaml", "- {name: web, netmask: 24, acl: web}", f"- {{name: web, netmask: 24, acl: web}}\n  - {flow}")
+
+
+def routed_blocks(blocks: str) -> tuple:
+    return ("zones/zone1.yaml", 'routed: ["203.0.113.208/28"]', f'routed: [{blocks}]')
+
+
 # (case, [(file, old text, new text)]): old=None replaces the whole file (new=None deletes it)
 CASES = [
     ("yaml-syntax", [("vpcs/shop.yaml", "zone: zone1", "zone: [zone1")]),
@@ -133,6 +145,40 @@ CASES = [
                               "dns_servers: [192.0.2.53, 192.0.2.53]")]),
     ("ssh-allowed-from-not-canonical", [("site.yaml", "allowed_from: [198.51.100.0/24]",
                                          "allowed_from: [198.51.100.7/24]")]),
+    # VXLAN tiers (one case per rule)
+    ("vni-out-of-range", [blog_tier("{name: vx, netmask: 24, isolation: vxlan, vni: 16777216}")]),
+    ("bad-vni-range", [("zones/zone1.yaml", 'vnis: "5000-5999"', 'vnis: "5999-5000"')]),
+    ("duplicate-vni", [blog_tier("{name: vx, netmask: 24, isolation: vxlan, vni: 7000}"),
+                       ("vpcs/right.yaml", "{name: app, netmask: 24, acl: inter-vpc}",
+                        "{name: app, netmask: 24, acl: inter-vpc, isolation: vxlan, vni: 7000}")]),
+    ("zone-without-vxlan", [("zones/zone1.yaml", ZONE_VXLAN_BLOCK, "")]),
+    ("vni-on-vlan-tier", [blog_tier("{name: vx, netmask: 24, vni: 5001}")]),
+    ("vlan-on-vxlan-tier", [blog_tier("{name: vx, netmask: 24, isolation: vxlan, vlan: 1500}")]),
+    ("vxlan-mtu-too-large", [blog_tier("{name: vx, netmask: 24, isolation: vxlan, mtu: 1451}")]),
+    ("vxlan-underlay-mtu-too-small", [("zones/zone1.yaml", 'vnis: "5000-5999"', 'vnis: "5000-5999"\n  mtu: 1400'),
+                                      blog_tier("{name: vx, netmask: 24, isolation: vxlan, mtu: 1400}")]),
+    ("remote-outside-underlay", [("zones/zone1.yaml", 'vnis: "5000-5999"',
+                                  'vnis: "5000-5999"\n  remotes: [10.0.0.21, 10.0.1.22]')]),
+    ("remote-in-tier", [("zones/zone1.yaml", 'vnis: "5000-5999"', 'vnis: "5000-5999"\n  remotes: [10.0.0.99, 10.20.0.9]'),
+                        ("zones/zone1.yaml", "cidr: 10.0.0.0/24, vlan: 90", "cidr: 10.0.0.0/8, vlan: 90")]),
+    ("underlay-vlan-collision", [("zones/zone1.yaml", "vlan: 99", "vlan: 90")]),
+    ("vni-pool-exhausted", [("zones/zone1.yaml", 'vnis: "5000-5999"', 'vnis: "5000-5000"'),
+                            blog_tier("{name: vx, netmask: 24, isolation: vxlan}\n  - {name: vy, netmask: 24, isolation: vxlan}")]),
+    # public tiers and the zone's routed blocks (one case per rule)
+    ("routed-block-outside", [routed_blocks("203.0.113.208/28, 203.0.114.0/28")]),
+    ("routed-block-gateway", [routed_blocks("203.0.113.208/28, 203.0.113.0/29")]),
+    ("routed-block-overlaps-range", [routed_blocks("203.0.113.208/28, 203.0.113.192/28")]),
+    ("routed-block-overlap", [routed_blocks("203.0.113.208/28, 203.0.113.216/29")]),
+    ("routed-block-not-canonical", [routed_blocks("203.0.113.208/28, 203.0.113.225/28")]),
+    ("public-tier-in-routed-vpc", [("vpcs/right.yaml", "{name: app, netmask: 24, acl: inter-vpc}",
+                                    "{name: app, netmask: 24, acl: inter-vpc, public: true}")]),
+    ("public-tier-netmask", [blog_tier("{name: dmz, netmask: 28, public: true}")]),
+    ("public-tier-outside-block", [blog_tier("{name: dmz, cidr: 203.0.113.224/28, public: true}")]),
+    ("public-tier-overlap", [blog_tier("{name: dmz, cidr: 203.0.113.208/29, public: true}")]),
+    ("nat-targets-public-tier", [routed_blocks('"203.0.113.208/28", "203.0.113.224/28"'),
+                                 blog_tier("{name: dmz, cidr: 203.0.113.224/28, public: true}"),
+                                 ("vpcs/blog.yaml", "private_ip: 10.20.0.10}", "private_ip: 203.0.113.226}")]),
+    ("public-ip-in-routed-block", [("vpcs/blog.yaml", "- {name: site}", "- {name: site, address: 203.0.113.212}")]),
 ]
 
 
@@ -236,7 +282,7 @@ def test_locked_build_says_what_would_change(example, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     code, _, stderr = run_cli("build", "example", "--locked", "--output", "out")
     assert code == 1
-    assert "example/allocations.lock.yaml would change (--locked): `vpcs.shop.tiers.cache.cidr`: 10.10.3.0/24 (new); " \
+    assert "example/allocations.lock.yaml would change (--locked): `vpcs.shop.tiers.cache.cidr`: 10.10.4.0/24 (new); " \
            "`vpcs.shop.tiers.cache.vlan`: " in stderr, stderr
     assert not (tmp_path / "out").exists()
 

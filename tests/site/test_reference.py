@@ -86,7 +86,8 @@ def test_defaults_satisfy_their_own_schema(kind):
 SITE = {"name": "s", "defaults": {"ssh": {}, "deploy": {"commands": {}}}}
 ZONE = {"name": "z", "guest_vlans": "100-199",
         "public": {"cidr": "203.0.113.0/24", "gateway": "203.0.113.1", "ranges": ["203.0.113.10-203.0.113.20"]},
-        "super_cidr": "10.128.0.0/12", "ospf": {"transit": {"cidr": "100.64.0.0/24"}}}
+        "super_cidr": "10.128.0.0/12", "ospf": {"transit": {"cidr": "100.64.0.0/24"}},
+        "vxlan": {"underlay": {"cidr": "10.0.0.0/24"}, "vnis": "5000-5999"}}
 NAT_VPC = {
     "name": "nat", "zone": "z", "cidr": "10.1.0.0/16",
     "routers": [{"name": "r1", "mgmt": "198.51.100.1"}, {"name": "r2", "mgmt": "198.51.100.2"}],
@@ -153,9 +154,12 @@ def test_intent_of_minimal_documents_equals_the_schema_defaults():
             "vrrp_state", render.VRRP_STATE_COMMAND),
         ("zone", "ospf", "hello_interval_s"): zone.ospf.hello_interval_s,
         ("zone", "ospf", "dead_interval_s"): zone.ospf.dead_interval_s,
+        ("zone", "vxlan", "mtu"): zone.vxlan.mtu,
         ("vpc", "redundant"): vpc.redundant,
         ("vpc", "tiers", "acl"): vpc.tiers[0].acl,
         ("vpc", "tiers", "mtu"): vpc.tiers[0].mtu,
+        ("vpc", "tiers", "isolation"): vpc.tiers[0].isolation,
+        ("vpc", "tiers", "public"): vpc.tiers[0].public,
         ("vpc", "tiers", "dhcp", "lease_s"): vpc.tiers[0].dhcp.lease_s,
         ("vpc", "tiers", "hosts"): list(vpc.tiers[0].hosts),
         ("vpc", "public_ips"): [p.name for p in vpc.public_ips if p.name != "source-nat"][1:],
@@ -192,6 +196,7 @@ def test_intent_of_minimal_documents_equals_the_schema_defaults():
     assert lb.private_port == lb.public_port and lb.health_check.http_path is None
     assert s2s.local_cidrs is None  # every tier of the VPC, once their CIDRs are allocated
     assert vpc.tiers[0].gateway is None and vpc.tiers[0].vlan is None  # first usable address; from the pool
+    assert zone.vxlan.remotes == () and zone.vxlan.multicast and zone.vxlan.underlay_vlan is None
 
 
 # --- docs/site-reference.md ------------------------------------------------------------------------

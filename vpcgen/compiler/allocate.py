@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from ..site import addr
+from ..site.loader import _Loader
 from ..errors import Diagnostic
 from ..site.intent import Site, Src, Vpc
 
@@ -37,6 +38,8 @@ class Allocation:
     vrids: dict = field(default_factory=dict)  # vpc -> VRRP router id (redundant VPCs)
     areas: dict = field(default_factory=dict)  # vpc -> OSPF area id (routed VPCs)
     transit: dict = field(default_factory=dict)  # (vpc, router) -> transit address (routed VPCs)
+    tier_vnis: dict = field(default_factory=dict)  # (vpc, tier) -> VNI (VXLAN tiers)
+    vteps: dict = field(default_factory=dict)  # (vpc, router) -> VTEP address (VPCs with a VXLAN tier)
     diagnostics: list = field(default_factory=list)
 
     def lock_data(self, site: Site) -> dict:
@@ -51,6 +54,9 @@ class Allocation:
                                     if (vpc.name, r.name) in self.transit}
             if vpc.name in self.vrids:
                 entry["vrid"] = self.vrids[vpc.name]
+            vteps = {r.name: self.vteps[(vpc.name, r.name)] for r in vpc.routers if (vpc.name, r.name) in self.vteps}
+            if vteps:
+                entry["vteps"] = vteps
             if vpc.name in self.sync_vlans:
                 entry["sync_vlan"] = self.sync_vlans[vpc.name]
             ips = {p.name: self.public_ips[(vpc.name, p.name)] for p in vpc.public_ips
@@ -64,6 +70,8 @@ class Allocation:
                     te["cidr"] = self.tier_cidrs[(vpc.name, t.name)]
                 if t.vlan is None and (vpc.name, t.name) in self.tier_vlans:
                     te["vlan"] = self.tier_vlans[(vpc.name, t.name)]
+                if t.vni is None and (vpc.name, t.name) in self.tier_vnis:
+                    te["vni"] = self.tier_vnis[(vpc.name, t.name)]
                 if te:
                     tiers[t.name] = te
             if tiers:
@@ -168,6 +176,8 @@ def allocate(site: Site, lock_data) -> Allocation:
         _small_ids(vpcs, locked, alloc, "ospf_area", AREA_POOL, alloc.areas, lambda v: v.routed,
                    f"OSPF area ids of zone '{zone_name}' ({AREA_POOL[0]}-{AREA_POOL[1]})")
         _transit(site, zone_name, vpcs, locked, alloc)
+        _vnis(site, zone_name, vpcs, locked, alloc)
+        _vteps(site, zone_name, vpcs, locked, alloc)
     return alloc
 
 
@@ -260,6 +270,8 @@ def _vlans(site: Site, zone_name: str, vpcs: list[Vpc], locked: dict, alloc: All
         pinned[zone.public.vlan] = "the public network"
     if zone.ospf and zone.ospf.transit_vlan:
         pinned[zone.ospf.transit_vlan] = "the OSPF transit link"
+    if zone.vxlan and zone.vxlan.underlay_vlan:
+        pinned.setdefault(zone.vxlan.underlay_vlan, "the VXLAN underlay")
     for vpc in vpcs:
         for t in vpc.tiers:
             if t.vlan is not None:
@@ -272,7 +284,7 @@ def _vlans(site: Site, zone_name: str, vpcs: list[Vpc], locked: dict, alloc: All
     requests = []
     for vpc in vpcs:
         for t in sorted(vpc.tiers, key=lambda t: t.name):
-            if t.vlan is None:
+            if t.vlan is None and not t.vxlan:
                 requests.append((vpc, t, _get(locked, vpc.name, "tiers", t.name, "vlan")))
         if vpc.redundant:
             requests.append((vpc, None, _get(locked, vpc.name, "sync_vlan")))
@@ -382,27 +394,84 @@ def _transit(site: Site, zone_name: str, vpcs: list[Vpc], locked: dict, alloc: A
     if zone.ospf is None or not addr.is_canonical(zone.ospf.transit_cidr):
         return
     first, last = addr.usable(zone.ospf.transit_cidr)
-    used = {first}  # the first usable address is left to the core router
+    # the first usable address is left to the core router
+    _router_addresses(alloc, vpcs, lambda v: v.routed, locked, "transit", (first, last), {first}, alloc.transit,
+                      f"zone '{zone_name}' OSPF transit {zone.ospf.transit_cidr} is exhausted")
+
+
+def _router_addresses(alloc: Allocation, vpcs: list[Vpc], wanted, locked: dict, key: str, bounds: tuple[int, int],
+                      used: set[int], target: dict, exhausted: str) -> None:
+    """An address in ``bounds`` for each router of the wanted VPCs: its locked one while it is still
+    free, else the lowest free one."""
+    first, last = bounds
     fresh = []
     for vpc in vpcs:
-        if not vpc.routed:
+        if not wanted(vpc):
             continue
         for r in vpc.routers:
-            value = _get(locked, vpc.name, "transit", r.name)
+            value = _get(locked, vpc.name, key, r.name)
             number = int(addr.ip(value)) if isinstance(value, str) and _is_ip(value) else None
             if number is not None and first <= number <= last and number not in used:
                 used.add(number)
-                alloc.transit[(vpc.name, r.name)] = value
+                target[(vpc.name, r.name)] = value
             else:
                 fresh.append((vpc, r))
     pool = _Pool(first, last, used)
     for vpc, r in fresh:
         value = pool.take()
         if value is None:
-            _err(alloc, r.src, (), f"zone '{zone_name}' OSPF transit {zone.ospf.transit_cidr} is exhausted: "
-                 f"no address left for router '{r.name}'", "pool-exhausted")
+            _err(alloc, r.src, (), f"{exhausted}: no address left for router '{r.name}'", "pool-exhausted")
             continue
-        alloc.transit[(vpc.name, r.name)] = addr.to_ip(value)
+        target[(vpc.name, r.name)] = addr.to_ip(value)
+
+
+def _vnis(site: Site, zone_name: str, vpcs: list[Vpc], locked: dict, alloc: Allocation) -> None:
+    """VXLAN tiers' VNIs, unique in the zone: pinned, then locked, then the lowest free of the pool."""
+    zone = site.zones[zone_name]
+    if zone.vxlan is None:
+        return
+    low, high = zone.vxlan.vnis
+    pinned: dict[int, str] = {}
+    for vpc in vpcs:
+        for t in vpc.tiers:
+            if t.vxlan and t.vni is not None:
+                pinned.setdefault(t.vni, f"tier '{vpc.name}/{t.name}'")
+                alloc.tier_vnis[(vpc.name, t.name)] = t.vni
+    used = set(pinned)
+    fresh = []
+    for vpc in vpcs:
+        for t in sorted(vpc.tiers, key=lambda t: t.name):
+            if not t.vxlan or t.vni is not None:
+                continue
+            value = _get(locked, vpc.name, "tiers", t.name, "vni")
+            if isinstance(value, int) and low <= value <= high and value not in used:
+                used.add(value)
+                alloc.tier_vnis[(vpc.name, t.name)] = value
+            elif isinstance(value, int) and value in pinned:
+                _err(alloc, t.src, ("name",), f"tier '{vpc.name}/{t.name}' holds VNI {value} in allocations.lock.yaml, "
+                     f"but {pinned[value]} now pins it: pin another VNI there", "lock-conflict")
+            else:
+                fresh.append((vpc, t))
+    pool = _Pool(low, high, used)
+    for vpc, t in fresh:
+        value = pool.take()
+        if value is None:
+            _err(alloc, t.src, ("name",), f"zone '{zone_name}' vxlan vnis {low}-{high} is exhausted: no VNI left for "
+                 f"tier '{vpc.name}/{t.name}'", "pool-exhausted")
+            continue
+        alloc.tier_vnis[(vpc.name, t.name)] = value
+
+
+def _vteps(site: Site, zone_name: str, vpcs: list[Vpc], locked: dict, alloc: Allocation) -> None:
+    """Each router of a VPC with a VXLAN tier gets a VTEP address on the underlay: locked, else the
+    lowest free usable address that is no remote's."""
+    zone = site.zones[zone_name]
+    if zone.vxlan is None or not addr.is_canonical(zone.vxlan.underlay_cidr) \
+            or addr.net(zone.vxlan.underlay_cidr).prefixlen > 30:
+        return
+    _router_addresses(alloc, vpcs, lambda v: any(t.vxlan for t in v.tiers), locked, "vteps",
+                      addr.usable(zone.vxlan.underlay_cidr), {int(addr.ip(r)) for r in zone.vxlan.remotes},
+                      alloc.vteps, f"zone '{zone_name}' VXLAN underlay {zone.vxlan.underlay_cidr} is exhausted")
 
 
 def _flatten(data, prefix: str = "") -> dict[str, object]:
@@ -416,9 +485,12 @@ def _flatten(data, prefix: str = "") -> dict[str, object]:
 
 def lock_changes(base_text: str, head_text: str) -> list[str]:
     """What changes between two lock files, one line per value: `vpcs.shop.vrid`: 1 → 2."""
+    if base_text == head_text:
+        return []  # the usual case, and parsing two locks of a large site takes seconds
+
     def load(text: str) -> dict:
         try:
-            data = yaml.safe_load(text) if text else {}
+            data = yaml.load(text, Loader=_Loader) if text else {}
         except yaml.YAMLError:
             data = None
         return _flatten(data) if isinstance(data, dict) else {}

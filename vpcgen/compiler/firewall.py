@@ -173,6 +173,8 @@ def _input(view: RouterView, filt: Table) -> None:
                 source = "" if cidr == "0.0.0.0/0" else f"-s {cidr} "
                 filt.add(chain, f"{source}-j {target}", f"{label} rule {rule.number}")
         filt.add(chain, "-j DROP", f"{label} default deny")
+    if view.vtep:
+        _vxlan_input(view, filt)
     for t in view.tiers:
         filt.add("INPUT", f"-i {t.iface} -d {t.gateway}/32 -p icmp -m icmp --icmp-type 8 -j ACCEPT",
                  f"ping the gateway of tier {t.name}")
@@ -190,13 +192,31 @@ def _input(view: RouterView, filt: Table) -> None:
                              f"dhcp on tier {t.name}")
 
 
+def _vxlan_input(view: RouterView, filt: Table) -> None:
+    """VXLAN only on the VTEP interface, from the underlay network (UDP 8472 or 4789)."""
+    v = view.vtep
+    filt.add("INPUT", f"-i {v.iface} -s {v.cidr} -p udp -m udp --dport {v.port} -j ACCEPT",
+             "vxlan from the underlay on the vtep interface")
+    if v.multicast:
+        # queries of the underlay's IGMP querier: answered, so snooping switches keep sending the groups
+        filt.add("INPUT", f"-i {v.iface} -p igmp -j ACCEPT", "igmp on the vtep interface (vxlan multicast groups)")
+
+
 def _forward(view: RouterView, filt: Table) -> None:
     """FORWARD: the source's egress list, then the destination's ingress list (CloudStack semantics)."""
     acls = view.site.acls
     up = uplink(view)
     filt.add("FORWARD", "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     filt.add("FORWARD", "-m conntrack --ctstate INVALID -j DROP")
+    for t in view.public_tiers:
+        # a public tier's hosts may use their own addresses only (its addresses are routed, not NATed)
+        filt.add("FORWARD", f"-i {t.iface} ! -s {t.cidr} -j DROP", f"public tier {t.name}: no spoofed sources")
     if view.public:
+        # a public tier is routed: the internet reaches it subject to the tier's ingress list
+        for t in view.public_tiers:
+            inbound, _ = acl_chains(t.iface)
+            filt.add("FORWARD", f"-i {up} -o {t.iface} -d {t.cidr} -j {filt.chain(inbound)}",
+                     f"internet to public tier {t.name}")
         # from the uplink only what NAT sent to a tier (or a VPN decrypted) may enter: nobody routes
         # to the private addresses directly
         if vpn.has_vpn(view):
@@ -234,8 +254,13 @@ def _forward(view: RouterView, filt: Table) -> None:
 
 
 def _nat(view: RouterView, nat: Table) -> None:
-    """NAT: VPN exemptions first, static NAT both ways, port forwarding, hairpin, source NAT last."""
+    """NAT: public tiers exempt first, VPN exemptions, static NAT both ways, port forwarding, hairpin, source
+    NAT last."""
     vpc, ips, pub = view.vpc, view.public_ips, view.public.iface
+    for t in view.public_tiers:
+        # routed, never NATed, in either direction (its addresses are its hosts' own)
+        nat.add("PREROUTING", f"-d {t.cidr} -j ACCEPT", f"public tier {t.name}: no destination nat")
+        nat.add("POSTROUTING", f"-s {t.cidr} -j ACCEPT", f"public tier {t.name}: no source nat")
     for source, destination, why in vpn.exempt_from_nat(view):
         match = (f"-s {source} " if source else "") + f"-d {destination}"
         nat.add("POSTROUTING", f"{match} -o {pub} -j ACCEPT", f"no source nat: {why}")
@@ -245,6 +270,8 @@ def _nat(view: RouterView, nat: Table) -> None:
     for pf in sorted(vpc.port_forwarding, key=lambda p: (p.public_ip, p.protocol, p.public_port)):
         nat.add("PREROUTING", _port_forward(ips[pf.public_ip], pf), f"port forwarding {pf.public_ip}")
     for t in view.tiers:
+        if t.public:
+            continue  # nothing is NATed to a public tier
         # a host reaching a NATed address of its own tier must see replies come back through us
         nat.add("POSTROUTING", f"-s {t.cidr} -d {t.cidr} -o {t.iface} -m conntrack --ctstate DNAT "
                 f"-j SNAT --to-source {t.gateway}", f"hairpin nat in tier {t.name}")

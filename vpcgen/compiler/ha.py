@@ -95,7 +95,10 @@ def keepalived(view: RouterView) -> Keepalived:
 def notify_context(view: RouterView) -> dict:
     first = view.tiers[0]
     peer_index = 1 - view.index
-    return {"guard_chain": HA_GUARD_CHAIN, "guard_tag": HA_GUARD_TAG, "guard_rules": guard_rules(view),
+    # public tiers: only the master answers ARP for their hosts on the uplink (proxy ARP), and tells
+    # the provider's gateway at once when it takes over (gratuitous ARP), so its cache follows
+    proxy = {"iface": view.public.iface, "addresses": view.proxy_arp()} if view.public and view.proxy_arp() else None
+    return {"guard_chain": HA_GUARD_CHAIN, "guard_tag": HA_GUARD_TAG, "guard_rules": guard_rules(view), "proxy": proxy,
             "tunnels": [c.name for c in vpn.site_to_site(view)] if view.public else [],
             "health": {
                 "sync_iface": view.sync_iface, "sync_peer": view.sync_peer,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..site import addr
 from .allocate import Allocation
-from ..site.intent import SOURCE_NAT_IP, Dhcp, Host, Site, Vpc
+from ..site.intent import SOURCE_NAT_IP, VXLAN_TTL, Dhcp, Host, Site, Vpc, Vxlan, vxlan_group
 
 SYNC_ADDRESSES = ("169.254.255.1", "169.254.255.2")
 SYNC_PREFIX = 30
@@ -26,17 +26,43 @@ class Iface:
     vlan: int | None
     raw_device: str | None
     addresses: tuple[str, ...]  # this router's own addresses, with prefix length
-    role: str  # public | transit | tier | sync | private-gateway
+    role: str  # public | transit | tier | sync | private-gateway | vtep
     label: str  # what it carries, for comments
     routes: tuple[str, ...] = ()  # static routes through this interface ("CIDR via GATEWAY")
-    mtu: int | None = None  # set on tier interfaces
+    mtu: int | None = None  # set on tier interfaces and the VTEP interface
+    vxlan: "VxlanDevice | None" = None  # a VXLAN tier's device, created by the interfaces file
+
+
+@dataclass(frozen=True)
+class VxlanDevice:
+    """A tier's vxlan<vni> device over the VTEP interface, as CloudStack's KVM hosts build theirs
+    (multicast group derived from the VNI, the kernel's default port, TTL 10), or unicast head-end
+    replication to the zone's remotes."""
+
+    vni: int
+    vtep_iface: str
+    local: str  # this router's VTEP address
+    port: int
+    ttl: int
+    group: str | None  # multicast scheme
+    remotes: tuple[str, ...]  # unicast scheme: flood entries (bridge fdb append)
+
+
+@dataclass(frozen=True)
+class VtepView:
+    iface: str  # eth2 or eth2.<underlay vlan>
+    vlan: int | None
+    cidr: str  # the underlay
+    own: str  # this router's VTEP address
+    port: int
+    multicast: bool
 
 
 @dataclass(frozen=True)
 class TierView:
     name: str
     iface: str
-    vlan: int
+    vlan: int | None  # None on a VXLAN tier
     cidr: str
     gateway: str  # the gateway (VIP on a redundant VPC)
     own: str  # this router's own address in the tier (the gateway on a single router)
@@ -44,6 +70,21 @@ class TierView:
     mtu: int = 1500
     dhcp: Dhcp | None = None
     hosts: tuple[Host, ...] = ()
+    vni: int | None = None  # a VXLAN tier's
+    group: str | None = None  # its multicast group (multicast scheme)
+    public: bool = False  # routed from the zone's public network, never NATed
+
+    @property
+    def isolation(self) -> str:
+        return "vlan" if self.vni is None else "vxlan"
+
+    def proxied(self, own_addresses: int) -> list[str]:
+        """A public tier's host addresses: every usable address but the gateway and the last
+        ``own_addresses`` (a pair's routers' own). The router answers ARP for them on the uplink
+        (proxy ARP), and for nothing else."""
+        first, last = addr.usable(self.cidr)
+        reserved = {int(addr.ip(self.gateway))} | {last - i for i in range(own_addresses)}
+        return [addr.to_ip(a) for a in range(first, last + 1) if a not in reserved]
 
 
 @dataclass(frozen=True)
@@ -100,6 +141,16 @@ class RouterView:
     public_ips: dict  # name -> address
     private_gateways: tuple[PrivateGatewayView, ...] = ()
     transit: TransitView | None = None
+    vtep: VtepView | None = None
+
+    @property
+    def public_tiers(self) -> tuple[TierView, ...]:
+        return tuple(t for t in self.tiers if t.public)
+
+    def proxy_arp(self) -> list[str]:
+        """Addresses this router answers ARP for on its uplink (public tiers' hosts), in order."""
+        own = len(self.vpc.routers) if self.redundant else 0  # a single router's own address is the gateway
+        return [a for t in self.public_tiers for a in t.proxied(own)]
 
     @property
     def routed(self) -> bool:
@@ -138,15 +189,31 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
     zone = site.zones[vpc.zone]
     tiers = []
     interfaces = []
-    for t in sorted(vpc.tiers, key=lambda t: alloc.tier_vlans[(vpc.name, t.name)]):
+    vtep = _vtep(zone.vxlan, alloc.vteps.get((vpc.name, router.name)))
+    if vtep is not None:
+        interfaces.append(Iface(vtep.iface, vtep.vlan, "eth2" if vtep.vlan else None,
+                                (addr.with_prefix(vtep.own, vtep.cidr),), "vtep", "VXLAN underlay (VTEP)",
+                                mtu=zone.vxlan.mtu))
+    # VLAN tiers by VLAN id, then VXLAN tiers by VNI
+    for t in sorted(vpc.tiers, key=lambda t: (t.vxlan, alloc.tier_vnis.get((vpc.name, t.name), 0),
+                                              alloc.tier_vlans.get((vpc.name, t.name), 0))):
         cidr = alloc.tier_cidrs[(vpc.name, t.name)]
-        vlan = alloc.tier_vlans[(vpc.name, t.name)]
         gateway = t.gateway or addr.to_ip(addr.usable(cidr)[0])
         own = addr.router_address(cidr, index) if vpc.redundant else gateway
-        iface = f"eth2.{vlan}"
-        tiers.append(TierView(t.name, iface, vlan, cidr, gateway, own, t.acl, t.mtu, t.dhcp, t.hosts))
-        interfaces.append(Iface(iface, vlan, "eth2", (addr.with_prefix(own, cidr),), "tier", f"tier {t.name}",
-                                mtu=t.mtu))
+        device = None
+        if t.vxlan:
+            vni, vlan = alloc.tier_vnis[(vpc.name, t.name)], None
+            iface = f"vxlan{vni}"
+            x = zone.vxlan
+            device = VxlanDevice(vni, vtep.iface, vtep.own, x.port, VXLAN_TTL,
+                                 vxlan_group(vni) if x.multicast else None, x.remotes)
+        else:
+            vni, vlan = None, alloc.tier_vlans[(vpc.name, t.name)]
+            iface = f"eth2.{vlan}"
+        tiers.append(TierView(t.name, iface, vlan, cidr, gateway, own, t.acl, t.mtu, t.dhcp, t.hosts, vni,
+                              device.group if device else None, t.public))
+        interfaces.append(Iface(iface, vlan, "eth2" if vlan else None, (addr.with_prefix(own, cidr),), "tier",
+                                f"tier {t.name}" + (f" (VXLAN {vni})" if vni else ""), mtu=t.mtu, vxlan=device))
     public = None
     public_ips = {}
     if not vpc.routed and zone.public is not None:
@@ -189,7 +256,25 @@ def _view(site: Site, alloc: Allocation, vpc: Vpc, index: int) -> RouterView:
         priority=PRIORITIES[index], vpc_cidr=alloc.vpc_cidrs[vpc.name], tiers=tuple(tiers), public=public,
         sync_iface=sync_iface, sync_vlan=sync_vlan, sync_own=sync_own, sync_peer=sync_peer,
         vrid=alloc.vrids.get(vpc.name), interfaces=tuple(interfaces), public_ips=public_ips,
-        private_gateways=tuple(gateways), transit=transit)
+        private_gateways=tuple(gateways), transit=transit, vtep=vtep)
+
+
+def _vtep(vxlan: Vxlan | None, own: str | None) -> VtepView | None:
+    if vxlan is None or own is None:
+        return None
+    iface = f"eth2.{vxlan.underlay_vlan}" if vxlan.underlay_vlan else "eth2"
+    return VtepView(iface, vxlan.underlay_vlan, vxlan.underlay_cidr, own, vxlan.port, vxlan.multicast)
+
+
+def _vxlan_json(site: Site, zone, alloc: Allocation) -> dict:
+    """The zone's VXLAN: what a hypervisor needs to build its devices for the routers' tiers."""
+    x = zone.vxlan
+    return {"underlay": {"cidr": x.underlay_cidr, "vlan": x.underlay_vlan}, "vnis": f"{x.vnis[0]}-{x.vnis[1]}",
+            "mtu": x.mtu, "scheme": "multicast" if x.multicast else "unicast", "port": x.port, "ttl": VXLAN_TTL,
+            "remotes": list(x.remotes),
+            # router -> its VTEP address (with remotes, the hypervisors replicate to each of them)
+            "vteps": {r: a for (v, r), a in sorted(alloc.vteps.items(), key=lambda e: e[0][1])
+                      if site.vpcs[v].zone == zone.name}}
 
 
 def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
@@ -210,7 +295,8 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
             if vpc.redundant else None,
             "domain": vpc.domain,
             "dns": serves_dns(vpc, site.zones[vpc.zone]),  # the routers answer DNS on every tier gateway
-            "tiers": {t.name: {"cidr": t.cidr, "gateway": t.gateway, "vlan": t.vlan, "acl": t.acl, "mtu": t.mtu,
+            "tiers": {t.name: {"cidr": t.cidr, "gateway": t.gateway, "isolation": t.isolation, "vlan": t.vlan,
+                               "vni": t.vni, "group": t.group, "public": t.public, "acl": t.acl, "mtu": t.mtu,
                                "dhcp": {"range": "-".join(t.dhcp.range) if t.dhcp.range else None,
                                         "lease_s": t.dhcp.lease_s} if t.dhcp else None,
                                "hosts": {h.name: {"address": h.address, "mac": h.mac}
@@ -262,7 +348,10 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
                      "authentication": zone.ospf.auth_key is not None} if zone.ospf else None,
             "dns_servers": list(zone.dns_servers),
             "ntp_servers": list(zone.ntp_servers),
+            "vxlan": _vxlan_json(site, zone, alloc) if zone.vxlan else None,
         }
+        if zone.public:
+            zones[zone.name]["public"]["routed"] = list(zone.public.routed)
     acls = {name: [{"number": r.number, "action": r.action, "traffic": r.traffic, "protocol": r.protocol,
                     "ports": list(r.ports) if r.ports else None, "icmp_type": r.icmp_type, "icmp_code": r.icmp_code,
                     "cidrs": list(r.cidrs)} for r in acl.rules]

@@ -54,7 +54,9 @@ def model(site: Site, alloc: Allocation) -> Graph:
         zc = Cluster(_id("zone", zone.name), f"zone {zone.name}")
         vpcs = [v for v in site.vpcs.values() if v.zone == zone.name]
         if zone.public and any(not v.routed for v in vpcs):
-            zc.nodes.append(Node(_id("inet", zone.name), ["internet", f"public {zone.public.cidr}"], "internet"))
+            routed = [f"routed {', '.join(zone.public.routed)}"] if zone.public.routed else []
+            zc.nodes.append(Node(_id("inet", zone.name), ["internet", f"public {zone.public.cidr}"] + routed,
+                                 "internet"))
         if zone.ospf and any(v.routed for v in vpcs):
             zc.nodes.append(Node(_id("core", zone.name), ["OSPF core (area 0)",
                                                           f"transit {zone.ospf.transit_cidr}"], "core"))
@@ -71,10 +73,16 @@ def model(site: Site, alloc: Allocation) -> Graph:
                 tid = _id("tier", vpc.name, t.name)
                 services = ([f"MTU {t.mtu}"] if t.mtu != 1500 else []) + (["DHCP"] if t.dhcp else []) + \
                     ([f"{len(t.hosts)} host{'s' if len(t.hosts) != 1 else ''}"] if t.hosts else [])
-                vc.nodes.append(Node(tid, [f"tier {t.name}", alloc.tier_cidrs.get((vpc.name, t.name), "?"),
-                                           f"VLAN {alloc.tier_vlans.get((vpc.name, t.name), '?')} · ACL {t.acl}"]
+                if t.vxlan:
+                    segment = f"VXLAN {alloc.tier_vnis.get((vpc.name, t.name), '?')}"
+                else:
+                    segment = f"VLAN {alloc.tier_vlans.get((vpc.name, t.name), '?')}"
+                vc.nodes.append(Node(tid, [f"tier {t.name}" + (" (public, routed)" if t.public else ""),
+                                           alloc.tier_cidrs.get((vpc.name, t.name), "?"), f"{segment} · ACL {t.acl}"]
                                      + ([" · ".join(services)] if services else []), "tier"))
                 edges.append(Edge(rid, tid))
+                if t.public:  # reached from the internet at its own addresses (proxy ARP), no NAT
+                    edges.append(Edge(_id("inet", zone.name), tid, dashed=True))  # no label: it leaves the cluster
             for g in sorted(vpc.private_gateways, key=lambda g: g.name):
                 gid = _id("pg", vpc.name, g.name)
                 vc.nodes.append(Node(gid, [f"private gateway {g.name}", f"{g.address} VLAN {g.vlan}",

@@ -21,13 +21,19 @@ ECHO_PORT = 80  # the internet side's echo service (TCP survival across a failov
 # the one name the lab's upstream resolvers (at the zone's dns_servers) know: what a forwarded lookup finds
 UPSTREAM_NAME = "www.example.com"
 UPSTREAM_ADDRESS = "198.51.100.80"
+# what CloudStack's KVM agent (modifyvxlan.sh) builds, fixed here and not read from site.json: the
+# lab's hypervisors are the routers' counterparts
+VXLAN_TTL = 10
+VXLAN_UNICAST_PORT = 4789  # head-end replication (the multicast scheme takes the kernel's default, 8472)
+HYPERVISORS = 2  # per zone with VXLAN tiers: a tier's test hosts are spread over them
 
 
 @dataclass(frozen=True)
 class Link:
     ifname: str  # name inside the node's namespace
-    segment: str  # the bridge's key, e.g. "zone1/eth2.1200"
+    segment: str  # the bridge's key, e.g. "zone1/eth2.1200" ("" for a router's VXLAN device)
     addresses: tuple[str, ...] = ()
+    over: str = ""  # a router's VXLAN device: the VTEP interface its own interfaces file builds it on
 
 
 @dataclass
@@ -84,6 +90,42 @@ class Gateway(Node):
     targets: tuple[str, ...] = ()
     kind = "gateway"
     forwards = True
+
+
+def cloudstack_group(vni: int) -> str:
+    """The multicast group CloudStack's modifyvxlan.sh derives from a VNI."""
+    return f"239.{vni >> 16 & 255}.{vni >> 8 & 255}.{vni & 255}"
+
+
+@dataclass
+class Hypervisor(Node):
+    """A KVM host as CloudStack's agent sets it up: on the zone's VXLAN underlay, per VXLAN tier a
+    device vxlan<vni> built with modifyvxlan.sh's command line (or unicast to ``flood``) in a
+    bridge brvx-<vni>, into which the tier's test hosts are plugged."""
+    zone: str = ""
+    vnis: tuple[int, ...] = ()
+    flood: tuple[str, ...] = ()  # unicast scheme: the VTEPs it replicates to; empty: multicast
+    mtu: int = 1500  # the underlay's
+    kind = "hypervisor"
+
+    def commands(self) -> list[list[str]]:
+        pif = self.links[0].ifname
+        out = []
+        for vni in self.vnis:
+            dev, bridge = f"vxlan{vni}", f"brvx-{vni}"
+            if self.flood:
+                out.append(["ip", "link", "add", dev, "type", "vxlan", "id", str(vni), "dstport",
+                            str(VXLAN_UNICAST_PORT), "local", self.address, "ttl", str(VXLAN_TTL), "dev", pif])
+                out += [["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", dev, "dst", d] for d in self.flood]
+            else:  # modifyvxlan.sh, word for word
+                out.append(["ip", "link", "add", dev, "type", "vxlan", "id", str(vni), "group", cloudstack_group(vni),
+                            "ttl", str(VXLAN_TTL), "dev", pif])
+            out += [["ip", "link", "set", dev, "up"], ["ip", "link", "add", "name", bridge, "type", "bridge"],
+                    ["ip", "link", "set", bridge, "up"], ["ip", "link", "set", dev, "master", bridge]]
+        return out
+
+    def segment(self, vni: int) -> str:
+        return f"{self.name}/brvx-{vni}"
 
 
 @dataclass(frozen=True)
@@ -148,6 +190,7 @@ class Plan:
     site: dict
     nodes: list[Node]
     segments: list[str]
+    hosted: dict[str, tuple[str, str]] = field(default_factory=dict)  # segment -> (hypervisor, its bridge)
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -216,7 +259,8 @@ def _host_addresses(cidr: str, wanted: list[str], count: int = 2) -> list[str]:
 
 def _ports(vpc: dict, acls: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Every TCP and UDP port a test host of the VPC should answer on: NAT and LB targets, both ends
-    of every ACL rule's range, and the probe port no rule names."""
+    of every ACL rule's range and the ports just outside them (the reach round probes box edges),
+    and the probe port no rule names."""
     tcp = {22, 80, 443, 5432, 8080, PROBE_TCP_PORT}
     udp = {PROBE_UDP_PORT}
     for pf in vpc["port_forwarding"]:
@@ -226,21 +270,29 @@ def _ports(vpc: dict, acls: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
     for tier in vpc["tiers"].values():
         for rule in acls[tier["acl"]]:
             if rule["ports"] and rule["protocol"] in ("tcp", "udp"):
-                (tcp if rule["protocol"] == "tcp" else udp).update(rule["ports"])
-    return tuple(sorted(tcp)), tuple(sorted(udp))
+                low, high = rule["ports"]
+                (tcp if rule["protocol"] == "tcp" else udp).update({low - 1, low, high, high + 1})
+    return tuple(sorted(p for p in tcp if 0 < p < 65536 and p != WHOAMI_PORT)), \
+        tuple(sorted(p for p in udp if 0 < p < 65536))
 
 
 def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: str | None = None) -> Plan:
     """The lab for ``site`` (a site.json document); ``routers_root`` holds the routers' trees."""
     vpcs = {k: v for k, v in sorted(site["vpcs"].items()) if only_vpc in (None, k)}
-    nodes: list[Node] = []
+    hypervisors = _hypervisors(site, vpcs)
+    nodes: list[Node] = [hv for _, hvs in sorted(hypervisors.items()) for hv in hvs]  # before their hosts
     segments: set[str] = set()
+    hosted: dict[str, tuple[str, str]] = {}
     uplinks: dict[str, set[str]] = {}  # zone -> segments of the routers' eth1 side
     for vpc_name, vpc in vpcs.items():
         zone = vpc["zone"]
         for router, info in vpc["routers"].items():
             node = Router(router, vpc_name, tree=Path(routers_root) / router, zone=zone, role=info["role"])
+            overlays = {tier_ifname(vpc, router, t) for t in vxlan_tiers(vpc)}
             for ifname, addresses in sorted(info["interfaces"].items()):
+                if ifname in overlays:  # built by the router's own file on its VTEP interface
+                    node.links.append(Link(ifname, "", tuple(addresses), over=vtep_ifname(site, vpc, router)))
+                    continue
                 segment = f"{zone}/{ifname}"
                 segments.add(segment)
                 node.links.append(Link(ifname, segment, tuple(addresses)))
@@ -256,17 +308,21 @@ def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: s
             # the tier's named hosts too: their names resolve to a test host, a reserved one leases
             reserved = {h["address"]: (h["mac"] or "").lower() for h in tier.get("hosts", {}).values()}
             mine = [a for a in used | set(reserved) if ipaddress.ip_address(a) in net]
-            segment = f"{zone}/eth2.{tier['vlan']}"
+            hvs = hypervisors.get(zone, []) if tier.get("isolation") == "vxlan" else []
+            # a VXLAN tier's hosts are spread over the hypervisors' bridges, a VLAN tier's share its bridge
+            segment = lambda i: f"{zone}/eth2.{tier['vlan']}" if not hvs else hvs[i % len(hvs)].segment(tier["vni"])  # noqa: E731
+            for hv in hvs:
+                hosted[hv.segment(tier["vni"])] = (hv.name, f"brvx-{tier['vni']}")
             for i, address in enumerate(_host_addresses(tier["cidr"], mine)):
                 mac = reserved.get(address, "")
                 nodes.append(Host(f"{vpc_name}-{tier_name}-{i + 1}", vpc_name, tier=tier_name, tcp=tcp, udp=udp,
                                   whoami=WHOAMI_PORT, routes=[f"default via {tier['gateway']}"],
                                   mtu=tier.get("mtu") or 1500, mac=mac, dhcp=bool(mac and tier.get("dhcp")),
-                                  links=[Link("eth0", segment, (f"{address}/{net.prefixlen}",))]))
+                                  links=[Link("eth0", segment(i), (f"{address}/{net.prefixlen}",))]))
             if (tier.get("dhcp") or {}).get("range"):
                 nodes.append(DhcpClient(f"{vpc_name}-{tier_name}-dhcp", vpc_name, tier=tier_name,
-                                        mac=_guest_mac(tier["vlan"], set(reserved.values())),
-                                        links=[Link("eth0", segment)]))
+                                        mac=_guest_mac(tier.get("vlan") or tier["vni"], set(reserved.values())),
+                                        links=[Link("eth0", segment(0))]))
         for gw_name, gw in sorted(vpc["private_gateways"].items()):
             prefix = gw["address"].split("/")[1]
             targets = tuple(str(ipaddress.ip_network(r).network_address + 5) for r in gw["routes"])
@@ -330,7 +386,51 @@ def build(site: dict, name: str, tree_dir: Path, routers_root: Path, only_vpc: s
                                           (f"{net.network_address + 1}/{net.prefixlen}",))],
                               loopback=[CORE_LOOPBACK] + [f"{a}/32" for a in resolvers],
                               resolver=resolvers))  # routed VPCs reach them through the core
-    return Plan(name, Path(tree_dir), site, nodes, sorted(segments))
+    return Plan(name, Path(tree_dir), site, nodes, sorted(segments), hosted)
+
+
+def vxlan_tiers(vpc: dict) -> list[str]:
+    return sorted(n for n, t in vpc["tiers"].items() if t.get("isolation") == "vxlan")
+
+
+def vtep_ifname(site: dict, vpc: dict, router: str) -> str:
+    """The router's VTEP interface: the one holding its address in the zone's ``vxlan.vteps``."""
+    address = site["zones"][vpc["zone"]]["vxlan"]["vteps"][router]
+    for ifname, addresses in sorted(vpc["routers"][router]["interfaces"].items()):
+        if any(a.split("/")[0] == address for a in addresses):
+            return ifname
+    raise ValueError(f"{router} has no interface with its VTEP address {address}")
+
+
+def _hypervisors(site: dict, vpcs: dict) -> dict[str, list[Hypervisor]]:
+    """Per zone whose VXLAN tiers the lab runs: hypervisors on the routers' underlay segment, at the
+    zone's ``remotes`` (unicast: they replicate to every VTEP of site.json and to each other), or at
+    the underlay's highest free addresses (multicast)."""
+    out = {}
+    for zone_name in sorted({v["zone"] for v in vpcs.values()}):
+        mine = {n: v for n, v in vpcs.items() if v["zone"] == zone_name and vxlan_tiers(v)}
+        if not mine:
+            continue
+        x = site["zones"][zone_name]["vxlan"]
+        vteps, remotes = x["vteps"], list(x.get("remotes") or [])
+        vpc = next(iter(mine.values()))
+        router = sorted(vpc["routers"])[0]
+        ifname = vtep_ifname(site, vpc, router)
+        net = next(ipaddress.ip_interface(a).network for a in vpc["routers"][router]["interfaces"][ifname]
+                   if a.split("/")[0] == vteps[router])
+        if remotes:
+            addresses = remotes[:HYPERVISORS]
+        else:
+            taken = set(vteps.values())
+            addresses = [str(a) for a in reversed(list(net.hosts())) if str(a) not in taken][:HYPERVISORS]
+        vnis = tuple(sorted(v["tiers"][t]["vni"] for v in mine.values() for t in vxlan_tiers(v)))
+        everyone = sorted(set(vteps.values()) | set(remotes), key=ipaddress.ip_address)
+        out[zone_name] = [
+            Hypervisor(f"hv-{zone_name}-{i + 1}", zone=zone_name, vnis=vnis, mtu=x.get("mtu") or 1500,
+                       flood=tuple(a for a in everyone if a != address) if remotes else (),
+                       links=[Link("eth0", f"{zone_name}/{ifname}", (f"{address}/{net.prefixlen}",))])
+            for i, address in enumerate(addresses)]
+    return out
 
 
 def _guest_mac(vlan: int, taken: set[str]) -> str:

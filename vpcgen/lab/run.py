@@ -34,8 +34,8 @@ from ..errors import VpcgenError
 from ..ops import check, netns
 from ..tree import _NAME, DEPLOY_STATE, DNSMASQ_LEASES, GENERATED, VRRP_STATE, TreeError, on_router, read_routers, read_site_json
 from . import ifreload, mgmt
-from .plan import (CORE_LOOPBACK, UPSTREAM_ADDRESS, UPSTREAM_NAME, Client, Core, DhcpClient, Host, Node, Peer, Plan,
-                   Router, build as build_plan, tier_ifname)
+from .plan import (CORE_LOOPBACK, UPSTREAM_ADDRESS, UPSTREAM_NAME, Client, Core, DhcpClient, Host, Hypervisor, Node,
+                   Peer, Plan, Router, build as build_plan, tier_ifname)
 
 RUN_ROOT = Path("/run/vpcgen-lab")
 SWITCH_MTU = 9000  # the largest tier MTU a site may set
@@ -78,6 +78,33 @@ def router_config(node: Router) -> tuple[dict[str, list[str]], list[str]]:
             raise VpcgenError(f"{node.tree / GENERATED['interfaces']}: interface {ifname} is not one of "
                               f"{node.name}'s interfaces in site.json ({', '.join(sorted(links))})")
     return {ifname: ifaces.get(ifname, []) for ifname in sorted(links)}, routes
+
+
+_PRE_UP = re.compile(r"^\s*pre-up\s+(.+)$")
+
+
+def overlay_commands(node: Router, ifname: str) -> list[list[str]]:
+    """The `pre-up` commands of a router's interfaces file that build its VXLAN device ``ifname``
+    (``ip link add IFNAME type vxlan …``, ``ip link set IFNAME …``, ``bridge fdb … dev IFNAME …``),
+    run by the lab as ifupdown would, without a shell. A device site.json names but no line builds
+    is refused: the router would have no such interface."""
+    path = node.tree / GENERATED["interfaces"]
+    out, current = [], None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.split()[:1] == ["iface"] and len(line.split()) > 1:
+            current = line.split()[1]
+        m = _PRE_UP.match(line)
+        if not m or current is None:
+            continue
+        words = shlex.split(m.group(1).replace("${IFACE}", current).replace("$IFACE", current))
+        if words[:4] == ["ip", "link", "add", ifname] and words[4:6] == ["type", "vxlan"] \
+                or words[:3] == ["ip", "link", "set"] and ifname in words[3:5] \
+                or words[:2] == ["bridge", "fdb"] and ["dev", ifname] in [words[i:i + 2] for i in range(len(words))]:
+            out.append(words)
+    if not any(w[:3] == ["ip", "link", "add"] for w in out):
+        raise VpcgenError(f"{path}: no pre-up line builds {ifname} (ip link add {ifname} type vxlan …), "
+                          f"which site.json gives {node.name}")
+    return out
 
 
 def router_mtus(node: Router) -> dict[str, int]:
@@ -246,15 +273,22 @@ def _wait_ready(p: Plan, data: dict, progress) -> None:
     progress(f"lab {p.name} ready ({time.monotonic() - waiting.start:.0f} s of waiting)")
 
 
-def _link(state: State, sw: str, node: Node, ns: str, link, peer: str, addresses, mtus: dict) -> None:
-    """One of the node's links: a veth whose switch side ``peer`` sits in the segment's bridge."""
-    bridge = state.data["bridges"][link.segment]
-    # the switch's side takes any frame (the tier's MTU is the ends' business: jumbo tiers)
-    _ip("link", "add", link.ifname, "netns", ns, "type", "veth", "peer", "name", peer, "netns", sw,
-        "mtu", str(SWITCH_MTU))
-    _in(sw, "ip", "link", "set", peer, "master", bridge)
-    state.data["ports"][f"{node.name}/{link.ifname}"] = [peer, bridge]
-    _in(sw, "ip", "link", "set", peer, "up")
+def _link(state: State, p: Plan, node: Node, ns: str, link, peer: str, addresses, mtus: dict) -> None:
+    """One of the node's links: a veth whose far side ``peer`` sits in the segment's bridge (the
+    switch's, or the hypervisor's that hosts the segment); a router's VXLAN device is built as its
+    own interfaces file builds it."""
+    if link.over:
+        for command in overlay_commands(node, link.ifname):
+            _in(ns, *command)
+    else:
+        hv, bridge = p.hosted.get(link.segment) or ("sw", state.data["bridges"][link.segment])
+        where = ns_of(p.name, hv)
+        # the far side takes any frame (the tier's MTU is the ends' business: jumbo tiers)
+        _ip("link", "add", link.ifname, "netns", ns, "type", "veth", "peer", "name", peer, "netns", where,
+            "mtu", str(SWITCH_MTU))
+        _in(where, "ip", "link", "set", peer, "master", bridge)
+        state.data["ports"][f"{node.name}/{link.ifname}"] = [peer, bridge]
+        _in(where, "ip", "link", "set", peer, "up")
     if getattr(node, "mac", ""):
         _in(ns, "ip", "link", "set", link.ifname, "address", node.mac)
     if link.ifname in mtus:
@@ -270,9 +304,11 @@ def _build(p: Plan, state: State, progress) -> None:
     state.add_namespace(sw)
     _in(sw, "ip", "link", "set", "lo", "up")
     bridges = {}
-    for i, segment in enumerate(sorted(set(p.segments) | {link.segment for n in p.nodes for link in n.links})):
+    switched = set(p.segments) | {link.segment for n in p.nodes for link in n.links if link.segment}
+    for i, segment in enumerate(sorted(switched - set(p.hosted))):
         bridges[segment] = f"b{i}"
-        _in(sw, "ip", "link", "add", f"b{i}", "type", "bridge")
+        # no snooping: VXLAN's multicast groups flood without a querier, as on a plain switch
+        _in(sw, "ip", "link", "add", f"b{i}", "type", "bridge", "mcast_snooping", "0")
         _in(sw, "ip", "link", "set", f"b{i}", "up")
     state.data["bridges"] = bridges
     state.data["ports"] = {}  # "node/ifname" -> its port in the switch (faults detach it)
@@ -289,11 +325,16 @@ def _build(p: Plan, state: State, progress) -> None:
             addresses = {link.ifname: () for link in node.links}  # its DHCP client configures it
         elif isinstance(node, Host) and node.mtu != 1500:
             mtus = {"eth0": node.mtu}  # a static host set up as the tier's MTU says
+        elif isinstance(node, Hypervisor):
+            mtus = {"eth0": node.mtu}
         for link in node.links:
             port += 1
-            _link(state, sw, node, ns, link, f"p{port}", addresses[link.ifname], mtus)
+            _link(state, p, node, ns, link, f"p{port}", addresses[link.ifname], mtus)
         for address in node.loopback:
             _in(ns, "ip", "addr", "add", address, "dev", "lo")
+        if isinstance(node, Hypervisor):  # its bridges, before the hosts are plugged in
+            for command in node.commands():
+                _in(ns, *command)
         state.data["nodes"][node.name] = {"ns": ns, "kind": node.kind, "vpc": node.vpc}
         state.save()
     for node in p.nodes:
@@ -360,11 +401,11 @@ def restore_nat(ns: str, router: Router) -> None:
         raise VpcgenError(f"in {ns}: iptables-restore --table nat: {r.stderr.strip()}")
 
 
-# the sysctls a network namespace has of its own (PLATFORM.md): anything else (vm.*, kernel.*,
-# net.core.*) would change the machine itself. An interface name's dots are written as slashes.
+# the sysctls a network namespace has of its own (PLATFORM.md; an interface's neighbour settings
+# too): anything else (vm.*, kernel.*, net.core.*) would change the machine itself. An interface name's dots are written as slashes.
 _IFACE_KEY = r"[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*"
 NAMESPACED_SYSCTL = re.compile(rf"^(net\.ipv4\.(?:ip_forward|ip_nonlocal_bind|tcp_syncookies"
-                               rf"|conf\.{_IFACE_KEY}\.\w+)|net\.ipv6\.conf\.{_IFACE_KEY}\.\w+)$")
+                               rf"|(?:conf|neigh)\.{_IFACE_KEY}\.\w+)|net\.ipv6\.conf\.{_IFACE_KEY}\.\w+)$")
 
 
 def sysctls(path: Path, shown: Path | str) -> list[tuple[str, str]]:
@@ -377,7 +418,7 @@ def sysctls(path: Path, shown: Path | str) -> list[tuple[str, str]]:
         key, eq, value = (x.strip() for x in line.partition("="))
         if not (eq and NAMESPACED_SYSCTL.match(key) and re.fullmatch(r"-?\d+", value)):
             raise TreeError(f"{shown}:{number}: error: {line!r}: the lab applies only per-namespace sysctls "
-                            "(net.ipv4.ip_forward, net.ipv4.conf.*, net.ipv4.ip_nonlocal_bind, "
+                            "(net.ipv4.ip_forward, net.ipv4.conf.*, net.ipv4.neigh.*, net.ipv4.ip_nonlocal_bind, "
                             "net.ipv4.tcp_syncookies, net.ipv6.conf.*) with a number: refusing the tree")
         out.append((key, value))
     return out
@@ -810,6 +851,10 @@ def start_router(tree_dir, router: str) -> None:
     mtus = router_mtus(node)
     _flush_daemon_routes(ns)
     for link in node.links:
+        if link.over:  # gone with the reboot: built again by the file's pre-up lines
+            _in(ns, "ip", "link", "del", link.ifname, check=False)
+            for command in overlay_commands(node, link.ifname):
+                _in(ns, *command)
         _in(ns, "ip", "addr", "flush", "dev", link.ifname)
         if link.ifname in mtus:
             _in(ns, "ip", "link", "set", link.ifname, "mtu", str(mtus[link.ifname]))
@@ -818,6 +863,8 @@ def start_router(tree_dir, router: str) -> None:
             _in(ns, "ip", "addr", "add", address, "dev", link.ifname)
     for route in routes:
         _in(ns, "ip", "route", "replace", *route.split())
+    if any(link.over for link in node.links):
+        _sysctls(ns, node.tree)  # a rebuilt VXLAN device starts with the defaults: sysctl.d applies again
     load_rules(ns, node, p.site)
     # the overlay's upper folder and the deploy state are the router's disk: a deployed release
     # outlives the restart, as it outlives a real router's reboot
@@ -855,9 +902,10 @@ def add_router(tree_dir, new_tree, router: str) -> None:
     if not isinstance(node, Router):
         raise VpcgenError(f"{new_tree} has no router {router}")
     sw, bridges = ns_of(p.name, "sw"), state.data["bridges"]
-    for segment in sorted({link.segment for n in p.nodes for link in n.links} - set(bridges)):
+    for segment in sorted({link.segment for n in p.nodes for link in n.links if link.segment}
+                          - set(bridges) - set(p.hosted)):
         bridges[segment] = f"b{len(bridges)}"
-        _in(sw, "ip", "link", "add", bridges[segment], "type", "bridge")
+        _in(sw, "ip", "link", "add", bridges[segment], "type", "bridge", "mcast_snooping", "0")
         _in(sw, "ip", "link", "set", bridges[segment], "up")
     ns = ns_of(p.name, router)
     _ip("netns", "add", ns)
@@ -868,8 +916,8 @@ def add_router(tree_dir, new_tree, router: str) -> None:
     for other in (n for n in p.of(Router) if n.name in state.data["nodes"]):
         addresses = router_config(other)[0] if other is node else {}
         for link in other.links:
-            if f"{other.name}/{link.ifname}" not in state.data["ports"]:
-                _link(state, sw, other, state.data["nodes"][other.name]["ns"], link, f"p{port}",
+            if f"{other.name}/{link.ifname}" not in state.data["ports"] and (other is node or not link.over):
+                _link(state, p, other, state.data["nodes"][other.name]["ns"], link, f"p{port}",
                       addresses.get(link.ifname, []), router_mtus(other))
                 port += 1
     state.save()

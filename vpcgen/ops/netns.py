@@ -118,6 +118,18 @@ def interface_mtus(tree: Path) -> dict[str, int]:
     return mtus
 
 
+def stanzas(tree: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The ``iface`` stanzas of a router tree's ifupdown file in order: (name, [(option, value)])."""
+    out: list[tuple[str, list[tuple[str, str]]]] = []
+    for line in (Path(tree) / tree_contract.GENERATED["interfaces"]).read_text(encoding="utf-8").splitlines():
+        if m := _IFACE.match(line):
+            out.append((m.group(1), []))
+        elif out and line[:1].isspace() and line.strip() and not line.strip().startswith("#"):
+            option, _, value = line.strip().partition(" ")
+            out[-1][1].append((option, value.strip()))
+    return out
+
+
 def interfaces_of(tree: Path) -> dict[str, list[str]]:
     """Interfaces and addresses declared in a router tree's ifupdown file, plus eth0."""
     return {"eth0": [], **parse_interfaces(tree)[0]}

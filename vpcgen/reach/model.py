@@ -17,8 +17,9 @@ CloudStack's, as the generated rules implement them:
   public addresses (hairpin) are not the internet: a tier reaches them no other way.
 - From the internet, destination NAT is applied first (static NAT, port forwarding with its port
   mapping, a load balancer's listener, judged like a port forward to its members); the target
-  tier's ingress list then decides on the translated port. A routed VPC's tiers are reached
-  directly, through their ingress list.
+  tier's ingress list then decides on the translated port. A routed VPC's tiers, and a NAT VPC's
+  public tiers, are reached directly, through their ingress list (a public tier's hosts also leave
+  with their own addresses: no source NAT).
 - From a VPN peer's network (inside the tunnel's selectors) or a remote-access client, the tier's
   ingress list decides; from a private gateway, the gateway's ingress list and then the tier's.
 
@@ -417,7 +418,8 @@ class Model:
         # a routed VPC's tiers: from the routed VPCs of its zone through the core, from anywhere else
         # through the internet (a NAT VPC's hosts then seen as their source NAT address)
         seen: list[tuple[list[Box] | None, int | None]] = [(None, None)]
-        if v["kind"] == "nat":
+        public_tier = v["tiers"][tier].get("public", False)  # routed, never NATed: seen as itself
+        if v["kind"] == "nat" and not public_tier:
             hosts = {private: public for public, private in v["static_nat"].items()}
             seen = [([bx.box(src=(bx.ip(h), bx.ip(h)))], bx.ip(v["public_ips"][p])) for h, p in sorted(hosts.items())]
             snat = v["public_ips"].get("source-nat")
@@ -430,7 +432,8 @@ class Model:
                         to=Endpoint("tier", other, name), label=f"{other}/{name}")
         rest = carve([bx.ADDRESSES])
         public = bx.normalize(self.public_addresses() + list(self.hairpin))
-        out.append(Route(tuple(rest), Endpoint("internet"), "internet", (egress,), snat=v["kind"] == "nat",
+        out.append(Route(tuple(rest), Endpoint("internet"), "internet", (egress,),
+                         snat=v["kind"] == "nat" and not public_tier,
                          within=(DST, tuple(bx.difference(self.internet(), public)))))
         out.append(Route(tuple(rest), None, in_scope=False, within=(DST, tuple(public)),
                          why="the site's own public addresses from inside (hairpin) are not modelled"))
@@ -442,6 +445,8 @@ class Model:
         out: list[Route] = []
         if v["kind"] == "routed":
             return self._tier_routes(vpc, sorted(v["tiers"]), (), [bx.FULL])
+        # public tiers are routed from the internet, through their ingress lists only
+        out += self._tier_routes(vpc, sorted(n for n, t in v["tiers"].items() if t.get("public")), (), [bx.FULL])
         for public, address in sorted(v["public_ips"].items()):
             a = bx.ip(address)
             whole = bx.box(dst=(a, a))

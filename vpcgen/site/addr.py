@@ -17,24 +17,32 @@ def ip(address: str) -> IPAddress:
     return IPAddress(address)
 
 
+@lru_cache(maxsize=65536)
+def span(cidr: str) -> tuple[int, int]:
+    """First and last address (as ints): netaddr computes them, objects included, on every access."""
+    n = net(cidr)
+    return n.first, n.last
+
+
+@lru_cache(maxsize=65536)
 def is_canonical(cidr: str) -> bool:
     n = net(cidr)
     return n.network == n.ip
 
 
 def overlaps(a: str, b: str) -> bool:
-    x, y = net(a), net(b)
-    return x.first <= y.last and y.first <= x.last
+    (x_first, x_last), (y_first, y_last) = span(a), span(b)
+    return x_first <= y_last and y_first <= x_last
 
 
 def contains(outer: str, inner: str) -> bool:
-    o, i = net(outer), net(inner)
-    return o.first <= i.first and i.last <= o.last
+    (o_first, o_last), (i_first, i_last) = span(outer), span(inner)
+    return o_first <= i_first and i_last <= o_last
 
 
 def in_net(address: str, cidr: str) -> bool:
-    n, a = net(cidr), int(ip(address))
-    return n.first <= a <= n.last
+    first, last = span(cidr)
+    return first <= int(ip(address)) <= last
 
 
 def usable(cidr: str) -> tuple[int, int]:

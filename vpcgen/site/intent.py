@@ -80,6 +80,7 @@ class PublicNet:
     gateway: str
     ranges: tuple[str, ...]
     vlan: int | None
+    routed: tuple[str, ...] = ()  # blocks routed to public tiers (proxy ARP), not acquired as public IPs
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,36 @@ class Ospf:
 
 
 @dataclass(frozen=True)
+class Vxlan:
+    underlay_cidr: str
+    underlay_vlan: int | None
+    vnis: tuple[int, int]
+    remotes: tuple[str, ...]  # empty: CloudStack's multicast scheme
+    mtu: int  # the underlay's
+
+    @property
+    def multicast(self) -> bool:
+        return not self.remotes
+
+    @property
+    def port(self) -> int:
+        return VXLAN_UNICAST_PORT if self.remotes else VXLAN_MULTICAST_PORT
+
+
+# CloudStack's KVM hosts (modifyvxlan.sh) take the kernel's default port and TTL 10; unicast
+# head-end replication uses the IANA port
+VXLAN_MULTICAST_PORT = 8472
+VXLAN_UNICAST_PORT = 4789
+VXLAN_TTL = 10
+VXLAN_OVERHEAD = 50  # outer Ethernet, IPv4, UDP and VXLAN headers
+
+
+def vxlan_group(vni: int) -> str:
+    """The multicast group CloudStack's modifyvxlan.sh derives from a VNI."""
+    return f"239.{(vni >> 16) & 255}.{(vni >> 8) & 255}.{vni & 255}"
+
+
+@dataclass(frozen=True)
 class Zone:
     name: str
     guest_vlans: tuple[int, int]
@@ -100,6 +131,7 @@ class Zone:
     ospf: Ospf | None
     dns_servers: tuple[str, ...] = ()  # upstream resolvers the routers forward to
     ntp_servers: tuple[str, ...] = ()  # the routers' time sources
+    vxlan: Vxlan | None = None
     src: Src = _src()
 
 
@@ -136,7 +168,14 @@ class Tier:
     mtu: int = 1500
     dhcp: Dhcp | None = None
     hosts: tuple[Host, ...] = ()
+    isolation: str = "vlan"  # vlan | vxlan
+    vni: int | None = None
+    public: bool = False  # routed from a block of the zone's public network, never NATed
     src: Src = _src()
+
+    @property
+    def vxlan(self) -> bool:
+        return self.isolation == "vxlan"
 
 
 @dataclass(frozen=True)
@@ -316,7 +355,8 @@ def _zone(doc: Document) -> Zone:
     public = None
     if "public" in d:
         p = d["public"]
-        public = PublicNet(cidr=p["cidr"], gateway=p["gateway"], ranges=tuple(p["ranges"]), vlan=p.get("vlan"))
+        public = PublicNet(cidr=p["cidr"], gateway=p["gateway"], ranges=tuple(p["ranges"]), vlan=p.get("vlan"),
+                           routed=tuple(p.get("routed", ())))
     ospf = None
     if "ospf" in d:
         o = d["ospf"]
@@ -324,12 +364,18 @@ def _zone(doc: Document) -> Zone:
                     hello_interval_s=o.get("hello_interval_s", default("zone", "ospf", "hello_interval_s")),
                     dead_interval_s=o.get("dead_interval_s", default("zone", "ospf", "dead_interval_s")),
                     auth_key=_secret(o.get("auth_key")))
+    vxlan = None
+    if "vxlan" in d:
+        x = d["vxlan"]
+        vxlan = Vxlan(underlay_cidr=x["underlay"]["cidr"], underlay_vlan=x["underlay"].get("vlan"),
+                      vnis=tuple(int(v) for v in x["vnis"].split("-")), remotes=tuple(x.get("remotes", ())),
+                      mtu=x.get("mtu", default("zone", "vxlan", "mtu")))
     return Zone(name=d["name"], guest_vlans=(low, high), public=public, super_cidr=d.get("super_cidr"),
                 ospf=ospf, dns_servers=tuple(d.get("dns_servers", ())), ntp_servers=tuple(d.get("ntp_servers", ())),
-                src=Src(doc))
+                vxlan=vxlan, src=Src(doc))
 
 
-def _tier(doc: Document, i: int, t: dict) -> Tier:
+def _tier(doc: Document, i: int, t: dict, vxlan: Vxlan | None) -> Tier:
     at = ("tiers", i)
     dhcp = None
     if "dhcp" in t:
@@ -340,12 +386,16 @@ def _tier(doc: Document, i: int, t: dict) -> Tier:
     hosts = tuple(Host(name=h["name"], address=h["address"], mac=h["mac"].lower() if "mac" in h else None,
                        src=Src(doc, at + ("hosts", j)))
                   for j, h in enumerate(t.get("hosts", default("vpc", "tiers", "hosts"))))
+    isolation = t.get("isolation", default("vpc", "tiers", "isolation"))
+    # a VXLAN tier's default leaves room for the encapsulation on the zone's underlay
+    mtu = vxlan.mtu - VXLAN_OVERHEAD if isolation == "vxlan" and vxlan else default("vpc", "tiers", "mtu")
     return Tier(name=t["name"], cidr=t.get("cidr"), netmask=t.get("netmask"), gateway=t.get("gateway"),
                 vlan=t.get("vlan"), acl=t.get("acl", default("vpc", "tiers", "acl")),
-                mtu=t.get("mtu", default("vpc", "tiers", "mtu")), dhcp=dhcp, hosts=hosts, src=Src(doc, at))
+                mtu=t.get("mtu", mtu), dhcp=dhcp, hosts=hosts, isolation=isolation, vni=t.get("vni"),
+                public=t.get("public", default("vpc", "tiers", "public")), src=Src(doc, at))
 
 
-def _vpc(doc: Document, vrrp_defaults: Vrrp) -> Vpc:
+def _vpc(doc: Document, vrrp_defaults: Vrrp, zones: dict) -> Vpc:
     d = doc.data
     at = lambda *p: Src(doc, p)  # noqa: E731
     routed = "netmask" in d and "cidr" not in d
@@ -397,7 +447,8 @@ def _vpc(doc: Document, vrrp_defaults: Vrrp) -> Vpc:
         routers=tuple(Router(r["name"], r["mgmt"], src=at("routers", i)) for i, r in enumerate(d["routers"])),
         vrrp=Vrrp(advert_interval_ms=vrrp.get("advert_interval_ms", vrrp_defaults.advert_interval_ms),  # the site's
                   preempt=vrrp.get("preempt", vrrp_defaults.preempt)),
-        tiers=tuple(_tier(doc, i, t) for i, t in enumerate(d["tiers"])),
+        tiers=tuple(_tier(doc, i, t, zones[d["zone"]].vxlan if d["zone"] in zones else None)
+                    for i, t in enumerate(d["tiers"])),
         domain=d.get("domain", f"{d['name']}.internal"),  # the default depends on the VPC's name
         public_ips=tuple(public_ips), source_nat=source_nat and not routed,
         static_nat=tuple(StaticNat(s["public_ip"], s["private_ip"], src=at("static_nat", i))
@@ -438,6 +489,7 @@ def build_intent(files: SiteFiles, unchecked: frozenset = frozenset()) -> Site:
     vrrp_defaults = Vrrp(advert_interval_ms=vrrp["advert_interval_ms"], preempt=vrrp["preempt"])
     ssh = defaults.get("ssh", {})
     deploy = defaults.get("deploy", {})
+    zones = {doc.data["name"]: _zone(doc) for doc in sorted(files.zones, key=lambda x: x.data["name"])}
     acls = builtin_acls()
     for doc in files.acls:
         if doc.data["name"] not in acls:
@@ -450,6 +502,7 @@ def build_intent(files: SiteFiles, unchecked: frozenset = frozenset()) -> Site:
                       keep_releases=deploy.get("keep_releases", default("site", "defaults", "deploy", "keep_releases")),
                       vrrp_wait_s=deploy.get("vrrp_wait_s", default("site", "defaults", "deploy", "vrrp_wait_s")),
                       commands=deploy.get("commands", default("site", "defaults", "deploy", "commands"))),
-        zones={doc.data["name"]: _zone(doc) for doc in sorted(files.zones, key=lambda x: x.data["name"])},
-        vpcs={doc.data["name"]: _vpc(doc, vrrp_defaults) for doc in sorted(files.vpcs, key=lambda x: x.data["name"])},
+        zones=zones,
+        vpcs={doc.data["name"]: _vpc(doc, vrrp_defaults, zones)
+              for doc in sorted(files.vpcs, key=lambda x: x.data["name"])},
         acls=dict(sorted(acls.items())), src=Src(files.site), unchecked=frozenset(unchecked))

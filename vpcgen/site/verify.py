@@ -11,9 +11,10 @@ from collections import defaultdict
 
 from . import addr
 from ..errors import Diagnostic
-from .intent import BUILTIN_ACLS, SOURCE_NAT_IP, Site, Src, Vpc
+from .intent import BUILTIN_ACLS, SOURCE_NAT_IP, VXLAN_OVERHEAD, Site, Src, Vpc
 from .loader import SiteFiles
 
+MAX_VNI = 16777215  # 24 bits
 NAT_ONLY_FIELDS = ("public_ips", "source_nat", "static_nat", "port_forwarding", "load_balancers", "vpn")
 
 # strongSwan proposal keywords accepted in ike_proposals / esp_proposals (swanctl proposal syntax).
@@ -126,6 +127,10 @@ def _check_zone(c: Checker, zone) -> None:
                     c.err(zone.src, ("public", "ranges", i), f"public range {text} overlaps {p.ranges[j]}",
                           "bad-ip-range")
             seen.append((i, a, b))
+    if p is not None and addr.is_canonical(p.cidr):
+        _check_routed_blocks(c, zone)
+    if zone.vxlan is not None:
+        _check_vxlan(c, zone)
     if zone.super_cidr is not None:
         _canonical(c, zone.src, ("super_cidr",), zone.super_cidr, "super_cidr")
     if zone.ospf is not None:
@@ -133,6 +138,54 @@ def _check_zone(c: Checker, zone) -> None:
         if zone.ospf.dead_interval_s <= zone.ospf.hello_interval_s:
             c.err(zone.src, ("ospf", "dead_interval_s"), "dead_interval_s must be larger than hello_interval_s",
                   "bad-ospf-timers")
+
+
+def _check_routed_blocks(c: Checker, zone) -> None:
+    """public.routed: inside the public network, clear of the acquirable ranges, the gateway and
+    each other (a block is handed to public tiers whole)."""
+    p = zone.public
+    seen: list[tuple[int, str]] = []
+    for i, block in enumerate(p.routed):
+        at = ("public", "routed", i)
+        if not _canonical(c, zone.src, at, block, "routed block"):
+            continue
+        if not addr.contains(p.cidr, block):
+            c.err(zone.src, at, f"routed block {block} lies outside the public network {p.cidr}",
+                  "routed-block-outside")
+            continue
+        if addr.in_net(p.gateway, block):
+            c.err(zone.src, at, f"routed block {block} covers the public gateway {p.gateway}", "routed-block-gateway")
+        n = addr.net(block)
+        for text in p.ranges:
+            try:
+                a, b = addr.ip_range(text)
+            except Exception:
+                continue  # reported with the ranges
+            if a <= n.last and n.first <= b:
+                c.err(zone.src, at, f"routed block {block} overlaps the public range {text}: routed addresses "
+                      "are never acquired as public IPs", "routed-block-overlaps-range")
+        for j, other in seen:
+            if addr.overlaps(block, other):
+                c.err(zone.src, at, f"routed block {block} overlaps routed block {other}", "routed-block-overlap")
+        seen.append((i, block))
+
+
+def _check_vxlan(c: Checker, zone) -> None:
+    x = zone.vxlan
+    low, high = x.vnis
+    if not (1 <= low <= high <= MAX_VNI):
+        c.err(zone.src, ("vxlan", "vnis"), f"vnis {low}-{high} must be a range within 1-{MAX_VNI}", "bad-vni-range")
+    if not _canonical(c, zone.src, ("vxlan", "underlay", "cidr"), x.underlay_cidr, "underlay cidr"):
+        return
+    if addr.net(x.underlay_cidr).prefixlen > 30:
+        c.err(zone.src, ("vxlan", "underlay", "cidr"), f"underlay {x.underlay_cidr} has no room for VTEP addresses: "
+              "give a /30 or larger", "underlay-too-small")
+        return
+    first, last = addr.usable(x.underlay_cidr)
+    for i, remote in enumerate(x.remotes):
+        if not first <= int(addr.ip(remote)) <= last:
+            c.err(zone.src, ("vxlan", "remotes", i), f"remote VTEP {remote} is not a usable address of the underlay "
+                  f"{x.underlay_cidr}", "remote-outside-underlay")
 
 
 def _check_acl(c: Checker, acl) -> None:
@@ -218,16 +271,19 @@ def _check_tiers(c: Checker, site: Site, vpc: Vpc) -> None:
         if (t.cidr is None) == (t.netmask is None):
             c.err(t.src, (), "a tier takes either cidr or netmask, not both or neither", "tier-cidr-or-netmask")
             continue
+        _check_isolation(c, site, vpc, t)
+        if t.public and not _check_public_tier(c, site, vpc, t):
+            continue
         prefix = t.netmask if t.cidr is None else addr.net(t.cidr).prefixlen
         if prefix > _tier_prefix_limit(vpc):
             c.err(t.src, ("netmask" if t.cidr is None else "cidr",),
                   f"tier '{t.name}' is too small: a {'redundant' if vpc.redundant else 'single-router'} VPC needs "
                   f"/{_tier_prefix_limit(vpc)} or larger", "tier-too-small")
-        elif vpc_prefix is not None and prefix < vpc_prefix:
+        elif vpc_prefix is not None and prefix < vpc_prefix and not t.public:
             c.err(t.src, ("netmask" if t.cidr is None else "cidr",),
                   f"tier '{t.name}' (/{prefix}) is larger than its VPC (/{vpc_prefix})", "tier-outside-vpc")
         if t.cidr is not None and _canonical(c, t.src, ("cidr",), t.cidr, "tier cidr"):
-            if vpc.cidr and addr.is_canonical(vpc.cidr) and not addr.contains(vpc.cidr, t.cidr):
+            if vpc.cidr and addr.is_canonical(vpc.cidr) and not addr.contains(vpc.cidr, t.cidr) and not t.public:
                 c.err(t.src, ("cidr",), f"tier '{t.name}' {t.cidr} lies outside the VPC cidr {vpc.cidr}",
                       "tier-outside-vpc")
             fixed.append(t)
@@ -239,6 +295,51 @@ def _check_tiers(c: Checker, site: Site, vpc: Vpc) -> None:
             if addr.overlaps(a.cidr, b.cidr):
                 c.err(a.src, ("cidr",), f"tier '{a.name}' {a.cidr} overlaps tier '{b.name}' {b.cidr}",
                       "cidr-overlap")
+
+
+def _check_isolation(c: Checker, site: Site, vpc: Vpc, t) -> None:
+    """vlan or vxlan, and the fields that go with each."""
+    zone = site.zones.get(vpc.zone)
+    if not t.vxlan:
+        if t.vni is not None:
+            c.err(t.src, ("vni",), f"vni applies only to VXLAN tiers: give tier '{t.name}' isolation: vxlan",
+                  "vni-on-vlan-tier")
+        return
+    if t.vlan is not None:
+        c.err(t.src, ("vlan",), f"tier '{t.name}' is a VXLAN tier: it takes vni, not vlan", "vlan-on-vxlan-tier")
+    if zone is None:
+        return
+    if zone.vxlan is None:
+        c.err(t.src, ("isolation",), f"VXLAN tiers need vxlan in zone '{zone.name}' (underlay and vnis)",
+              "zone-without-vxlan")
+    elif t.mtu > zone.vxlan.mtu - VXLAN_OVERHEAD:
+        c.err(t.src, ("mtu",) if "mtu" in t.src.doc.data["tiers"][t.src.path[-1]] else ("isolation",),
+              f"tier '{t.name}' MTU {t.mtu} leaves no room for the {VXLAN_OVERHEAD} bytes of VXLAN encapsulation on "
+              f"zone '{zone.name}' underlay MTU {zone.vxlan.mtu}: at most {zone.vxlan.mtu - VXLAN_OVERHEAD}",
+              "vxlan-mtu-too-large")
+
+
+def _check_public_tier(c: Checker, site: Site, vpc: Vpc, t) -> bool:
+    """A public tier: NAT VPC, fixed cidr inside one routed block of the zone. False: stop checking
+    its size and place against the VPC (it lies outside the VPC's cidr by design)."""
+    zone = site.zones.get(vpc.zone)
+    if vpc.routed:
+        c.err(t.src, ("public",), f"public tiers exist only in NAT VPCs: a routed VPC's tiers are routed already",
+              "public-tier-in-routed-vpc")
+        return False
+    if t.cidr is None:
+        c.err(t.src, ("netmask",), f"public tier '{t.name}' takes a fixed cidr inside a routed block of zone "
+              f"'{vpc.zone}' (public.routed), not netmask", "public-tier-netmask")
+        return False
+    if zone is None or zone.public is None or not addr.is_canonical(t.cidr):
+        return True
+    blocks = [b for b in zone.public.routed if addr.is_canonical(b)]
+    if not any(addr.contains(b, t.cidr) for b in blocks):
+        where = f"the routed blocks of zone '{zone.name}' ({', '.join(blocks)})" if blocks else \
+            f"a routed block of zone '{zone.name}', which has none (public.routed)"
+        c.err(t.src, ("cidr",), f"public tier '{t.name}' {t.cidr} lies inside none of {where}"
+              if blocks else f"public tier '{t.name}' {t.cidr} must lie inside {where}", "public-tier-outside-block")
+    return True
 
 
 def _check_public(c: Checker, site: Site, vpc: Vpc) -> None:
@@ -259,6 +360,11 @@ def _check_public(c: Checker, site: Site, vpc: Vpc) -> None:
             if not first <= a <= last or p.address == zone.public.gateway:
                 c.err(p.src, ("address",), f"public IP {p.address} is not a usable address of zone "
                       f"'{zone.name}' public network {zone.public.cidr}", "public-ip-outside")
+            else:
+                block = next((b for b in zone.public.routed if addr.is_canonical(b) and addr.in_net(p.address, b)), None)
+                if block:
+                    c.err(p.src, ("address",), f"public IP {p.address} lies in routed block {block} of zone "
+                          f"'{zone.name}': those addresses belong to public tiers", "public-ip-in-routed-block")
     # what each public IP is used for: one static NAT, or port forwarding / LB rules
     use: dict[str, str] = {}
 
@@ -447,11 +553,30 @@ def _check_zone_wide(c: Checker, site: Site) -> None:
             pin(zone.public.vlan if zone.public else None, "the public network", zone.src, ("public", "vlan"))
             pin(zone.ospf.transit_vlan if zone.ospf else None, "the OSPF transit link", zone.src,
                 ("ospf", "transit", "vlan"))
+            pin(zone.vxlan.underlay_vlan if zone.vxlan else None, "the VXLAN underlay", zone.src,
+                ("vxlan", "underlay", "vlan"))
+        vnis: dict[int, str] = {}
+        public_tiers = [(vpc, t) for vpc in vpcs for t in vpc.tiers
+                        if t.public and t.cidr and addr.is_canonical(t.cidr)]
         addresses: dict[str, str] = {}
         cidrs: list[tuple[str, Vpc]] = []
         for vpc in vpcs:
             for t in vpc.tiers:
                 pin(t.vlan, f"tier '{vpc.name}/{t.name}'", t.src, ("vlan",))
+                if t.vni is not None and t.vxlan:
+                    if t.vni in vnis:
+                        c.err(t.src, ("vni",), f"VNI {t.vni} of tier '{vpc.name}/{t.name}' is already used by "
+                              f"{vnis[t.vni]} in zone '{zone_name}'", "duplicate-vni")
+                    vnis.setdefault(t.vni, f"tier '{vpc.name}/{t.name}'")
+                # a public tier's addresses are the zone's: no other VPC's tier may use them
+                if t.cidr and addr.is_canonical(t.cidr):
+                    for owner, pt in public_tiers:
+                        if owner is vpc or not addr.overlaps(pt.cidr, t.cidr):
+                            continue
+                        if t.public and owner.name > vpc.name:
+                            continue  # two public tiers: reported once, at the later VPC
+                        c.err(t.src, ("cidr",), f"tier '{vpc.name}/{t.name}' {t.cidr} overlaps public tier "
+                                  f"'{owner.name}/{pt.name}' {pt.cidr} of zone '{zone_name}'", "public-tier-overlap")
             for g in vpc.private_gateways:
                 pin(g.vlan, f"private gateway '{vpc.name}/{g.name}'", g.src, ("vlan",))
             for p in vpc.public_ips:
@@ -486,13 +611,22 @@ def check_placement(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[
                     return
             c.err(src, sub, f"{what} {address} lies in no tier of VPC '{vpc.name}'", "private-ip-outside")
 
+        def not_public(address: str, src: Src, sub: tuple, what: str) -> None:
+            t = next((t for t, cidr in tiers if t.public and addr.in_net(address, cidr)), None)
+            if t is not None:
+                c.err(src, sub, f"{what} {address} lies in public tier '{t.name}', whose hosts keep their own "
+                      "public addresses: no NAT or load balancer may target them", "nat-targets-public-tier")
+
         for s in vpc.static_nat:
             inside(s.private_ip, s.src, ("private_ip",), "private IP")
+            not_public(s.private_ip, s.src, ("private_ip",), "static NAT target")
         for pf in vpc.port_forwarding:
             inside(pf.private_ip, pf.src, ("private_ip",), "private IP")
+            not_public(pf.private_ip, pf.src, ("private_ip",), "port forwarding target")
         for lb in vpc.load_balancers:
             for i, m in enumerate(lb.members):
                 inside(m, lb.src, ("members", i), "load balancer member")
+                not_public(m, lb.src, ("members", i), "load balancer member")
             # one tier per load balancer (as in CloudStack): its ingress list guards the listener
             homes = {t.name for t, cidr in tiers for m in lb.members if addr.in_net(m, cidr)}
             if len(homes) > 1:
@@ -519,7 +653,21 @@ def check_placement(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[
                 if addr.overlaps(cidr, other):
                     c.err(t.src, ("cidr",) if t.cidr else ("netmask",),
                           f"tier '{t.name}' {cidr} overlaps {what} {other}", "cidr-overlap")
+    _check_remotes(c, site, tier_cidrs)
     return c.diagnostics + check_guest_services(site, tier_cidrs)
+
+
+def _check_remotes(c: Checker, site: Site, tier_cidrs: dict[tuple[str, str], str]) -> None:
+    """A remote VTEP inside a tier would be routed into that tier, not reached on the underlay."""
+    for zone in site.zones.values():
+        if zone.vxlan is None:
+            continue
+        for i, remote in enumerate(zone.vxlan.remotes):
+            for (vpc_name, tier_name), cidr in sorted(tier_cidrs.items()):
+                if site.vpcs[vpc_name].zone == zone.name and addr.in_net(remote, cidr):
+                    c.err(zone.src, ("vxlan", "remotes", i), f"remote VTEP {remote} lies inside tier "
+                          f"'{vpc_name}/{tier_name}' {cidr}", "remote-in-tier")
+                    break
 
 
 def check_guest_services(site: Site, tier_cidrs: dict[tuple[str, str], str]) -> list[Diagnostic]:

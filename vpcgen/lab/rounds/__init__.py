@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from . import acl, convert, daytwo, deploy, failover, guest, ha, redundancy, services
+from . import acl, convert, daytwo, deploy, failover, guest, ha, reach, redundancy, services, vxlan
 from .context import Check, Lab
 
-# the rounds in the order `lab test` runs them: the site as built first, then the rounds that
-# deploy changed copies of it through the management network (convert last: the lab then runs
-# the rebuilt site)
+# the rounds in the order `lab test` runs them: the site as built first (vxlan, guest, failover and
+# ha kill routers: they come after the others; vxlan starts the one it stops again, as its last
+# check), then the rounds that deploy changed copies of it through the management network (convert
+# last: the lab then runs the rebuilt site)
 ROUNDS = {
     "redundancy": redundancy.run,
     "acl": acl.run,
     "services": services.run,
+    "reach": reach.run,
+    "vxlan": vxlan.run,
     "guest": guest.run,
     "failover": failover.run,
     "ha": ha.run,
