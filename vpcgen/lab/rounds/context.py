@@ -16,7 +16,7 @@ from .. import run as lab
 from ...ops import netns
 from ...tree import VRRP_STATE, read_site_json
 from ...reach.model import Endpoint, Flow, Model, probes
-from ..plan import WHOAMI_PORT, Host, build as build_plan, transit_ifname
+from ..plan import CORE_LOOPBACK, WHOAMI_PORT, Host, build as build_plan, transit_ifname
 
 HTTP_GET = "GET / HTTP/1.0\\n\\n"
 
@@ -82,9 +82,9 @@ class Lab:
         return lab.probe(self.data, node, host, port or 0, proto, payload, source)
 
     def parallel(self, probes: list[tuple]) -> list[str]:
-        """Probes (node, host, port, proto, source) at once: a denied one waits for its timeout."""
+        """Probes (node, host, port, proto, source[, payload]) at once: a denied one waits for its timeout."""
         with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(lambda a: self.probe(a[0], a[1], a[2], a[3], source=a[4]), probes))
+            return list(pool.map(lambda a: self.probe(a[0], a[1], a[2], a[3], *a[5:6], source=a[4]), probes))
 
     def hosts(self, vpc: str, tier: str) -> list[tuple[str, str]]:
         """(node, address) of a tier's test hosts, from the plan."""
@@ -126,6 +126,14 @@ class Lab:
 
     def inet(self, vpc: str) -> str:
         return f"inet-{self.vpcs[vpc]['zone']}"
+
+    def internet(self, vpc: str) -> tuple[str, str]:
+        """(node, address) standing for the internet as the VPC's tiers see it: the zone's public
+        gateway behind a NAT VPC, the network behind the OSPF core for a routed one (its tiers route
+        everything through the core, which knows nothing of the public side)."""
+        if self.vpcs[vpc]["kind"] == "routed":
+            return f"core-{self.vpcs[vpc]['zone']}", CORE_LOOPBACK.split("/")[0]
+        return self.inet(vpc), self.inet_address(vpc)
 
     def reload_data(self) -> None:
         self.data = lab.status(self.tree_dir)
@@ -219,6 +227,14 @@ class Lab:
     def core_route(self, vpc: str) -> str:
         core, cidr = f"core-{self.vpcs[vpc]['zone']}", self.vpcs[vpc]["cidr"]
         return lab.exec_in(self.data, core, f"ip route show {cidr}").stdout.strip()
+
+    def core_routes(self, vpc: str, wait_s: float = 60) -> str:
+        """The core's route to a routed VPC once it has one (the first adjacency waits for the dead
+        interval): '' when none came within ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while not (routes := self.core_route(vpc)) and time.monotonic() < deadline:
+            time.sleep(1)
+        return routes
 
     def announced_by(self, vpc: str, router: str, timeout: float) -> float | None:
         """Seconds until the core routes the VPC through ``router`` alone (None: not within timeout)."""

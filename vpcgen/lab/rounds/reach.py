@@ -6,7 +6,9 @@ ICMP type), real lab nodes send one flow inside each box and the flows just outs
 port on either side, another protocol, the nearest lab address across the source or destination
 edge. Each answer is compared with the model's verdict on that very flow (an inside flow must be
 delivered by the model too: the symbolic sets and the one-flow decision are the same code).
-Bounded (BOXES per class, PROBES per round): a denied probe waits for its timeout.
+Bounded (BOXES per class, PROBES per round): a denied probe waits for its timeout. The internet is
+the zone's public side for a NAT VPC and the network behind the OSPF core for a routed one (what
+the VPC's tiers route to); an HTTP load balancer is sent a request, as a client would.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ...reach.boxes import DST, ICODE, ITYPE, PORT, PROTO, SRC
 from ...reach.model import ECHO_REQUEST, PROBE_TCP_PORT, Endpoint, Flow
 from ...reach.symbolic import delivered
 from ..plan import internet_sources
+from .context import HTTP_GET
 
 BOXES = 3  # per (from, to) class
 PROBES = 120  # per round, shared out class by class
@@ -26,6 +29,8 @@ REFUSED = "FAILED ConnectionRefusedError"  # a host's RST: routers only ever dro
 def run(t) -> None:
     classes = []  # (vpc, label, probes)
     for vpc in sorted(t.vpcs):
+        if t.vpcs[vpc]["kind"] == "routed":
+            t.core_routes(vpc)  # the internet reaches a routed VPC once the core has learned it
         for (frm, to), flows in sorted(delivered(t.model, vpc).items()):
             senders = _senders(t, vpc, frm)
             if senders:
@@ -40,7 +45,7 @@ def run(t) -> None:
                 chosen[i].append(probes[depth])
                 left -= 1
     flat = [p for c in chosen for p in c]
-    answers = dict(zip((p[:5] for p in flat), t.parallel([p[:5] for p in flat])))
+    answers = dict(zip((p[:5] for p in flat), t.parallel([p[:5] + (p[8],) for p in flat])))
     for (vpc, name, _), probes in zip(classes, chosen):
         if probes:
             t.check(f"reach {vpc}", name, lambda ps=probes: _judge(ps, answers))
@@ -67,8 +72,11 @@ def _senders(t, vpc: str, frm: str) -> list[tuple[str, str, str]]:
     """(node, address, source to bind) the class's flows can start from: tier hosts, the internet."""
     v = t.vpcs[vpc]
     if frm == "internet":
-        addresses = [t.inet_address(vpc)] + [a.split("/")[0] for a in internet_sources(t.site, v["zone"])]
-        return [(t.inet(vpc), a, a) for a in sorted(set(addresses), key=bx.ip)]
+        node, address = t.internet(vpc)
+        addresses = [address]
+        if v["kind"] != "routed":  # the public side holds an address in each source network an ACL names
+            addresses += [a.split("/")[0] for a in internet_sources(t.site, v["zone"])]
+        return [(node, a, a) for a in sorted(set(addresses), key=bx.ip)]
     where, _, tier = frm.partition("/")
     if where != vpc or tier not in v["tiers"]:
         return []  # VPN peers, clients and gateways: other rounds' business
@@ -83,14 +91,14 @@ def _targets(t, vpc: str, internet: bool) -> list[str]:
     else:
         found = {h.address for h in t.plan.hosts(vpc)}
         if not internet:
-            found.add(t.inet_address(vpc))
+            found.add(t.internet(vpc)[1])
     return sorted(found, key=bx.ip)
 
 
 def _probes(t, vpc: str, senders: list, boxes: list) -> list[tuple]:
     """Per box, the flow inside it and those just outside: (node, destination, port, proto, source,
-    inside|outside, the model's verdict, nodes that may answer)."""
-    internet = senders[0][0] == t.inet(vpc)
+    inside|outside, the model's verdict, nodes that may answer, payload)."""
+    internet = senders[0][0] == t.internet(vpc)[0]
     targets = _targets(t, vpc, internet)
     out = []
     for b in boxes:
@@ -144,25 +152,29 @@ def _nearest(addresses: list[str], edge: tuple[int, int]) -> str | None:
 
 
 def _observable(t, vpc: str, internet: bool, node: str, address: str, dest: str, proto: str, port):
-    """(verdict, nodes that may answer) when the lab can tell this flow's fate, else None."""
+    """(verdict, nodes that may answer, payload) when the lab can tell this flow's fate, else None."""
     source = Endpoint("internet", address=address) if internet else t.endpoint(vpc, node)
     verdict = t.model.decide(Flow(source, dest, proto, port))
     if proto == "icmp" and dest in t.vpcs[vpc]["public_ips"].values() and verdict.address == dest:
         return None  # a public address without NAT: the router itself may answer a ping
     to = verdict.to
     want: set[str] = set()
+    payload = "hello"
     if to is None:
         pass
     elif to.kind == "internet":
-        want = {t.inet(vpc)}
+        want = {t.internet(vpc)[0]}
     elif to.kind == "tier":
         want = {t.host_at(to.vpc, verdict.address)} - {None}
     elif to.kind == "lb":
-        want = {t.host_at(to.vpc, m) for m in t.site["vpcs"][to.vpc]["load_balancers"][to.name]["members"]} - {None}
+        lb = t.site["vpcs"][to.vpc]["load_balancers"][to.name]
+        want = {t.host_at(to.vpc, m) for m in lb["members"]} - {None}
+        if lb["protocol"] == "http":
+            payload = HTTP_GET  # haproxy in HTTP mode waits for a request and answers a bare payload with 400
     if verdict.delivered and not want:
         return None  # delivered where no lab node answers
     if proto == "udp":  # a closed UDP port and a dropped datagram look alike: only where someone listens
         host = next((h for h in t.plan.hosts(None) if h.address == verdict.address), None)
         if host is None or (verdict.port or 0) not in host.udp:
             return None
-    return verdict, want
+    return verdict, want, payload

@@ -232,14 +232,7 @@ def _remote_access(t, vpc: str) -> tuple[bool, str]:
 
 
 def _ospf_learned(t, vpc: str) -> tuple[bool, str]:
-    core = f"core-{t.vpcs[vpc]['zone']}"
-    cidr = t.vpcs[vpc]["cidr"]
-    deadline = time.monotonic() + 60  # the first adjacency waits for the dead interval
-    while time.monotonic() < deadline:
-        routes = lab.exec_in(t.data, core, f"ip route show {cidr}").stdout.strip()
-        if routes:
-            break
-        time.sleep(1)
+    routes = t.core_routes(vpc)
     masters = t.masters(vpc) if t.vpcs[vpc]["redundant"] else t.vpcs[vpc]["routers"]
     via = [t.transit_address(m) for m in masters]
     ok = bool(routes) and any(f"via {a} " in routes + " " for a in via)
