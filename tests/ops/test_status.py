@@ -145,3 +145,29 @@ def test_status_of_an_unreachable_router_is_a_finding(lab):
     (tree / "known_hosts").write_text("")
     code, out, err = status(lab, "--router", "solo-r1")
     assert code == 1 and "solo-r1  ssh" in out and "is not in" in out
+
+
+# `show ip ospf database self-originate` as FRR 8 prints it on a router that announces 10.128.0.0/22
+SELF_ORIGINATED = """
+       OSPF Router with ID (10.255.0.2)
+
+                Router Link States (Area 0.0.0.0)
+
+Link ID         ADV Router      Age  Seq#       CkSum  Link count
+10.255.0.2     10.255.0.2        12 0x80000004 0x5a1e 1
+
+                AS External Link States
+
+Link ID         ADV Router      Age  Seq#       CkSum  Route
+10.128.0.0     10.255.0.2      {age} 0x80000002 0x7c3b E2 10.128.0.0/22 [0x0]
+"""
+
+
+def test_an_lsa_at_max_age_is_a_withdrawal_not_an_announcement():
+    from vpcgen.ops.status import announced
+    assert announced(SELF_ORIGINATED.format(age=15), "10.128.0.0")
+    # a former master flushing its LSA (MaxAge) no longer announces the VPC
+    assert not announced(SELF_ORIGINATED.format(age=3600), "10.128.0.0")
+    # the network only in another LSA's route column, or the router's own LSA: not announced
+    assert not announced(SELF_ORIGINATED.format(age=15), "10.255.0.3")
+    assert not announced(SELF_ORIGINATED.format(age=15).replace("10.128.0.0     ", "10.129.0.0     "), "10.128.0.0")

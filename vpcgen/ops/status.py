@@ -26,6 +26,7 @@ from .deploy import CONNECTION_ERRORS, Remote, State, Target, _settings_problem,
 # restarted outside a deploy (the health check brings a dead one back within a second)
 RESTART_SLACK_S = 10
 RESTART_WINDOW_S = 600
+MAX_AGE = 3600  # OSPF's MaxAge (RFC 2328): an LSA this old is being flushed
 _SECTION = re.compile(r"^@@section (\S+)\n(.*?)^@@rc (\d+)$", re.M | re.S)
 
 
@@ -347,12 +348,18 @@ def _daemons(st: RouterStatus, t: Target, site: dict, s: dict) -> None:
             st.find("ospf", "no full OSPF adjacency")
     if "ospf-announced" in s and vpc.get("cidr"):
         rc, text = s["ospf-announced"]
-        network = str(ipaddress.ip_network(vpc["cidr"]).network_address)
-        st.announces = rc == 0 and re.search(rf"(^|\s){re.escape(network)}(\s|$)", text, re.M) is not None
+        st.announces = rc == 0 and announced(text, str(ipaddress.ip_network(vpc["cidr"]).network_address))
         if rc == 0 and serving and not st.announces:
             st.find("ospf", f"does not announce the VPC {vpc['cidr']}")
         if rc == 0 and not serving and st.announces and vpc.get("redundant"):
             st.find("ospf", f"announces the VPC {vpc['cidr']} while not master")
+
+
+def announced(text: str, network: str) -> bool:
+    """Whether `show ip ospf database self-originate` holds a live LSA for ``network``: one at
+    MaxAge is being flushed (a former master withdrawing the VPC), not announced."""
+    return any(m.group(1) == network and int(m.group(2)) < MAX_AGE
+               for m in re.finditer(r"^(\S+)\s+\S+\s+(\d+)\s+0x[0-9a-f]+", text, re.M))
 
 
 def pair_findings(routers: list[RouterStatus]) -> list[Finding]:
