@@ -197,3 +197,14 @@ def test_dnsmasq_and_chrony_follow_the_intent(tmp_path):
     assert "        dns = 10.10.0.1\n" in (tree / "shop-r1/etc/swanctl/swanctl.conf").read_text()  # still served
     # both routers of a pair carry the same file (only the master holds the addresses it names)
     assert conf.split("\n", 2)[2] == (tree / "shop-r2/etc/dnsmasq.d/vpcgen.conf").read_text().split("\n", 2)[2]
+
+
+def test_keepalived_runs_its_scripts_through_the_shell_never_a_link_into_a_release(example_tree):
+    """keepalived resolves a script's links once, when it loads its config: /etc's notify.sh would
+    stay the release it pointed to then, and every check and transition would fail once a later
+    deploy pruned that release. The shell is what keepalived resolves; sh finds the current script."""
+    commands = []
+    for conf in sorted(example_tree.glob("*/etc/keepalived/keepalived.conf")):
+        commands += re.findall(r'^\s*(?:script|notify)\s+"([^"]+)"', conf.read_text(), re.M)
+        assert not re.search(r"^\s*(?:script|notify)\s+[^\"\s]", conf.read_text(), re.M), conf
+    assert commands and all(c.split()[:2] == ["/bin/sh", "/etc/keepalived/notify.sh"] for c in commands), commands
