@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -520,6 +521,26 @@ def test_next_deploy_takes_over_a_dead_deployers_timer(lab):
     while alive(timer):  # the dead deployer's timer was cancelled, not left to fire
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_a_timer_whose_cancel_missed_never_undoes_a_later_deploy(lab):
+    """revert.sh is rewritten by every deploy that arms a timer: a timer of an earlier deploy that
+    outlived its cancel runs the latest script, which acts only for the timer of its own release."""
+    first, second = killed_deployer(lab, "600")
+    base = lab.root("solo-r1") / "var/lib/vpcgen"
+    timer = int((base / "confirm/armed").read_text().split()[1])
+    try:
+        stale = subprocess.run(["sh", "confirm/revert.sh", first], cwd=base, capture_output=True, text=True, timeout=60)
+        assert stale.returncode == 0 and stale.stdout == "", stale.stdout + stale.stderr
+        assert lab.current("solo-r1").name == second and (base / "confirm/armed").exists()
+        assert not (base / "confirm/reverted").exists()
+        # the timer of the release it guards does undo it
+        own = subprocess.run(["sh", "confirm/revert.sh", second], cwd=base, capture_output=True, text=True, timeout=60)
+        assert own.returncode == 0 and "restoring" in own.stdout, own.stdout + own.stderr
+        assert lab.complete("solo-r1") == first
+        assert (base / "confirm/reverted").read_text().split() == [second, first, "restored"]
+    finally:
+        os.killpg(timer, signal.SIGTERM)
 
 
 def test_confirm_that_comes_too_late_is_undone(lab):

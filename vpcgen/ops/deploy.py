@@ -588,14 +588,16 @@ class RouterDeploy:
         armed mark is gone), switch back to ``fallback``, reload, drop the pending mark, and record it."""
         q = self.q
         switch, reloads, unmark = steps[0][1], steps[1:-1], steps[-1][1]
+        # a timer that outlived its disarm (its kill missed) is given its own release: it never acts
+        # on a later deploy's script. Nothing it starts holds the lock (9>&-): a daemon would keep it
         lines = [f"exec 9>>{CONFIRM_LOCK}", "flock 9",
                  f"[ -s {CONFIRM_ARMED} ] || exit 0", f"read token pid < {CONFIRM_ARMED}",
-                 f"[ \"$token\" = {q(release_id)} ] || exit 0",
+                 f"[ \"$token\" = {q(release_id)} ] && [ \"${{1:-}}\" = {q(release_id)} ] || exit 0",
                  f"echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) {release_id} was not confirmed in time: restoring {fallback}\"",
                  "result=restored",
-                 f"if sh -ec {q(switch)}; then"]
-        lines += [f"  sh -ec {q(command)} || result=\"restored, {name[7:]} reload failed\"" for name, command in reloads]
-        lines += [f"  sh -ec {q(unmark)}", "else", "  result=\"switch failed\"", "fi",
+                 f"if sh -ec {q(switch)} 9>&-; then"]
+        lines += [f"  sh -ec {q(command)} 9>&- || result=\"restored, {name[7:]} reload failed\"" for name, command in reloads]
+        lines += [f"  sh -ec {q(unmark)} 9>&-", "else", "  result=\"switch failed\"", "fi",
                   f"rm -f {CONFIRM_ARMED}",
                   f"echo {q(release_id)} {q(fallback)} \"$result\" > {CONFIRM_REVERTED}.new",
                   f"mv -f {CONFIRM_REVERTED}.new {CONFIRM_REVERTED}", f"sync {CONFIRM_DIR}",
@@ -613,7 +615,7 @@ class RouterDeploy:
         script = self.revert_script(release_id, fallback, [("switch", self.switch_script(fallback, fallback_state.paths(),
                                                                                           stale))] + reloads
                                     + [("unmark", unmark)])
-        timer = f"sleep {timeout:g}; exec sh {CONFIRM_SCRIPT} >>{CONFIRM_LOG} 2>&1"
+        timer = f"sleep {timeout:g}; exec sh {CONFIRM_SCRIPT} {q(release_id)} >>{CONFIRM_LOG} 2>&1"
         return (f"cd {q(self.t.base)}; mkdir -p {CONFIRM_DIR}; exec 9>>{CONFIRM_LOCK}; flock -w 600 9; "
                 f"printf '%s' {q(script)} > {CONFIRM_SCRIPT}.new; mv -f {CONFIRM_SCRIPT}.new {CONFIRM_SCRIPT}; "
                 f"rm -f {CONFIRM_REVERTED}; "

@@ -41,7 +41,11 @@ def run(t) -> None:
 def deploy(t, tree, *args: str) -> tuple[bool, str]:
     r = t.vpcgen("deploy", str(tree), "--parallel", "4", *args)
     last = (r.stdout.strip().splitlines() or ["no output"])[-1]
-    return r.returncode == 0, f"exit {r.returncode}: {last}" + (f"; {r.stderr.strip()[-300:]}" if r.returncode else "")
+    # on a failure, each failed router's row (its reason first: a failed step quotes its whole script)
+    said = [" ".join(line.split())[:240] for line in r.stdout.splitlines()
+            if re.match(r"\S+\s+(failed|rolled back)\s+[\d.]+s\s", line)]
+    return r.returncode == 0, f"exit {r.returncode}: {last}" + (f"; {' | '.join(said) or r.stderr.strip()[-300:]}"
+                                                               if r.returncode else "")
 
 
 def status(t, tree, routers=()) -> tuple[int, list[tuple[str, str]], str]:
