@@ -96,7 +96,7 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         for name in ("shop: shop/app -> shop/db", "shop: internet -> shop/web", "left: left/web -> left/db"):
             detail = checks[f"reach {name}"]["detail"]
             inside, outside = (int(n) for n in re.match(r"(\d+) inside and (\d+) just outside", detail).groups())
-            assert inside >= 1 and outside >= 2, checks[name]
+            assert inside >= 1 and outside >= 1, detail  # the probe budget is shared out class by class
         for host, address in (("shop-web-2", "10.10.1.11"), ("shop-web-3", "10.10.1.12")):
             assert checks[f"guest shop: tier web: {host} leases its reservation {address}"]["ok"]
         renewal = checks["guest shop: failover: the new master renews a lease the old one gave (ACK, not NAK) "
