@@ -36,6 +36,15 @@ def lab_run(tree: Path, *command: str, timeout: float = 300) -> subprocess.Compl
                           timeout=timeout)
 
 
+def status_once_settled(tree: Path, wait_s: float = 60) -> subprocess.CompletedProcess:
+    """`vpcgen status` until it is green or `wait_s` has passed: a reload on a pair's master may
+    re-establish its tunnels (notify.sh initiates them), so only a finding that stays counts."""
+    deadline = time.monotonic() + wait_s
+    while (r := lab_run(tree, *VPCGEN, "status", str(tree))).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(2)
+    return r
+
+
 def test_deploy_and_status_through_the_management_network(running):
     site, tree = running
     # plain ssh: the router's own /etc and deploy state, never the machine's
@@ -44,7 +53,7 @@ def test_deploy_and_status_through_the_management_network(running):
     r = lab_run(tree, *VPCGEN, "deploy", str(tree), "--parallel", "4")
     assert r.returncode == 0 and r.stdout.count(" changed ") == 6, r.stdout + r.stderr
     assert not Path("/var/lib/vpcgen/current").exists()  # the machine's deploy state is untouched
-    r = lab_run(tree, *VPCGEN, "status", str(tree))
+    r = status_once_settled(tree)
     assert r.returncode == 0 and "all routers as built" in r.stdout, r.stdout + r.stderr
     # one ACL changed and deployed: only its routers change, and status is green again
     acl = site / "acls/web.yaml"
@@ -52,10 +61,7 @@ def test_deploy_and_status_through_the_management_network(running):
     assert run_cli("build", site, "--output", tree.parent)[0] == 0
     r = lab_run(tree, *VPCGEN, "deploy", str(tree), "--parallel", "4")
     assert r.returncode == 0 and r.stdout.count(" changed ") == 3 and r.stdout.count(" skipped ") == 3, r.stdout
-    # a reload on a pair's master may re-establish its tunnels (notify.sh initiates them): give them a moment
-    deadline = time.monotonic() + 60
-    while (r := lab_run(tree, *VPCGEN, "status", str(tree))).returncode != 0 and time.monotonic() < deadline:
-        time.sleep(2)
+    r = status_once_settled(tree)
     assert r.returncode == 0, r.stdout + r.stderr
     # a rule deleted by hand: status names that router and that rule, nothing else
     rules = (tree / "blog-r1/etc/iptables/rules.v4").read_text()

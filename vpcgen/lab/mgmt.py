@@ -213,8 +213,10 @@ def restart(p, state, node) -> None:
 
 def _tunnels_up(p, state) -> None:
     """The lab starts the VPN peers after the routers, so a master's own initiation at its takeover
-    found no peer: initiate each site-to-site tunnel once more on every serving router, as a router
-    that had its peers all along would have (`vpcgen status` expects them up on a master)."""
+    found no peer: bring each site-to-site tunnel up on every serving router, as a router that had
+    its peers all along would have (`vpcgen status` expects them up on a master). A peer's charon
+    may still be loading its connections (it answers NO_PROPOSAL_CHOSEN meanwhile), so each tunnel
+    is initiated again until it is installed, for a bounded time: what stays down, status reports."""
     from ..tree import VPN_CHILD, VRRP_STATE
     for node in (n for n in p.nodes if n.kind == "router"):
         peers = sorted(p.site["vpcs"][node.vpc]["vpn_peers"])
@@ -225,11 +227,13 @@ def _tunnels_up(p, state) -> None:
         wait = (f"i=0; while [ ! -s {VRRP_STATE} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
                 f"[ \"$(cat {VRRP_STATE} 2>/dev/null)\" = MASTER ] || exit 0; "
                 if p.site["vpcs"][node.vpc]["redundant"] else "")
-        script = (wait
-                  + "; ".join(f"swanctl --initiate --child {VPN_CHILD.format(name=peer)} --timeout 10 "
-                              ">/dev/null 2>&1 &" for peer in peers) + "; wait")
+        children = " ".join(VPN_CHILD.format(name=peer) for peer in peers)
+        script = (wait + f"for try in $(seq 10); do down=0; for c in {children}; do "
+                  "swanctl --list-sas --ike \"$c\" 2>/dev/null | grep -q \"^ *$c: .* INSTALLED,\" && continue; "
+                  "down=1; swanctl --initiate --child \"$c\" --timeout 5 >/dev/null 2>&1; done; "
+                  "[ $down = 0 ] && exit 0; sleep 1; done; exit 1")
         netns.run(["nsenter", "-t", holder, "-m", "-n", "env", f"STRONGSWAN_CONF={LAB_STRONGSWAN}", "sh", "-c",
-                   script], timeout=30)
+                   script], timeout=150)
 
 
 def run(tree_dir, command: list[str]) -> int:
