@@ -23,6 +23,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -217,23 +218,27 @@ def _tunnels_up(p, state) -> None:
     its peers all along would have (`vpcgen status` expects them up on a master). A peer's charon
     may still be loading its connections (it answers NO_PROPOSAL_CHOSEN meanwhile), so each tunnel
     is initiated again until it is installed, for a bounded time: what stays down, status reports."""
+    from ..ops.status import child_sas
     from ..tree import VPN_CHILD, VRRP_STATE
+    from .run import exec_in
+    swanctl = f"STRONGSWAN_CONF={LAB_STRONGSWAN} swanctl"
     for node in (n for n in p.nodes if n.kind == "router"):
-        peers = sorted(p.site["vpcs"][node.vpc]["vpn_peers"])
-        holder = str(state.data["nodes"][node.name]["holder"])
-        if not peers:
+        children = [VPN_CHILD.format(name=peer) for peer in sorted(p.site["vpcs"][node.vpc]["vpn_peers"])]
+        if not children:
             continue
-        # on a pair: once keepalived has decided, and only on the master
-        wait = (f"i=0; while [ ! -s {VRRP_STATE} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
-                f"[ \"$(cat {VRRP_STATE} 2>/dev/null)\" = MASTER ] || exit 0; "
-                if p.site["vpcs"][node.vpc]["redundant"] else "")
-        children = " ".join(VPN_CHILD.format(name=peer) for peer in peers)
-        script = (wait + f"for try in $(seq 10); do down=0; for c in {children}; do "
-                  "swanctl --list-sas --ike \"$c\" 2>/dev/null | grep -q \"^ *$c: .* INSTALLED,\" && continue; "
-                  "down=1; swanctl --initiate --child \"$c\" --timeout 5 >/dev/null 2>&1; done; "
-                  "[ $down = 0 ] && exit 0; sleep 1; done; exit 1")
-        netns.run(["nsenter", "-t", holder, "-m", "-n", "env", f"STRONGSWAN_CONF={LAB_STRONGSWAN}", "sh", "-c",
-                   script], timeout=150)
+        if p.site["vpcs"][node.vpc]["redundant"]:  # once keepalived has decided, and only on the master
+            decided = exec_in(state.data, node.name, f"i=0; while [ ! -s {VRRP_STATE} ] && [ $i -lt 100 ]; do "
+                              f"sleep 0.1; i=$((i+1)); done; cat {VRRP_STATE}")
+            if decided.stdout.strip() != "MASTER":
+                continue
+        for _ in range(10):
+            installed = child_sas(exec_in(state.data, node.name, f"{swanctl} --list-sas 2>/dev/null").stdout)
+            down = [c for c in children if installed.get(c) != "INSTALLED"]
+            if not down:
+                break
+            exec_in(state.data, node.name, "; ".join(f"{swanctl} --initiate --child {c} --timeout 5 >/dev/null 2>&1"
+                                                     for c in down), timeout=10 + 5 * len(down))
+            time.sleep(1)
 
 
 def run(tree_dir, command: list[str]) -> int:

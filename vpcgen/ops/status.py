@@ -197,7 +197,7 @@ def _backends(text: str) -> dict[str, str]:
     return out
 
 
-def _sas(text: str) -> dict[str, str]:
+def child_sas(text: str) -> dict[str, str]:
     """swanctl --list-sas: child SA name -> state (INSTALLED, ...)."""
     return {m.group(1): m.group(2) for m in re.finditer(r"^\s+([\w.-]+): #\d+, reqid \d+, (\w+)", text, re.M)}
 
@@ -331,7 +331,7 @@ def _daemons(st: RouterStatus, t: Target, site: dict, s: dict) -> None:
                 st.find("haproxy", f"member {name} is {state or 'unknown'}")
     if "strongswan" in s:
         rc, text = s["strongswan"]
-        st.tunnels = _sas(text)
+        st.tunnels = child_sas(text)
         if rc != 0:
             st.find("vpn", f"swanctl does not answer (exit {rc})")
         elif serving:
