@@ -3,6 +3,7 @@ byte what the standard library's indenting encoder writes, for every value a tre
 the site refuses fractions and nothing computes one; orjson would write 1e-7 where json writes 1e-07)."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -77,3 +78,56 @@ def test_streamed_tree_modes_and_folders(tmp_path):
     with pytest.raises(ValueError):
         promote_tree(iter([("../escape", (b"1", 0o644))]), tmp_path / "other")
     assert not (tmp_path / "escape").exists()
+
+
+def _tree_of(root) -> dict:
+    """path -> (bytes, mode) of every file, and path -> 'dir' of every folder, under ``root``."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        out[rel] = "dir" if path.is_dir() else (path.read_bytes(), path.stat().st_mode & 0o7777)
+    return out
+
+
+def test_a_recycled_spare_gives_exactly_the_files_of_a_fresh_build(tmp_path):
+    """The replaced tree is kept as `.site.spare` and rewritten by the next build: whatever it holds
+    (stale files and folders, a symlink out of the tree, a hard link, a folder turned into a file,
+    loosened modes), the promoted tree holds exactly the files given, and nothing outside changes."""
+    target, spare = tmp_path / "out" / "site", tmp_path / "out" / ".site.spare"
+    first = [("site.json", (b"{}\n", 0o644)), ("r1/etc/a.conf", (b"a1\n", 0o644)),
+             ("r1/etc/gone/x", (b"x\n", 0o644)), ("r2/etc/b.conf", (b"b1\n", 0o600))]
+    promote_tree(iter(first), target)
+    promote_tree(iter(first), target)  # the first tree is now the spare
+    assert spare.is_dir() and (spare / "r1/etc/a.conf").read_bytes() == b"a1\n"
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep me\n")
+    (spare / "r1/etc/a.conf").chmod(0o666)
+    (spare / "r1/etc/stale").write_bytes(b"stale\n")
+    (spare / "r1/etc/gone/x").unlink()
+    (spare / "r2/etc/b.conf").unlink()
+    (spare / "r2/etc/b.conf").symlink_to(outside)  # a write through it would land outside
+    (spare / "r3").mkdir()
+    os.link(outside, spare / "r3/linked")  # rewriting it in place would change `outside`
+    (spare / "r4").write_bytes(b"a file where the new tree has a folder\n")
+    (spare / "r5").symlink_to(tmp_path, target_is_directory=True)
+    second = [("site.json", (b'{"v": 2}\n', 0o644)), ("r1/etc/a.conf", (b"a2\n", 0o644)),
+              ("r2/etc/b.conf", (b"b2\n", 0o600)), ("r3/linked", (b"new\n", 0o640)),
+              ("r4/etc/c.conf", (b"c\n", 0o644)), ("r5/d", (b"d\n", 0o644))]
+    promote_tree(iter(second), target)
+    fresh = tmp_path / "fresh" / "site"
+    promote_tree(iter(second), fresh)
+    assert _tree_of(target) == _tree_of(fresh)
+    assert outside.read_bytes() == b"keep me\n" and not (tmp_path / "d").exists()
+
+
+def test_the_spare_keeps_no_secret_the_new_tree_does_not_hold(tmp_path):
+    """Files only their owner may read (secrets) are emptied in the kept tree unless the new tree
+    holds the same bytes; the next build still writes them right."""
+    target, spare = tmp_path / "site", tmp_path / ".site.spare"
+    promote_tree(iter([("r/psk", (b"old secret\n", 0o600)), ("r/same", (b"same\n", 0o600))]), target)
+    promote_tree(iter([("r/psk", (b"new secret\n", 0o600)), ("r/same", (b"same\n", 0o600))]), target)
+    assert (spare / "r/psk").read_bytes() == b"" and (spare / "r/same").read_bytes() == b"same\n"
+    assert b"old secret" not in b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    promote_tree(iter([("r/psk", (b"new secret\n", 0o600)), ("r/same", (b"same\n", 0o600))]), target)
+    assert (target / "r/psk").read_bytes() == b"new secret\n"
+    assert oct((target / "r/psk").stat().st_mode & 0o7777) == "0o600"
