@@ -6,6 +6,7 @@ passes small option objects in and prints what comes back; nothing here prints o
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import os
@@ -50,8 +51,9 @@ class Validated:
 class BuildResult:
     site: str
     # (relative path, (bytes, mode)) of the whole tree, router by router: rendered as it is consumed,
-    # so writing it holds one router's files at a time, never the whole output
-    render: Callable[[], Iterator[tuple[str, tuple[bytes, int]]]] = field(repr=False)
+    # so writing it holds one router's files at a time, never the whole output; render(k, n) is the
+    # k-th of n slices of it (site.json in the first), for writers in processes of their own
+    render: Callable[..., Iterator[tuple[str, tuple[bytes, int]]]] = field(repr=False)
     lock_text: str
     lock_changed: bool
     routers: list[str]
@@ -98,11 +100,11 @@ def validate_site(site_dir) -> Validated:
 
 
 def _validate_site(site_dir) -> Validated:
-    files, problems = load_site(site_dir)
+    files, problems = load_site(site_dir, check=validate_document)  # schemas checked as files are read
     problems += unknown_entries(site_dir)
     # every document that passes its schema goes on to the semantic checks, whatever the others do
     for doc in files.documents() + ([files.lock] if files.lock else []):
-        problems += validate_document(doc)
+        problems += doc.checked
     problems += verify.check_files(files)
     checked = _passed(files, problems)
     site = build_intent(checked, _unchecked(problems))
@@ -194,9 +196,11 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
         head.append((KNOWN_HOSTS, (v.files.known_hosts.encode("utf-8"), render.TEXT_MODE)))
     deployable = not options.placeholder_secrets
 
-    def tree():
-        yield from head
-        for view in views:
+    def tree(part: int = 0, parts: int = 1):
+        """The whole tree, or the ``part``-th of ``parts`` slices of it (routers in order)."""
+        if part == 0:
+            yield from head
+        for view in views[part * len(views) // parts:(part + 1) * len(views) // parts]:
             for path, entry in render.render_router(env, view, secrets, deployable, digest).items():
                 yield f"{view.name}/{path}", entry
 
@@ -215,6 +219,12 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     return result
 
 
+def _writers(routers: int) -> int:
+    """Processes that render and write a tree: one per core this process may use, up to 4, and
+    no more than one per 64 routers (a fork costs more than rendering a few routers)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4, routers // 64))
+
+
 def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:
     """Promote the tree into OUTPUT/<site>/ and record the lock; the old tree stays until then."""
     target = Path(options.output) / result.site
@@ -225,7 +235,12 @@ def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildRe
         if result.lock_changed else None
     try:
         with _no_cyclic_gc():  # rendering happens here, router by router, as the files are written
-            promote_tree(result._tree.items() if result._tree is not None else result.render(), target)
+            if result._tree is not None:
+                promote_tree(result._tree.items(), target)
+            else:
+                parts = _writers(len(result.routers))
+                promote_tree(result.render(0, parts), target,
+                             [functools.partial(result.render, k, parts) for k in range(1, parts)])
     except BaseException:
         if lock is not None:
             lock.discard()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -23,9 +24,10 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 from ..errors import VpcgenError
+from ..forked import run_split
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
@@ -109,33 +111,57 @@ def _remove_entry(dir_fd: int, rel: str) -> None:
         os.unlink(rel, dir_fd=dir_fd)
 
 
-def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes], prefix: str = "") -> None:
-    """Remove from a tree everything that is not in ``keep`` (paths of files and folders) and empty
-    the files of ``secrets`` whose sha256 is not the one given; never through a symlink. Listing a
-    folder gives each entry's type: one open and one listing per folder, no call per file."""
+def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes], prefix: str = "", descend: bool = True) -> list:
+    """Remove from a folder of a tree everything that is not in ``keep`` (paths of files and
+    folders, ``prefix`` being this folder's) and empty the files of ``secrets`` whose sha256 is not
+    the one given; never through a symlink. Listing a folder gives each entry's type: one open and
+    one listing per folder, no call per file. Without ``descend``, the kept subfolders are returned
+    instead of swept."""
     with os.scandir(dir_fd) as listing:
-        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
+        entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
+    folders = []
     for name, is_dir in entries:
         rel = prefix + name
         if rel not in keep:
             _remove_entry(dir_fd, name)
         elif is_dir:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            try:
-                _sweep(fd, keep, secrets, rel + "/")
-            finally:
-                os.close(fd)
+            folders.append(name)
         elif rel in secrets:
-            try:
-                fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-            except OSError:
-                _remove_entry(dir_fd, name)
-                continue
-            try:
-                if hashlib.sha256(os.read(fd, os.fstat(fd).st_size + 1)).digest() != secrets[rel]:
-                    os.ftruncate(fd, 0)
-            finally:
-                os.close(fd)
+            _empty_unless(dir_fd, name, secrets[rel])
+    if not descend:
+        return folders
+    _sweep_folders(dir_fd, folders, keep, secrets, prefix)
+    return []
+
+
+def _sweep_folders(dir_fd: int, names: list[str], keep: set[str], secrets: dict[str, bytes], prefix: str = "") -> None:
+    for name in names:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            _sweep(fd, keep, secrets, prefix + name + "/")
+        finally:
+            os.close(fd)
+
+
+def _empty_unless(dir_fd: int, name: str, digest: bytes) -> None:
+    """Empty a file unless its sha256 is ``digest`` (removed when it cannot be opened as a file)."""
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        _remove_entry(dir_fd, name)
+        return
+    try:
+        if hashlib.sha256(os.read(fd, os.fstat(fd).st_size + 1)).digest() != digest:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _sweep_split(root_fd: int, keep: set[str], secrets: dict[str, bytes], processes: int) -> None:
+    """``_sweep`` of a whole tree, its top-level folders (routers) shared out among processes."""
+    folders = _sweep(root_fd, keep, secrets, descend=False)
+    run_split([functools.partial(_sweep_folders, root_fd, folders[k::processes], keep, secrets)
+               for k in range(processes)])
 
 
 def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reuse: bool) -> tuple[set, dict]:
@@ -275,14 +301,14 @@ def _take_spare(spare: Path, staging: Path) -> bool:
     return True
 
 
-def _keep_spare(tree: Path, spare: Path, keep: set[str], secrets: dict[str, bytes]) -> None:
+def _keep_spare(tree: Path, spare: Path, keep: set[str], secrets: dict[str, bytes], processes: int) -> None:
     """Keep a replaced tree for the next build to recycle: only the paths the new tree has, its files
     that only their owner may read emptied unless the new tree holds the same bytes (a rotated
     secret must not outlive the tree that carried it)."""
     try:
         fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            _sweep(fd, keep, secrets)
+            _sweep_split(fd, keep, secrets, processes)
         finally:
             os.close(fd)
         os.rename(tree, spare)
@@ -290,10 +316,34 @@ def _keep_spare(tree: Path, spare: Path, keep: set[str], secrets: dict[str, byte
         _remove_tree(tree)
 
 
-def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path) -> None:
+def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[], Iterable]],
+                 reuse: bool) -> tuple[set, dict]:
+    """``files`` written here while each of ``elsewhere`` is produced and written by a forked process."""
+    def writer(produce: Callable[[], Iterable]) -> Callable[[], tuple[set, dict]]:
+        def write() -> tuple[set, dict]:
+            written, secrets = _write_all(root_fd, produce(), reuse)
+            if reuse:  # a recycled tree: in the folders written here, what the new tree lacks goes
+                _sweep_folders(root_fd, sorted({rel.split("/", 1)[0] for rel in written if "/" in rel}), written, {})
+            return written, secrets
+        return write
+
+    results = run_split([writer(lambda: files), *map(writer, elsewhere)])
+    written, secrets = results[0]
+    for more_written, more_secrets in results[1:]:
+        twice = written & more_written - {""}
+        if twice:
+            raise ValueError(f"{min(twice)}: written twice")
+        written |= more_written
+        secrets |= more_secrets
+    return written, secrets
+
+
+def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path,
+                 elsewhere: Sequence[Callable[[], Iterable[tuple[str, tuple[bytes, int]]]]] = ()) -> None:
     """Write ``files`` (relative path, (bytes, mode)), consumed one at a time, into a staging folder,
     then swap it into place: an exception while they are produced or written leaves ``target`` as
-    it was."""
+    it was. Each of ``elsewhere`` produces more files of the tree (disjoint folders) and is consumed
+    by a forked process at the same time: rendering is CPU work, and a process has a core of its own."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     spare = target.parent / f".{target.name}.spare"
@@ -303,9 +353,9 @@ def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path) -
             reuse = _take_spare(spare, staging)
             root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:
-                written, secrets = _write_all(root_fd, files, reuse)
-                if reuse:
-                    _sweep(root_fd, written, {})
+                written, secrets = _write_parts(root_fd, files, elsewhere, reuse)
+                if reuse:  # the top level: each writer swept the folders it wrote
+                    _sweep(root_fd, written, {}, descend=False)
             finally:
                 os.close(root_fd)
             os.chmod(staging, 0o755)
@@ -321,7 +371,7 @@ def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path) -
                 _remove_tree(staging)  # a partial tree: not worth keeping
             raise
         if staging is not None:
-            _keep_spare(staging, spare, written, secrets)
+            _keep_spare(staging, spare, written, secrets, 1 + len(elsewhere))
 
 
 def check_output_target(target: Path, site_root: Path) -> None:

@@ -341,7 +341,7 @@ def _secret(ref) -> str | None:
 def _rule(doc: Document, path: tuple, r: dict) -> Rule:
     return Rule(number=r["number"], action=r["action"], traffic=r["traffic"], protocol=r["protocol"],
                 ports=port_range(r.get("ports")), icmp_type=r.get("icmp_type"), icmp_code=r.get("icmp_code"),
-                cidrs=tuple(r.get("cidrs", default("acl", "rules", "cidrs"))), src=Src(doc, path))
+                cidrs=tuple(r["cidrs"] if "cidrs" in r else default("acl", "rules", "cidrs")), src=Src(doc, path))
 
 
 def _acl(doc: Document) -> Acl:

@@ -57,7 +57,8 @@ def default(kind: str, *path: str):
     of the input live in the schemas, so that editors, docs/site-reference.md and the intent agree.
     A KeyError means the schema gives no literal default there (it depends on other values).
     """
-    return copy.deepcopy(_default(kind, path))
+    value = _default(kind, path)
+    return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
 
 
 @cache

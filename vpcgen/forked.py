@@ -1,0 +1,85 @@
+"""Work handed to forked processes: the CPU-bound parts of a build (reading the site's files,
+rendering and writing the tree) run on every core the process may use. A forked child shares the
+parent's memory copy-on-write, so it needs nothing sent to it; what it returns comes back pickled."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+from typing import Callable
+
+
+def cores() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class Forked:
+    """``fn()`` run in a forked child at once; ``result()`` returns what it returned or raises what
+    it raised, and a child that died or could not send its result is an error too. Fork only where
+    the process runs no other thread: a child holds just the forking one."""
+
+    def __init__(self, fn: Callable[[], object]):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid:
+            os.close(write_end)
+            self.pid, self.read_end = pid, read_end
+            return
+        try:  # the child: never returns to the caller, never runs the parent's exit handlers
+            os.close(read_end)
+            try:
+                outcome = ("ok", fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+                outcome = ("error", exc)
+            try:
+                data = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+                if outcome[0] == "error":
+                    pickle.loads(data)  # an exception that cannot be rebuilt is sent as its text
+            except Exception:
+                data = pickle.dumps(("error", RuntimeError(f"{type(outcome[1]).__name__}: {outcome[1]}")))
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(data)
+        finally:
+            os._exit(0)
+
+    def result(self):
+        with os.fdopen(self.read_end, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(self.pid, 0)
+        if not data or os.waitstatus_to_exitcode(status) != 0:
+            code = os.waitstatus_to_exitcode(status)
+            why = f"signal {-code}" if code < 0 else f"status {code}"
+            raise OSError(f"a worker process ended with {why} before it finished")
+        kind, value = pickle.loads(data)
+        if kind == "error":
+            raise value
+        return value
+
+    def kill(self) -> None:
+        """Stop the child and reap it (the caller failed: what the child does no longer matters)."""
+        os.kill(self.pid, signal.SIGKILL)
+        os.close(self.read_end)
+        os.waitpid(self.pid, 0)
+
+
+def run_split(fns: list[Callable[[], object]]) -> list:
+    """``fns[0]()`` here and every other one in a child of its own, at the same time; their results
+    in order. The first error is raised once every child has ended."""
+    children = [Forked(fn) for fn in fns[1:]]
+    try:
+        results = [fns[0]()]
+    except BaseException:
+        for child in children:
+            child.kill()
+        raise
+    failure = None
+    for child in children:
+        try:
+            results.append(child.result())
+        except BaseException as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return results
