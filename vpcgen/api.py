@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Callable, Iterator
 
+from . import forked
 from .compiler import render
 from .site import verify
 from .compiler.allocate import Allocation, allocate, dump_lock, lock_changes
@@ -176,7 +177,12 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
         raise DiagnosticsError(missing, v.warnings)
     for doc in v.files.documents():
         doc.node = None  # every located check has passed: positions are no longer needed
-    lock_text = dump_lock(alloc.lock_data(site))
+    # the lock's text is written by another process while this one lays out the routers and site.json
+    lock_data = alloc.lock_data(site)
+    lock_dump = forked.start(lambda: dump_lock(lock_data)) if len(site.vpcs) >= _FORK_VPCS else None
+    views = router_views(site, alloc)
+    document = site_json(site, alloc, views)
+    lock_text = lock_dump.result() if lock_dump else dump_lock(lock_data)
     old_lock = (v.files.root / LOCK_FILE).read_text(encoding="utf-8") if v.files.lock else None
     lock_changed = lock_text != old_lock
     if options.locked and lock_changed:
@@ -186,8 +192,6 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
         raise DiagnosticsError([Diagnostic(None, f"{where} would change (--locked): {shown or 'rewritten'}; run "
                                            "`vpcgen build` without --locked and commit the lock file",
                                            "lock-changed")], v.warnings)
-    views = router_views(site, alloc)
-    document = site_json(site, alloc, views)
     site_bytes = dump_json(document)
     digest = hashlib.sha256(site_bytes).hexdigest()
     env = render.environment()
@@ -219,10 +223,15 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     return result
 
 
+# VPCs a site needs before handing work to another process pays: a fork of a large process
+# costs tens of milliseconds
+_FORK_VPCS = 32
+
+
 def _writers(routers: int) -> int:
     """Processes that render and write a tree: one per core this process may use, up to 4, and
-    no more than one per 64 routers (a fork costs more than rendering a few routers)."""
-    return max(1, min(len(os.sched_getaffinity(0)), 4, routers // 64))
+    no more than one per 2 x _FORK_VPCS routers."""
+    return max(1, min(forked.cores(), 4, routers // (2 * _FORK_VPCS)))
 
 
 def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import threading
 from typing import Callable
 
 
@@ -64,10 +65,34 @@ class Forked:
         os.waitpid(self.pid, 0)
 
 
+class _Done:
+    """What ``start`` gives when it may not fork: ``fn()`` already run here."""
+
+    def __init__(self, fn: Callable[[], object]):
+        try:
+            self.value, self.error = fn(), None
+        except Exception as exc:  # raised by result(), as a child's would be
+            self.value, self.error = None, exc
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def kill(self) -> None:
+        pass
+
+
+def start(fn: Callable[[], object]) -> Forked | _Done:
+    """``fn()`` in a forked child, or here and now when the process runs other threads (a child
+    would hold copies of their locks, perhaps taken)."""
+    return Forked(fn) if threading.active_count() == 1 else _Done(fn)
+
+
 def run_split(fns: list[Callable[[], object]]) -> list:
     """``fns[0]()`` here and every other one in a child of its own, at the same time; their results
     in order. The first error is raised once every child has ended."""
-    children = [Forked(fn) for fn in fns[1:]]
+    children = [start(fn) for fn in fns[1:]]
     try:
         results = [fns[0]()]
     except BaseException:

@@ -31,6 +31,7 @@ def _processes(monkeypatch, readers: bool, writers: int) -> None:
     monkeypatch.setattr(loader, "_PARALLEL_FILES", 1 if readers else 10**9)
     monkeypatch.setattr(loader, "cores", lambda: 3)  # three readers, whatever the machine has
     monkeypatch.setattr(api, "_writers", lambda routers: writers)
+    monkeypatch.setattr(api, "_FORK_VPCS", 1 if readers else 10**9)  # the lock's text written by a child
 
 
 def _build(site: Path, out: Path) -> None:
@@ -46,8 +47,11 @@ def site(tmp_path_factory) -> Path:
 def test_several_processes_build_exactly_the_tree_of_one(site, tmp_path, monkeypatch):
     _processes(monkeypatch, readers=False, writers=1)
     _build(site, tmp_path / "one")
+    lock = (site / "allocations.lock.yaml").read_bytes()
+    (site / "allocations.lock.yaml").unlink()  # written again, its text from a child this time
     _processes(monkeypatch, readers=True, writers=3)
     _build(site, tmp_path / "three")
+    assert (site / "allocations.lock.yaml").read_bytes() == lock
     expected = _tree_of(tmp_path / "one" / site.name)
     assert len(expected) > 500
     assert _tree_of(tmp_path / "three" / site.name) == expected

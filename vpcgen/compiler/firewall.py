@@ -86,14 +86,29 @@ def rule_matches(rule: Rule) -> list[str]:
     return out
 
 
+# The rules of the ACL chains rendered last: the second router of a pair renders the same ones
+# right after the first. Keyed by the Acl object's identity, which the entry holds on to.
+_RECENT_ACL_CHAINS: dict[tuple, tuple[Acl, list[str]]] = {}
+_RECENT_MAX = 64
+
+
 def _acl_rules(table: Table, chain: str, acl: Acl, traffic: str, on_allow: str, label: str) -> None:
-    for rule in acl.rules:
-        if rule.traffic != traffic:
-            continue
-        target = on_allow if rule.action == "allow" else "DROP"
-        for match in rule_matches(rule):
-            table.add(chain, f"{match} -j {target}".strip(), f"{label} acl {acl.name} rule {rule.number}")
-    table.add(chain, "-j DROP", f"{label} acl {acl.name} default deny")
+    key = (id(acl), chain, traffic, on_allow, label)
+    recent = _RECENT_ACL_CHAINS.get(key)
+    if recent is None or recent[0] is not acl:
+        before = len(table.by_chain.get(chain, ()))
+        for rule in acl.rules:
+            if rule.traffic != traffic:
+                continue
+            target = on_allow if rule.action == "allow" else "DROP"
+            for match in rule_matches(rule):
+                table.add(chain, f"{match} -j {target}".strip(), f"{label} acl {acl.name} rule {rule.number}")
+        table.add(chain, "-j DROP", f"{label} acl {acl.name} default deny")
+        if len(_RECENT_ACL_CHAINS) >= _RECENT_MAX:
+            del _RECENT_ACL_CHAINS[next(iter(_RECENT_ACL_CHAINS))]
+        _RECENT_ACL_CHAINS[key] = (acl, table.by_chain[chain][before:])
+        return
+    table.by_chain.setdefault(chain, []).extend(recent[1])
 
 
 def build_tables(view: RouterView) -> list[Table]:

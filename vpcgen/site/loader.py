@@ -20,6 +20,7 @@ import functools
 import importlib
 import os
 import re
+import stat
 from itertools import accumulate
 from dataclasses import dataclass
 from pathlib import Path
@@ -364,15 +365,27 @@ def parse_document(text: bytes, file: str, kind: str) -> tuple[Document, list[Di
     return doc, converter.problems
 
 
-def read_inside(root: Path, path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_inside(root: Path, path: Path, limit: int = MAX_FILE_BYTES, folder_inside: bool = False) -> bytes:
     """A regular file of the site, never through a symlink that leads outside the site folder (a pull
-    request could point one at the CI runner's credentials), and never more than ``limit`` bytes."""
-    real = path.resolve()
-    if not real.is_relative_to(root):
-        raise OSError(f"{path.name} is a symlink that leads outside the site folder: refusing to read it")
-    if not real.is_file():
-        raise OSError(f"{path.name} is not a regular file")
-    with open(real, "rb") as handle:
+    request could point one at the CI runner's credentials), and never more than ``limit`` bytes.
+    With ``folder_inside`` (the caller checked that the file's folder lies inside the site), a file
+    that is no symlink is opened at once, without resolving its path component by component."""
+    fd = None
+    if folder_inside:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:  # a symlink (or nothing): resolved below
+            fd = None
+    if fd is None:
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            raise OSError(f"{path.name} is a symlink that leads outside the site folder: refusing to read it")
+        if not real.is_file():
+            raise OSError(f"{path.name} is not a regular file")
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)  # never waits on a FIFO swapped in meanwhile
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise OSError(f"larger than {limit // (1024 * 1024)} MiB")
@@ -384,12 +397,12 @@ def display_path(path: Path, root_arg: Path, root: Path) -> str:
     return os.path.normpath(os.path.join(str(root_arg), os.path.relpath(path, root)))
 
 
-def _read(root: Path, root_arg: Path, path: Path, kind: str, check) -> tuple[Document | None, list[Diagnostic]]:
+def _read(root: Path, root_arg: Path, path: Path, kind: str, inside: bool, check) -> tuple[Document | None, list[Diagnostic]]:
     """One file of the site parsed (and checked by ``check``): the document, if it parsed without
     a problem, and the problems."""
     shown = display_path(path, root_arg, root)
     try:
-        raw = read_inside(root, path)
+        raw = read_inside(root, path, folder_inside=inside)
     except OSError as exc:
         return None, [Diagnostic(Location(shown), f"cannot read: {exc.strerror or exc}", "unreadable")]
     doc, found = parse_document(raw, shown, kind)
@@ -405,7 +418,7 @@ def _read(root: Path, root_arg: Path, path: Path, kind: str, check) -> tuple[Doc
 _PARALLEL_FILES = 256
 
 
-def _read_all(root: Path, root_arg: Path, jobs: list[tuple[Path, str]], check) -> list:
+def _read_all(root: Path, root_arg: Path, jobs: list[tuple[Path, str, bool]], check) -> list:
     """Every job read, in order: in slices by forked processes, one per core (up to 4), when the
     site is large. A child sends its documents back as orjson's JSON of their values and their text
     (four times faster to send and rebuild than pickled values), never their node trees: a later
@@ -434,7 +447,7 @@ def _read_all(root: Path, root_arg: Path, jobs: list[tuple[Path, str]], check) -
         return out
 
     def read_slice(part: list, here: bool):
-        results = [_read(root, root_arg, path, kind, check) for path, kind in part]
+        results = [_read(root, root_arg, path, kind, inside, check) for path, kind, inside in part]
         return results if here else sent(results)
 
     processes = min(cores(), 4) if len(jobs) >= _PARALLEL_FILES else 1
@@ -456,7 +469,7 @@ def load_site(site_dir: str | os.PathLike, check=None) -> tuple[SiteFiles, list[
 
     site_file = root / "site.yaml"
     if site_file.is_file():
-        entries.append((site_file, "site"))
+        entries.append((site_file, "site", True))
     else:
         entries.append(Diagnostic(Location(display_path(site_file, root_arg, root)),
                                   "site.yaml is missing: a site folder holds exactly one", "no-site"))
@@ -470,6 +483,7 @@ def load_site(site_dir: str | os.PathLike, check=None) -> tuple[SiteFiles, list[
             entries.append(Diagnostic(Location(display_path(directory, root_arg, root)),
                                       f"{folder} must be a folder of *.yaml files", "bad-file-name"))
         elif directory.is_dir():
+            inside = directory.resolve().is_relative_to(root)
             for path in sorted(directory.iterdir()):
                 if path.name.startswith("."):
                     continue
@@ -478,10 +492,10 @@ def load_site(site_dir: str | os.PathLike, check=None) -> tuple[SiteFiles, list[
                                               f"unexpected entry in {folder}/: only *.yaml files belong here",
                                               "bad-file-name"))
                     continue
-                entries.append((path, kind))
+                entries.append((path, kind, inside))
     lock_path = root / LOCK_FILE
     if lock_path.is_file():
-        entries.append((lock_path, "lock"))
+        entries.append((lock_path, "lock", True))
 
     results = iter(_read_all(root, root_arg, [e for e in entries if isinstance(e, tuple)], check))
     problems: list[Diagnostic] = []
