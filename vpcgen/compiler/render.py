@@ -200,6 +200,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        auto_reload=False,  # the templates ship with vpcgen: no stat of each one on every use
     )
 
 

@@ -484,10 +484,13 @@ def load_site(site_dir: str | os.PathLike, check=None) -> tuple[SiteFiles, list[
                                       f"{folder} must be a folder of *.yaml files", "bad-file-name"))
         elif directory.is_dir():
             inside = directory.resolve().is_relative_to(root)
-            for path in sorted(directory.iterdir()):
-                if path.name.startswith("."):
+            with os.scandir(directory) as listing:  # an entry's type comes with the listing: no stat
+                found = sorted((entry.name, entry.is_file()) for entry in listing)
+            for name, is_file in found:
+                path = directory / name
+                if name.startswith("."):
                     continue
-                if path.suffix != ".yaml" or not path.is_file():
+                if path.suffix != ".yaml" or not is_file:
                     entries.append(Diagnostic(Location(display_path(path, root_arg, root)),
                                               f"unexpected entry in {folder}/: only *.yaml files belong here",
                                               "bad-file-name"))
