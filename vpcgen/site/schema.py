@@ -12,7 +12,6 @@ from functools import cache
 from importlib import resources
 
 import fastjsonschema
-from jsonschema import Draft202012Validator
 
 from ..errors import Diagnostic
 from .loader import Document
@@ -72,29 +71,35 @@ def _default(kind: str, path: tuple):
 
 
 @cache
-def _validators() -> dict[str, tuple]:
-    """Per kind: a compiled yes/no validator (fast) and jsonschema's (exact, located errors).
+def _fast(kind: str):
+    """A compiled yes/no validator of ``kind``'s schema."""
+    schema = {k: v for k, v in inlined(kind).items() if k not in ("$schema", "$id")}
+    # use_default=False: validation never fills the schemas' defaults into the documents
+    return fastjsonschema.compile(schema, use_default=False)
 
-    Both read the same schema files. Only documents the fast one rejects go through jsonschema,
-    whose errors are the ones reported, so the messages never depend on the fast path.
-    """
-    out = {}
-    for kind in KINDS:
-        schema = inlined(kind)
-        fast_schema = {k: v for k, v in schema.items() if k not in ("$schema", "$id")}
-        # use_default=False: validation never fills the schemas' defaults into the documents
-        out[kind] = (fastjsonschema.compile(fast_schema, use_default=False), Draft202012Validator(schema))
-    return out
+
+@cache
+def _exact(kind: str):
+    """jsonschema's validator of ``kind`` (exact, located errors); imported only when a document
+    fails the fast one (its import alone is a noticeable part of a build's start-up)."""
+    from jsonschema import Draft202012Validator
+    return Draft202012Validator(inlined(kind))
+
+
+def _validators() -> dict[str, tuple]:
+    """Per kind: the compiled yes/no validator (fast) and jsonschema's (exact). Both read the same
+    schema files. Only documents the fast one rejects go through jsonschema, whose errors are the
+    ones reported, so the messages never depend on the fast path."""
+    return {kind: (_fast(kind), _exact(kind)) for kind in KINDS}
 
 
 def validate_document(doc: Document) -> list[Diagnostic]:
-    fast, exact = _validators()[doc.kind]
     try:
-        fast(doc.data)
+        _fast(doc.kind)(doc.data)
         return []
     except fastjsonschema.JsonSchemaException as exc:
         rejected = exc
-    found = [_diagnostic(doc, error) for error in exact.iter_errors(doc.data)]
+    found = [_diagnostic(doc, error) for error in _exact(doc.kind).iter_errors(doc.data)]
     if not found:  # the two validators disagree: the document is still refused, never passed
         path = tuple(int(p) if p.isdigit() else p for p in (getattr(rejected, "path", None) or [])[1:])
         shown = "value not shown" if _secret_field(doc.kind, path) or _holds_secret(doc.kind, path) \
