@@ -4,10 +4,13 @@ demand, not in CI), side by side in one run.
     python3 bench/build_bench.py --vpcs 1000 2000 10000 [--runs 3] [--aerleon PATH/TO/aclgen]
 
 For each size: the site (bench/generate.py's shape: redundant NAT VPCs x 4 tiers x 30-rule ACLs),
-then, alternating, --runs builds and --runs loads of the same files by PyYAML's CSafeLoader
-(libyaml), each in a fresh process; peak memory is the build process's maximum resident set size.
-The first build writes the lock file; the timed builds find it, as in everyday use, and replace
-the previous output. Figures are min and median; the ratio is build / load, pair by pair.
+then, alternating, --runs builds, --runs loads of the same files by PyYAML's CSafeLoader (libyaml)
+and --runs fresh builds, each in a process of its own; peak memory is the build process's maximum
+resident set size (its worker processes included). The first build writes the lock file; the timed
+builds find it, as in everyday use, and replace the previous output (recycling the tree it replaced
+before). A fresh build writes into an empty output folder (as CI does on a clean checkout); those
+folders are removed once the size is done. Figures are min and median; the ratio is build / load,
+pair by pair.
 
 With --aerleon (an `aclgen` of aerleon 1.18, installed in a venv of its own), the ACLs of the
 --aerleon-vpcs site are converted to aerleon policies (bench/aerleon_policies.py) and aclgen renders
@@ -83,17 +86,24 @@ def main() -> None:
             site = generate(tmp / f"n{n}", n, args.tiers, args.rules, args.services)
             out = tmp / f"out{n}"
             build(site, out)  # writes the lock, warms the caches
-            builds, loads = [], []
-            for _ in range(args.runs):
+            build(site, out)  # the tree it replaces is kept for the next build to recycle
+            builds, loads, fresh = [], [], []
+            for k in range(args.runs):
                 builds.append(build(site, out))
                 loads.append(load(site))
+                fresh.append(build(site, tmp / f"fresh{n}-{k}"))
             files = sum(1 for _ in site.rglob("*.yaml"))
             ratios = [b[0] / l[0] for b, l in zip(builds, loads)]
+            fresh_ratios = [f[0] / l[0] for f, l in zip(fresh, loads)]
             medians[n] = statistics.median(b[0] for b in builds)
             print(f"{n:>6} {2 * n:>7} {files:>6} {n * args.tiers * args.rules:>8} | {spread([b[0] for b in builds])}"
                   f"       | {spread([l[0] for l in loads])}            | {spread(ratios)}          | "
                   f"{max(b[1] for b in builds):8.0f}", flush=True)
+            print(f"{'':>30} fresh | {spread([f[0] for f in fresh])}       |{'':>28}| {spread(fresh_ratios)}"
+                  f"          | {max(f[1] for f in fresh):8.0f}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
+            for k in range(args.runs):
+                shutil.rmtree(tmp / f"fresh{n}-{k}", ignore_errors=True)
         for low in medians:
             for high in medians:
                 if high > low:

@@ -175,8 +175,10 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     secrets, missing = resolve(site, v.files.root, options.environ, options.placeholder_secrets)
     if missing:
         raise DiagnosticsError(missing, v.warnings)
-    for doc in v.files.documents():
-        doc.node = None  # every located check has passed: positions are no longer needed
+    # every located check has passed: positions, texts and raw values are no longer needed (the
+    # intent holds what the build uses), and a large site's documents weigh as much as its intent
+    for doc in v.files.documents() + ([v.files.lock] if v.files.lock else []):
+        doc.node = doc.text = doc.data = None
     # the lock's text is written by another process while this one lays out the routers and site.json
     lock_data = alloc.lock_data(site)
     lock_dump = forked.start(lambda: dump_lock(lock_data)) if len(site.vpcs) >= _FORK_VPCS else None
