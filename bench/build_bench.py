@@ -43,13 +43,16 @@ for path in sorted(Path(sys.argv[1]).rglob("*.yaml")):
 
 
 def timed(args: list[str], **kwargs) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
-    _, status, rusage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"{args[:4]} failed:\n{proc.stderr.read().decode()[:2000]}")
+    """Wall seconds and peak RSS (MiB) of one process. Its stderr goes to a file: a pipe nobody
+    reads until the end fills up and blocks a chatty process (aclgen's workers log every file)."""
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errors, **kwargs)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if status != 0:
+            errors.seek(0)
+            raise SystemExit(f"{args[:4]} failed:\n{errors.read().decode(errors='replace')[-2000:]}")
     return wall, rusage.ru_maxrss / 1024
 
 
