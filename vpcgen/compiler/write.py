@@ -20,8 +20,7 @@ import os
 import shutil
 import stat
 import tempfile
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -33,16 +32,12 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
-# Creating and removing folders and files waits on the filesystem far more than on the CPU: several
-# calls in flight overlap those waits (8 threads removed a 1,000-VPC tree 5x faster than one). The
-# calls release the GIL while rendering goes on.
+# Removing a tree: several calls in flight overlap their waits on the filesystem (8 threads removed a
+# 1,000-VPC tree 5x faster than one). Only leftovers of a killed or failed build are removed so.
 _WORKERS = 8
-_IN_FLIGHT = 256  # files handed to the workers and not yet written: bounds the memory they hold
 
 
-def _mkdir(root_fd: int, name: str, parent: Future | None, reuse: bool) -> None:
-    if parent is not None:
-        parent.result()  # submitted earlier, so already taken by a worker: no deadlock
+def _mkdir(root_fd: int, name: str, reuse: bool) -> None:
     try:
         os.mkdir(name, 0o755, dir_fd=root_fd)
         return
@@ -81,10 +76,8 @@ def _rewrite(root_fd: int, rel: str, data: bytes, mode: int) -> bool:
         os.close(fd)
 
 
-def _write(root_fd: int, rel: str, data: bytes, mode: int, folder: Future | None, reuse: bool) -> None:
-    """One file of the staging folder, opened relative to it, once its folder exists."""
-    if folder is not None:
-        folder.result()
+def _write(root_fd: int, rel: str, data: bytes, mode: int, reuse: bool) -> None:
+    """One file of the staging folder, opened relative to it (its folder exists)."""
     if reuse:
         if _rewrite(root_fd, rel, data, mode):
             return
@@ -165,75 +158,31 @@ def _sweep_split(root_fd: int, keep: set[str], secrets: dict[str, bytes], proces
 
 
 def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reuse: bool) -> tuple[set, dict]:
-    """Every file into the staging folder; each folder is made once, before anything inside it.
-    Returns the paths written (folders included) and the sha256 of each file only its owner may read.
-
-    A fresh folder is filled by a pool of workers: creating a file waits on the filesystem, and the
-    calls release the GIL while rendering goes on. The first error (the producer's or a worker's) is
-    raised once every write in flight has ended, so nothing writes into the staging folder after it
-    is removed. A recycled folder is rewritten in this thread: that costs microseconds a file, and a
-    worker would wait far longer for the GIL (up to the 5 ms switch interval, every call)."""
-    made: dict[str, Future | None] = {"": None}
+    """Every file into the staging folder, in this thread; each folder is made once, before anything
+    inside it. Returns the paths written (folders included) and the sha256 of each file only its
+    owner may read. (A pool of writer threads is slower here: every call would wait for the GIL,
+    up to the 5 ms switch interval, while rendering holds it; processes share the work instead.)"""
+    made: set[str] = {""}
     written: set[str] = set()
     secrets: dict[str, bytes] = {}
 
-    def checked(files):
-        for rel, (data, mode) in files:
-            if rel.startswith("/") or ".." in rel.split("/") or rel in written or rel in made:
-                raise ValueError(f"{rel}: not a path inside the tree, or written twice")
-            written.add(rel)
-            if not mode & 0o077:
-                secrets[rel] = hashlib.sha256(data).digest()
-            yield rel, os.path.dirname(rel), data, mode
-
-    if reuse:
-        def folder(name: str) -> None:
-            if name not in made:
-                if name in written:
-                    raise ValueError(f"{name}: both a file and a folder of the tree")
-                folder(os.path.dirname(name))
-                _mkdir(root_fd, name, None, True)
-                made[name] = None
-
-        for rel, parent, data, mode in checked(files):
-            folder(parent)
-            _write(root_fd, rel, data, mode, None, True)
-        return written | made.keys(), secrets
-
-    slots = threading.BoundedSemaphore(_IN_FLIGHT)
-    failed: list[BaseException] = []
-
-    def settle(future: Future) -> None:
-        slots.release()
-        if not future.cancelled() and future.exception() is not None:
-            failed.append(future.exception())
-
-    def submit(pool: ThreadPoolExecutor, fn, *args) -> Future:
-        slots.acquire()
-        future = pool.submit(fn, root_fd, *args)
-        future.add_done_callback(settle)
-        return future
-
-    def folder_of(pool: ThreadPoolExecutor, name: str) -> Future | None:
+    def folder(name: str) -> None:
         if name not in made:
             if name in written:
                 raise ValueError(f"{name}: both a file and a folder of the tree")
-            parent = folder_of(pool, os.path.dirname(name))
-            made[name] = submit(pool, _mkdir, name, parent, False)
-        return made[name]
+            folder(os.path.dirname(name))
+            _mkdir(root_fd, name, reuse)
+            made.add(name)
 
-    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="vpcgen-write") as pool:
-        try:
-            for rel, parent, data, mode in checked(files):
-                if failed:
-                    break
-                submit(pool, _write, rel, data, mode, folder_of(pool, parent), False)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    if failed:
-        raise failed[0]
-    return written | made.keys(), secrets
+    for rel, (data, mode) in files:
+        if rel.startswith("/") or ".." in rel.split("/") or rel in written or rel in made:
+            raise ValueError(f"{rel}: not a path inside the tree, or written twice")
+        written.add(rel)
+        if not mode & 0o077:
+            secrets[rel] = hashlib.sha256(data).digest()
+        folder(os.path.dirname(rel))
+        _write(root_fd, rel, data, mode, reuse)
+    return written | made, secrets
 
 
 def _remove_tree(path: Path) -> None:
