@@ -182,8 +182,13 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     # the lock's text is written by another process while this one lays out the routers and site.json
     lock_data = alloc.lock_data(site)
     lock_dump = forked.start(lambda: dump_lock(lock_data)) if len(site.vpcs) >= _FORK_VPCS else None
-    views = router_views(site, alloc)
-    document = site_json(site, alloc, views)
+    try:
+        views = router_views(site, alloc)
+        document = site_json(site, alloc, views)
+    except BaseException:
+        if lock_dump:
+            lock_dump.kill()
+        raise
     lock_text = lock_dump.result() if lock_dump else dump_lock(lock_data)
     old_lock = (v.files.root / LOCK_FILE).read_text(encoding="utf-8") if v.files.lock else None
     lock_changed = lock_text != old_lock

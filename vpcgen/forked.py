@@ -23,7 +23,12 @@ class Forked:
 
     def __init__(self, fn: Callable[[], object]):
         read_end, write_end = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            raise
         if pid:
             os.close(write_end)
             self.pid, self.read_end = pid, read_end
@@ -92,8 +97,10 @@ def start(fn: Callable[[], object]) -> Forked | _Done:
 def run_split(fns: list[Callable[[], object]]) -> list:
     """``fns[0]()`` here and every other one in a child of its own, at the same time; their results
     in order. The first error is raised once every child has ended."""
-    children = [start(fn) for fn in fns[1:]]
+    children: list = []
     try:
+        for fn in fns[1:]:
+            children.append(start(fn))
         results = [fns[0]()]
     except BaseException:
         for child in children:

@@ -131,3 +131,49 @@ def test_the_spare_keeps_no_secret_the_new_tree_does_not_hold(tmp_path):
     promote_tree(iter([("r/psk", (b"new secret\n", 0o600)), ("r/same", (b"same\n", 0o600))]), target)
     assert (target / "r/psk").read_bytes() == b"new secret\n"
     assert oct((target / "r/psk").stat().st_mode & 0o7777) == "0o600"
+
+
+def test_the_kept_tree_is_never_a_way_to_reach_or_leak_another_file(tmp_path):
+    """Found in review: a hard link planted at a secret's path in the output must not be emptied
+    through; a file that stops being a secret keeps no secret in the spare; a file that becomes a
+    secret gets a new inode (whoever opened the old one cannot read the secret through it); a huge
+    sparse file at a secret's path is emptied unread."""
+    target, spare = tmp_path / "out" / "site", tmp_path / "out" / ".site.spare"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not vpcgen's\n")
+    promote_tree(iter([("r/psk", (b"old\n", 0o600)), ("r/frr.conf", (b"key OLD\n", 0o600))]), target)
+    (target / "r/psk").unlink()
+    os.link(victim, target / "r/psk")
+    promote_tree(iter([("r/psk", (b"new\n", 0o600)), ("r/frr.conf", (b"no key\n", 0o644))]), target)
+    assert victim.read_bytes() == b"not vpcgen's\n"
+    kept = b"".join(p.read_bytes() for p in spare.rglob("*") if p.is_file() and not p.samefile(victim))
+    assert b"OLD" not in kept, "a secret stayed in the spare after its file became public"
+    # the spare's frr.conf is public (no key): a reader holds it open across the next build
+    promote_tree(iter([("r/psk", (b"new\n", 0o600)), ("r/frr.conf", (b"no key\n", 0o644))]), target)
+    with open(spare / "r/frr.conf", "rb") as reader:
+        promote_tree(iter([("r/psk", (b"new\n", 0o600)), ("r/frr.conf", (b"key SECRET\n", 0o600))]), target)
+        assert b"SECRET" not in reader.read()
+    with open(target / "r/psk", "r+b") as huge:
+        huge.truncate(1 << 40)
+    promote_tree(iter([("r/psk", (b"new\n", 0o600)), ("r/frr.conf", (b"key SECRET\n", 0o600))]), target)
+    assert (spare / "r/psk").stat().st_size == 0
+
+
+def test_a_spare_others_may_write_is_not_recycled_and_modes_follow_the_umask(tmp_path):
+    target, spare = tmp_path / "site", tmp_path / ".site.spare"
+    files = [("r/etc/a", (b"a\n", 0o644))]
+    promote_tree(iter(files), target)
+    promote_tree(iter(files), target)
+    spare.chmod(0o777)  # anyone could have planted anything in it
+    (spare / "r" / "planted").write_bytes(b"x\n")
+    marker = (spare / "r" / "etc" / "a").stat().st_ino
+    promote_tree(iter(files), target)
+    assert not any(p.stat().st_ino == marker for p in target.rglob("*") if p.is_file())
+    old = os.umask(0o077)
+    try:
+        promote_tree(iter(files), target)  # recycled
+        promote_tree(iter(files), tmp_path / "fresh")
+    finally:
+        os.umask(old)
+    assert _tree_of(target) == _tree_of(tmp_path / "fresh")
+    assert oct((target / "r").stat().st_mode & 0o777) == oct((tmp_path / "fresh" / "r").stat().st_mode & 0o777)

@@ -37,7 +37,7 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 _WORKERS = 8
 
 
-def _mkdir(root_fd: int, name: str, reuse: bool) -> None:
+def _mkdir(root_fd: int, name: str, reuse: bool, folder_mode: int) -> None:
     try:
         os.mkdir(name, 0o755, dir_fd=root_fd)
         return
@@ -45,12 +45,13 @@ def _mkdir(root_fd: int, name: str, reuse: bool) -> None:
         if not reuse:
             raise
     # a folder of the recycled tree: used only if it is a real folder (never through a symlink);
-    # its parents were checked the same way before it
-    if not stat.S_ISDIR(os.lstat(name, dir_fd=root_fd).st_mode):
+    # its parents were checked the same way before it. It gets the mode a fresh one would get.
+    info = os.lstat(name, dir_fd=root_fd)
+    if not stat.S_ISDIR(info.st_mode):
         os.unlink(name, dir_fd=root_fd)
         os.mkdir(name, 0o755, dir_fd=root_fd)
-    elif stat.S_IMODE(os.lstat(name, dir_fd=root_fd).st_mode) != 0o755:
-        os.chmod(name, 0o755, dir_fd=root_fd, follow_symlinks=False)
+    elif stat.S_IMODE(info.st_mode) != folder_mode:
+        os.chmod(name, folder_mode, dir_fd=root_fd, follow_symlinks=False)
 
 
 def _rewrite(root_fd: int, rel: str, data: bytes, mode: int) -> bool:
@@ -62,15 +63,15 @@ def _rewrite(root_fd: int, rel: str, data: bytes, mode: int) -> bool:
         return False
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link would change another file
+        # a hard link would change another file; a mode that changes (a file that becomes a secret)
+        # takes a new inode: whoever opened the old one must not read the new bytes through it
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or stat.S_IMODE(info.st_mode) != mode:
             return False
         if info.st_size != len(data) or os.read(fd, len(data)) != data:
             os.ftruncate(fd, 0)
             view, offset = memoryview(data), 0
             while offset < len(data):
                 offset += os.pwrite(fd, view[offset:], offset)
-        if stat.S_IMODE(info.st_mode) != mode:
-            os.fchmod(fd, mode)
         return True
     finally:
         os.close(fd)
@@ -104,12 +105,14 @@ def _remove_entry(dir_fd: int, rel: str) -> None:
         os.unlink(rel, dir_fd=dir_fd)
 
 
-def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes], prefix: str = "", descend: bool = True) -> list:
+def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes] | None, prefix: str = "",
+           descend: bool = True) -> list:
     """Remove from a folder of a tree everything that is not in ``keep`` (paths of files and
-    folders, ``prefix`` being this folder's) and empty the files of ``secrets`` whose sha256 is not
-    the one given; never through a symlink. Listing a folder gives each entry's type: one open and
-    one listing per folder, no call per file. Without ``descend``, the kept subfolders are returned
-    instead of swept."""
+    folders, ``prefix`` being this folder's); never through a symlink. Listing a folder gives each
+    entry's type: one open and one listing per folder, no call per file. With ``secrets`` (path ->
+    sha256 of the new tree's files only their owner may read), every file only its owner may read
+    is emptied unless it holds those very bytes. Without ``descend``, the kept subfolders are
+    returned instead of swept."""
     with os.scandir(dir_fd) as listing:
         entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
     folders = []
@@ -119,15 +122,16 @@ def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes], prefix: str =
             _remove_entry(dir_fd, name)
         elif is_dir:
             folders.append(name)
-        elif rel in secrets:
-            _empty_unless(dir_fd, name, secrets[rel])
+        elif secrets is not None:
+            _empty_secret(dir_fd, name, secrets.get(rel))
     if not descend:
         return folders
     _sweep_folders(dir_fd, folders, keep, secrets, prefix)
     return []
 
 
-def _sweep_folders(dir_fd: int, names: list[str], keep: set[str], secrets: dict[str, bytes], prefix: str = "") -> None:
+def _sweep_folders(dir_fd: int, names: list[str], keep: set[str], secrets: dict[str, bytes] | None,
+                   prefix: str = "") -> None:
     for name in names:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
         try:
@@ -136,18 +140,28 @@ def _sweep_folders(dir_fd: int, names: list[str], keep: set[str], secrets: dict[
             os.close(fd)
 
 
-def _empty_unless(dir_fd: int, name: str, digest: bytes) -> None:
-    """Empty a file unless its sha256 is ``digest`` (removed when it cannot be opened as a file)."""
-    try:
-        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    except OSError:
-        _remove_entry(dir_fd, name)
+def _empty_secret(dir_fd: int, name: str, digest: bytes | None) -> None:
+    """A file only its owner may read is emptied unless its sha256 is ``digest``; anything else
+    there that is not a plain file of its own (a hard link, a FIFO) is removed, never opened to
+    write. Files others may read are left alone."""
+    info = os.lstat(name, dir_fd=dir_fd)
+    if not stat.S_ISREG(info.st_mode):
         return
+    if info.st_mode & 0o077:
+        return
+    if info.st_nlink != 1:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
-        if hashlib.sha256(os.read(fd, os.fstat(fd).st_size + 1)).digest() != digest:
+        size = os.fstat(fd).st_size
+        if digest is None or size > _MAX_COMPARED or hashlib.sha256(os.read(fd, size + 1)).digest() != digest:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+
+
+_MAX_COMPARED = 16 * 1024 * 1024  # a bigger secret is never one of ours: emptied unread
 
 
 def _sweep_split(root_fd: int, keep: set[str], secrets: dict[str, bytes], processes: int) -> None:
@@ -165,13 +179,16 @@ def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reu
     made: set[str] = {""}
     written: set[str] = set()
     secrets: dict[str, bytes] = {}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder_mode = 0o755 & ~umask  # what os.mkdir gives a fresh folder
 
     def folder(name: str) -> None:
         if name not in made:
             if name in written:
                 raise ValueError(f"{name}: both a file and a folder of the tree")
             folder(os.path.dirname(name))
-            _mkdir(root_fd, name, reuse)
+            _mkdir(root_fd, name, reuse, folder_mode)
             made.add(name)
 
     for rel, (data, mode) in files:
@@ -238,7 +255,9 @@ def _promote_lock(parent: Path, name: str):
 
 
 def _take_spare(spare: Path, staging: Path) -> bool:
-    """The kept tree of an earlier build becomes the staging folder; anything else there is removed."""
+    """The kept tree of an earlier build becomes the staging folder, closed to everyone else while
+    it is rewritten (as mkdtemp's own folder is). Anything else there, or a folder that is not this
+    user's or that others may write into, is removed instead (or left, if that fails)."""
     try:
         info = os.lstat(spare)
     except FileNotFoundError:
@@ -246,7 +265,11 @@ def _take_spare(spare: Path, staging: Path) -> bool:
     if not stat.S_ISDIR(info.st_mode):
         spare.unlink()
         return False
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        _remove_tree(spare)
+        return False
     os.rename(spare, staging)  # onto the empty folder mkdtemp made
+    os.chmod(staging, 0o700)
     return True
 
 
@@ -261,7 +284,7 @@ def _keep_spare(tree: Path, spare: Path, keep: set[str], secrets: dict[str, byte
         finally:
             os.close(fd)
         os.rename(tree, spare)
-    except OSError:
+    except Exception:  # noqa: BLE001 - the new tree is in place: a spare is only worth keeping whole
         _remove_tree(tree)
 
 
@@ -272,7 +295,7 @@ def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[],
         def write() -> tuple[set, dict]:
             written, secrets = _write_all(root_fd, produce(), reuse)
             if reuse:  # a recycled tree: in the folders written here, what the new tree lacks goes
-                _sweep_folders(root_fd, sorted({rel.split("/", 1)[0] for rel in written if "/" in rel}), written, {})
+                _sweep_folders(root_fd, sorted({rel.split("/", 1)[0] for rel in written if "/" in rel}), written, None)
             return written, secrets
         return write
 
@@ -304,7 +327,7 @@ def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path,
             try:
                 written, secrets = _write_parts(root_fd, files, elsewhere, reuse)
                 if reuse:  # the top level: each writer swept the folders it wrote
-                    _sweep(root_fd, written, {}, descend=False)
+                    _sweep(root_fd, written, None, descend=False)
             finally:
                 os.close(root_fd)
             os.chmod(staging, 0o755)
