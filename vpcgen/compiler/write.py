@@ -141,9 +141,9 @@ def _sweep_folders(dir_fd: int, names: list[str], keep: set[str], secrets: dict[
 
 
 def _empty_secret(dir_fd: int, name: str, digest: bytes | None) -> None:
-    """A file only its owner may read is emptied unless its sha256 is ``digest``; anything else
-    there that is not a plain file of its own (a hard link, a FIFO) is removed, never opened to
-    write. Files others may read are left alone."""
+    """A file only its owner may read is emptied unless its sha256 is ``digest``; one with another
+    link is unlinked, never written through. Files others may read, and anything that is not a
+    plain file, are left alone."""
     info = os.lstat(name, dir_fd=dir_fd)
     if not stat.S_ISREG(info.st_mode):
         return
