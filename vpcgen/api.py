@@ -211,7 +211,7 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
         """The whole tree, or the ``part``-th of ``parts`` slices of it (routers in order)."""
         if part == 0:
             yield from head
-        for view in views[part * len(views) // parts:(part + 1) * len(views) // parts]:
+        for view in forked.slices(views, parts)[part]:
             for path, entry in render.render_router(env, view, secrets, deployable, digest).items():
                 yield f"{view.name}/{path}", entry
 
@@ -236,9 +236,8 @@ _FORK_VPCS = 32
 
 
 def _writers(routers: int) -> int:
-    """Processes that render and write a tree: one per core this process may use, up to 4, and
-    no more than one per 2 x _FORK_VPCS routers."""
-    return max(1, min(forked.cores(), 4, routers // (2 * _FORK_VPCS)))
+    """Processes that render and write a tree."""
+    return forked.processes(routers, 2 * _FORK_VPCS)
 
 
 def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildResult:

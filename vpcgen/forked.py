@@ -16,6 +16,17 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def processes(work: int, per_process: int) -> int:
+    """How many processes share ``work`` items: one per core (up to 4), and no more than one per
+    ``per_process`` items (below that, a fork costs more than it saves)."""
+    return max(1, min(cores(), 4, work // per_process))
+
+
+def slices(items: list, count: int) -> list[list]:
+    """``items`` cut into ``count`` contiguous slices of near-equal length, in order."""
+    return [items[k * len(items) // count:(k + 1) * len(items) // count] for k in range(count)]
+
+
 class Forked:
     """``fn()`` run in a forked child at once; ``result()`` returns what it returned or raises what
     it raised, and a child that died or could not send its result is an error too. Fork only where

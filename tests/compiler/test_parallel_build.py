@@ -29,7 +29,7 @@ def _tree_of(root: Path) -> dict:
 
 def _processes(monkeypatch, readers: bool, writers: int) -> None:
     monkeypatch.setattr(loader, "_PARALLEL_FILES", 1 if readers else 10**9)
-    monkeypatch.setattr(loader, "cores", lambda: 3)  # three readers, whatever the machine has
+    monkeypatch.setattr(loader, "processes", lambda work, per: 3 if readers else 1)  # whatever the machine has
     monkeypatch.setattr(api, "_writers", lambda routers: writers)
     monkeypatch.setattr(api, "_FORK_VPCS", 1 if readers else 10**9)  # the lock's text written by a child
 

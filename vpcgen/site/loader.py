@@ -29,7 +29,7 @@ import orjson
 import yaml
 
 from ..errors import Diagnostic, DiagnosticsError, Location
-from ..forked import cores, run_split
+from ..forked import processes, run_split, slices
 
 try:  # libyaml is an order of magnitude faster; fall back only where it is missing
     _Loader = yaml.CSafeLoader
@@ -413,8 +413,8 @@ def _read(root: Path, root_arg: Path, path: Path, kind: str, inside: bool, check
     return doc, []
 
 
-# Files a site needs before reading them in several processes pays: a fork and sending the parsed
-# documents back cost about as much as parsing a few dozen files.
+# Files each reading process needs before another one pays: a fork and sending the parsed documents
+# back cost about as much as parsing a few dozen files.
 _PARALLEL_FILES = 256
 
 
@@ -450,9 +450,8 @@ def _read_all(root: Path, root_arg: Path, jobs: list[tuple[Path, str, bool]], ch
         results = [_read(root, root_arg, path, kind, inside, check) for path, kind, inside in part]
         return results if here else sent(results)
 
-    processes = min(cores(), 4) if len(jobs) >= _PARALLEL_FILES else 1
-    slices = [jobs[k * len(jobs) // processes:(k + 1) * len(jobs) // processes] for k in range(processes)]
-    parts = run_split([functools.partial(read_slice, part, k == 0) for k, part in enumerate(slices)])
+    parts = run_split([functools.partial(read_slice, part, k == 0)
+                       for k, part in enumerate(slices(jobs, processes(len(jobs), _PARALLEL_FILES)))])
     return parts[0] + [result for part in parts[1:] for result in received(part)]
 
 
