@@ -27,12 +27,13 @@ from sshd import Sshd, keygen
 from vpcgen.ops import deploy as deploy_module
 
 ROUTERS = {"pair-r1": "127.0.0.11", "pair-r2": "127.0.0.12", "solo-r1": "127.0.0.21"}
+SOLO_R2 = "127.0.0.22"  # the second router a test gives the single-router VPC
 SECRETS = {"VPCGEN_SECRET_HQ_PSK": "s3cret 'psk' with \"quotes\""}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sshd = Sshd(tmp_path_factory.mktemp("sshd"), sorted(ROUTERS.values())).start()
+    sshd = Sshd(tmp_path_factory.mktemp("sshd"), sorted([*ROUTERS.values(), SOLO_R2])).start()
     yield sshd
     sshd.stop()
 
@@ -172,6 +173,55 @@ def test_backup_before_master(lab):
         assert code == 0, out + err
         order = [router for router, _, _ in lab.log() if router.startswith("pair")]
         assert order and order.index(master) > max(i for i, r in enumerate(order) if r == backup), order
+
+
+def make_solo_a_pair(lab, keepalived: str, new_first: bool = False) -> None:
+    """solo becomes a redundant pair with a new router solo-r2, listed second (or first: the pair's
+    higher priority); ``keepalived`` is the site's reload command for keepalived."""
+    solo = lab.site / "vpcs/solo.yaml"
+    old, new = "  - {name: solo-r1, mgmt: 127.0.0.21}\n", f"  - {{name: solo-r2, mgmt: {SOLO_R2}}}\n"
+    solo.write_text(solo.read_text().replace("redundant: false", "redundant: true").replace(
+        old, new + old if new_first else old + new))
+    lab.command("reload", "keepalived", f"echo {{router}} keepalived >> {lab.routers}/log && {keepalived}")
+    lab.build()
+
+
+@pytest.mark.parametrize("new_first", [False, True], ids=["new-router-second", "new-router-first"])
+def test_a_single_router_made_a_pair_serves_until_the_new_router_is_master(lab, new_first):
+    lab.build()
+    code, out, err = lab.deploy()
+    assert code == 0, out + err
+    lab.clear_log()
+    # keepalived's start: backup at once; the new router, with no adverts from the single one,
+    # master a second later (its master-down interval), which it says in the log
+    make_solo_a_pair(lab, f"echo BACKUP > {{root}}/vrrp.state && if [ {{router}} = solo-r2 ]; then "
+                          f"(sleep 1; echo solo-r2 master >> {lab.routers}/log; echo MASTER > {{root}}/vrrp.state) "
+                          "</dev/null >/dev/null 2>&1 & fi", new_first)
+    code, out, err = lab.deploy()
+    # (the pair's routers take the new reload command: nothing of theirs is reloaded)
+    assert code == 0 and {r: results(out)[r] for r in ("solo-r1", "solo-r2")} == {
+        "solo-r1": "changed", "solo-r2": "changed"}, out + err
+    order = [(router, service) for router, service, *_ in lab.log() if router.startswith("solo")]
+    # the single router is touched only once the new one is master: it kept the addresses until then
+    handover = order.index(("solo-r2", "master"))
+    assert {r for r, _ in order[:handover]} == {"solo-r2"}, order
+    assert {r for r, _ in order[handover + 1:]} == {"solo-r1"} and ("solo-r1", "networking") in order, order
+    assert "[solo-r2] waiting to be master: solo-r1 is not in VRRP" in err
+
+
+def test_a_single_router_is_left_alone_when_its_new_peer_does_not_take_over(lab):
+    lab.build()
+    code, out, err = lab.deploy()
+    assert code == 0, out + err
+    before = lab.complete("solo-r1")
+    lab.clear_log()
+    make_solo_a_pair(lab, "echo BACKUP > {root}/vrrp.state")  # never master: say a broken sync link
+    code, out, err = lab.deploy()
+    assert code == 1 and {r: results(out)[r] for r in ("solo-r1", "solo-r2")} == {
+        "solo-r1": "failed", "solo-r2": "failed"}, out + err
+    assert "did not take over from solo-r1: VRRP state is BACKUP 3 s after the reload (expected MASTER)" in out
+    assert "not deployed: solo-r2 of the same pair failed" in out
+    assert lab.complete("solo-r1") == before and not [r for r, *_ in lab.log() if r == "solo-r1"]
 
 
 def test_change_one_file_reloads_only_its_service(lab):

@@ -553,17 +553,17 @@ class RouterDeploy:
             return "the router's current release is unknown (no connection)"
         return f"the router's current release is {out.removeprefix('releases/') or 'none'}"
 
-    def wait_vrrp(self) -> None:
+    def wait_vrrp(self, want: tuple[str, ...] = ("MASTER", "BACKUP")) -> None:
         """A pair's router must be back in VRRP (MASTER or BACKUP) before its peer is touched."""
         vrrp = self.t.settings.get("vrrp")
         if not vrrp:
             return
         deadline = time.monotonic() + vrrp["wait_s"]
-        while (state := self.vrrp_state()) not in ("MASTER", "BACKUP"):
+        while (state := self.vrrp_state()) not in want:
             if time.monotonic() > deadline:
                 raise RemoteError(f"VRRP state is {state or 'unknown'} {vrrp['wait_s']} s after the reload "
-                                  "(expected MASTER or BACKUP)")
-            time.sleep(0.5)
+                                  f"(expected {' or '.join(want)})")
+            time.sleep(0.2 if want == ("MASTER",) else 0.5)
 
     # --- commit-confirm: a timer on the router undoes a switch nobody confirmed ---
 
@@ -958,8 +958,10 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
                 outcomes.append(Outcome(t.name, "failed", f"{exc}" or type(exc).__name__))
                 order.remove(t)
         if len(order) == 2:
-            # the master last; with no master known, the lower-priority (second) router first
-            order.sort(key=lambda t: (probes[t.name].vrrp == "MASTER", t.settings["vrrp"]["priority"]))
+            # the master last, and so a router that serves the VPC alone (a single router made a
+            # pair); with neither, the lower-priority (second) router first
+            order.sort(key=lambda t: (probes[t.name].vrrp == "MASTER" or runs_single(probes[t.name]),
+                                      t.settings["vrrp"]["priority"]))
             for t in order:
                 say(t.name, f"VRRP state {probes[t.name].vrrp or 'unknown'}")
         for i, t in enumerate(order):
@@ -969,6 +971,9 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
                                      options.confirm(t))
             except CONNECTION_ERRORS as exc:
                 outcome = Outcome(t.name, "failed", f"{exc}" or type(exc).__name__)
+            if (outcome.status in ("changed", "skipped") and not options.dry_run and i + 1 < len(order)
+                    and outside_vrrp(probes[order[i + 1].name])):
+                outcome = _take_over(t, remotes[t.name], order[i + 1].name, outcome, say)
             outcome.seconds = time.monotonic() - start
             say(t.name, f"{outcome.status}{': ' + outcome.detail if outcome.detail else ''}")
             outcomes.append(outcome)
@@ -981,6 +986,34 @@ def _deploy_group(group: list[Target], options: DeployOptions, say) -> list[Outc
         for remote in remotes.values():
             remote.close()
     return outcomes
+
+
+def runs_single(probe: Probe) -> bool:
+    """Whether a router runs a single router's release (no VRRP): it holds its VPC's addresses alone."""
+    running = probe.running()
+    return bool(running) and all(s is not None and not s.manifest["deploy"].get("vrrp") for s in running)
+
+
+def outside_vrrp(probe: Probe) -> bool:
+    """Whether a pair's router is neither MASTER nor BACKUP: its VPC had a single router and this
+    deploy makes it a pair (it holds the addresses by itself until its own deploy hands them to
+    keepalived), or it was never deployed, or its keepalived is not running."""
+    return probe.vrrp not in ("MASTER", "BACKUP")
+
+
+def _take_over(t: Target, remote: Remote, other: str, outcome: Outcome, say) -> Outcome:
+    """Before a router outside VRRP is touched, the router deployed before it must be master: the
+    other one's reload gives up whatever addresses it holds (a single router made a pair holds
+    them all), and a backup would only take them over after keepalived's master-down interval
+    (three adverts) with nobody serving meanwhile. A new master announces the addresses
+    (gratuitous ARP), so traffic moves to it before they go."""
+    say(t.name, f"waiting to be master: {other} is not in VRRP (it serves the VPC alone, or nobody does)")
+    try:
+        RouterDeploy(t, remote, say).wait_vrrp(("MASTER",))
+    except CONNECTION_ERRORS as exc:
+        return Outcome(t.name, "failed", f"{outcome.detail + '; ' if outcome.detail else ''}did not take over "
+                       f"from {other}: {exc or type(exc).__name__}", files=outcome.files, services=outcome.services)
+    return outcome
 
 
 # --- vpcgen rollback: make an earlier release current again, with deploy's checks and confirm ---

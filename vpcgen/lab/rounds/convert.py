@@ -11,9 +11,14 @@ import time
 
 from .. import run as lab
 from ...tree import read_site_json
-from ..plan import WHOAMI_PORT
+from ..plan import ECHO_PORT, WHOAMI_PORT
 from .daytwo import deploy, status_is
 from .deploy import TCP_CONNECTS, _edit_vpc
+from .failover import TCP_STREAM
+
+# the failover round's established TCP connection, kept open until STOP exists
+TCP_UNTIL = TCP_STREAM.replace("import socket, time", "import os, socket, time").replace(
+    "end = time.monotonic() + 12\n    while time.monotonic() < end:", 'while not os.path.exists("STOP"):')
 
 
 def run(t) -> None:
@@ -46,13 +51,18 @@ def _convert(t, vpc: str) -> tuple[bool, str]:
         doc["routers"] = list(doc["routers"]) + [{"name": second, "mgmt": mgmt}]
 
     variant = t.variant(lambda p: _edit_vpc(p, vpc, pair))
-    # probes: a host of the VPC to the internet through source NAT, new connections every 50 ms
-    host, allowed = t.source_host(vpc, t.inet_address(vpc), [("tcp", WHOAMI_PORT)])
+    # probes: a host of the VPC to the internet through source NAT, new connections every 50 ms, and
+    # (a figure, not a pass condition: the first router had no conntrackd to sync from) one
+    # connection established before the conversion
+    host, allowed = t.source_host(vpc, t.inet_address(vpc), [("tcp", WHOAMI_PORT), ("tcp", ECHO_PORT)])
     if host is None or not allowed:
         return False, "no host whose egress list lets it out to the internet"
     stop = variant.parent.parent / "stop"
+    stop.unlink(missing_ok=True)
     script = (TCP_CONNECTS.replace("ADDRESS", t.inet_address(vpc)).replace("PORT", str(WHOAMI_PORT))
               .replace("PAYLOAD", repr(b"hello")).replace("STOP", str(stop)))
+    stream = (TCP_UNTIL.replace("ADDRESS", t.inet_address(vpc)).replace("ECHO_PORT", str(ECHO_PORT))
+              .replace("STOP", str(stop)))
     done = {}
 
     def convert():
@@ -68,14 +78,17 @@ def _convert(t, vpc: str) -> tuple[bool, str]:
         time.sleep(2)
         stop.touch()
 
-    out = t.during(host[0], script, 1.0, convert, 180)
+    out, established = t.during_all([(host[0], script), (host[0], stream)], 1.0, convert, 180)
     gap, lost, sent = out.split()[:3]
+    established = (established.strip().splitlines() or ["no output"])[-1]
     green, detail = status_is(t, variant, [], 60, routers=sorted(t.vpcs[vpc]["routers"]))
     t.figures.setdefault(vpc, {})["conversion"] = {
         "interruption_ms": round(float(gap)), "lost_probes": int(lost), "probes": int(sent),
-        "rack_s": round(done["racked_s"], 1), "deploy_s": round(done["deploy_s"], 1)}
+        "rack_s": round(done["racked_s"], 1), "deploy_s": round(done["deploy_s"], 1),
+        "established_tcp_survives": established.startswith("SURVIVED")}
     ok = done["deploy"][0] and len(done["masters"]) == 1 and green and int(sent) > 10
     return ok, (f"{second} racked in {done['racked_s']:.1f} s; deploy {done['deploy'][1]} in "
                 f"{done['deploy_s']:.1f} s; masters {done['masters']}; probes through source NAT: longest gap "
-                f"{float(gap):.0f} ms, {lost}/{sent} failed; status against the rebuilt site: {detail}")
+                f"{float(gap):.0f} ms, {lost}/{sent} failed; a connection established before: {established}; status "
+                f"against the rebuilt site: {detail}")
 
