@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vpcgen import api
+from vpcgen import api, forked
 from vpcgen.api import BuildOptions
 from vpcgen.compiler.write import promote_tree
 from vpcgen.errors import DiagnosticsError
@@ -20,6 +20,14 @@ from vpcgen.site import loader
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 from generate import generate  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _always_fork(monkeypatch):
+    """Fork even when other threads run: a test before this one may leave a daemon thread ending
+    (paramiko's transport joins its thread only briefly), and a build would then run its children's
+    work in this process, proving nothing about them (and a child's SIGKILL would kill the tests)."""
+    monkeypatch.setattr(forked, "start", forked.Forked)
 
 
 def _tree_of(root: Path) -> dict:
