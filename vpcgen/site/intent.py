@@ -499,6 +499,10 @@ def build_intent(files: SiteFiles, unchecked: frozenset = frozenset()) -> Site:
     for doc in files.acls:
         if doc.data["name"] not in acls:
             acls[doc.data["name"]] = _acl(doc)
+            # nothing reads an ACL's values once its rules exist (they locate themselves through
+            # the document's text); a large site's ACLs weigh as much as those rules, whose next
+            # ones now reuse that memory instead of adding to it
+            doc.data = None
     return Site(
         name=d["name"], ssh=Ssh(user=ssh.get("user", default("site", "defaults", "ssh", "user")),
                                 port=ssh.get("port", default("site", "defaults", "ssh", "port")),
