@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from vpcgen.compiler.allocate import LOCK_HEADER, dump_lock
 from vpcgen.compiler.write import promote_tree
-from vpcgen.tree import dump_json
+from vpcgen.tree import dump_json, dump_json_sections
 
 
 def _reference(data) -> bytes:
@@ -35,6 +35,29 @@ def test_edges():
                  [0, -1, 2**63 - 1], "snowman ☃ and 😀"):
         assert dump_json(data) == _reference(data), data
     assert dump_json({"b": 1, "a": 2}).endswith(b"}\n")
+
+
+_sections = st.dictionaries(_text, st.lists(_text, unique=True, max_size=4), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_text, _values, max_size=4), _sections, _values)
+def test_sections_dumped_one_at_a_time_give_the_whole_documents_bytes(top, sections, value):
+    """site.json of a large site is dumped a VPC and an ACL at a time: the same bytes as at once."""
+    sections = {k: (names, lambda name, k=k: [k, name, value]) for k, names in sections.items() if k not in top}
+    whole = {**top, **{k: {name: make(name) for name in names} for k, (names, make) in sections.items()}}
+    assert dump_json_sections(top, sections) == _reference(whole)
+
+
+@pytest.mark.parametrize("site", ["example", "edge", "guest", "services"])  # (deploy's needs its own tests)
+def test_site_json_of_every_fixture_site_is_the_same_dumped_whole_or_in_sections(site):
+    from conftest import EXAMPLE, FIXTURE_SITES
+    from vpcgen.api import _validate_site
+    from vpcgen.compiler.topology import router_views, site_json, site_json_bytes
+    folder = EXAMPLE if site == "example" else FIXTURE_SITES / site
+    v = _validate_site(folder)
+    views = router_views(v.site, v.alloc)
+    assert site_json_bytes(v.site, v.alloc, views) == dump_json(site_json(v.site, v.alloc, views))
 
 
 _lock_names = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=10)

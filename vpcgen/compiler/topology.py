@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ..site import addr
 from .allocate import Allocation
 from ..site.intent import SOURCE_NAT_IP, VXLAN_TTL, Dhcp, Host, Site, Vpc, Vxlan, vxlan_group
+from ..tree import dump_json_sections
 
 SYNC_ADDRESSES = ("169.254.255.1", "169.254.255.2")
 SYNC_PREFIX = 30
@@ -279,83 +280,104 @@ def _vxlan_json(site: Site, zone, alloc: Allocation) -> dict:
 
 def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
     """The resolved site (site.json of the built tree): no secret values, only names and addresses."""
+    top, sections = _site_parts(site, alloc, views)
+    return {**top, **{key: {name: value(name) for name in names} for key, (names, value) in sections.items()}}
+
+
+def site_json_bytes(site: Site, alloc: Allocation, views: list[RouterView]) -> bytes:
+    """``dump_json(site_json(...))``, without ever holding the whole document: its VPCs and ACLs
+    (most of a large site: 1.2 million rules at 10,000 VPCs) are dumped one at a time."""
+    top, sections = _site_parts(site, alloc, views)
+    return dump_json_sections(top, sections)
+
+
+def _site_parts(site: Site, alloc: Allocation, views: list[RouterView]) -> tuple[dict, dict]:
+    """site.json's small top-level entries, and its large ones as (names, the value of a name)."""
     by_vpc: dict[str, list[RouterView]] = {}
     for v in views:
         by_vpc.setdefault(v.vpc.name, []).append(v)
-    vpcs = {}
-    for vpc in site.vpcs.values():
-        rv = by_vpc.get(vpc.name, [])
-        vpcs[vpc.name] = {
-            "zone": vpc.zone,
-            "kind": "routed" if vpc.routed else "nat",
-            "cidr": alloc.vpc_cidrs.get(vpc.name),
-            "redundant": vpc.redundant,
-            "vrrp": {"vrid": alloc.vrids.get(vpc.name), "sync_vlan": alloc.sync_vlans.get(vpc.name),
-                     "advert_interval_ms": vpc.vrrp.advert_interval_ms, "preempt": vpc.vrrp.preempt}
-            if vpc.redundant else None,
-            "domain": vpc.domain,
-            "dns": serves_dns(vpc, site.zones[vpc.zone]),  # the routers answer DNS on every tier gateway
-            "tiers": {t.name: {"cidr": t.cidr, "gateway": t.gateway, "isolation": t.isolation, "vlan": t.vlan,
-                               "vni": t.vni, "group": t.group, "public": t.public, "acl": t.acl, "mtu": t.mtu,
-                               "dhcp": {"range": "-".join(t.dhcp.range) if t.dhcp.range else None,
-                                        "lease_s": t.dhcp.lease_s} if t.dhcp else None,
-                               "hosts": {h.name: {"address": h.address, "mac": h.mac}
-                                         for h in sorted(t.hosts, key=lambda h: h.name)}}
-                      for t in sorted(rv[0].tiers, key=lambda t: t.name)} if rv else {},
-            "public_ips": dict(sorted(rv[0].public_ips.items())) if rv else {},
-            "ospf_area": alloc.areas.get(vpc.name),
-            "private_gateways": {g.name: {"vlan": g.vlan, "address": g.address, "gateway": g.gateway,
-                                          "routes": list(g.routes), "acl": g.acl}
-                                 for g in sorted(vpc.private_gateways, key=lambda g: g.name)},
-            "load_balancers": {lb.name: {"public_ip": lb.public_ip, "public_port": lb.public_port,
-                                         "private_port": lb.private_port, "protocol": lb.protocol,
-                                         "algorithm": lb.algorithm, "stickiness": lb.stickiness,
-                                         "health_check": {"interval_ms": lb.health_check.interval_ms,
-                                                          "rise": lb.health_check.rise, "fall": lb.health_check.fall,
-                                                          "http_path": lb.health_check.http_path},
-                                         "members": list(lb.members)}
-                               for lb in sorted(vpc.load_balancers, key=lambda lb: lb.name)},
-            "vpn_peers": {v.name: {"peer": v.peer, "peer_cidrs": list(v.peer_cidrs),
-                                   "local_cidrs": list(v.local_cidrs) if v.local_cidrs else
-                                   sorted(t.cidr for t in rv[0].tiers) if rv else [],
-                                   "ike_version": v.ike_version, "ike_proposals": list(v.ike_proposals),
-                                   "esp_proposals": list(v.esp_proposals), "ike_lifetime_s": v.ike_lifetime_s,
-                                   "esp_lifetime_s": v.esp_lifetime_s, "dpd_delay_s": v.dpd_delay_s}
-                          for v in sorted(vpc.site_to_site, key=lambda v: v.name)},
-            "remote_access": {"pool": vpc.remote_access.pool, "users": sorted(u.name for u in vpc.remote_access.users)}
-            if vpc.remote_access else None,
-            "static_nat": {s.public_ip: s.private_ip for s in sorted(vpc.static_nat, key=lambda s: s.public_ip)},
-            "port_forwarding": [{"public_ip": p.public_ip, "protocol": p.protocol, "public_port": list(p.public_port),
-                                 "private_ip": p.private_ip, "private_port": list(p.private_port)}
-                                for p in sorted(vpc.port_forwarding,
-                                                key=lambda p: (p.public_ip, p.protocol, p.public_port))],
-            "routers": {
-                v.name: {"mgmt": v.mgmt, "role": ("first" if v.index == 0 else "second") if v.redundant else "single",
-                         "priority": v.priority if v.redundant else None,
-                         "interfaces": {i.name: list(i.addresses) for i in v.interfaces}}
-                for v in rv},
-        }
-    zones = {}
-    for zone in site.zones.values():
-        zones[zone.name] = {
-            "guest_vlans": f"{zone.guest_vlans[0]}-{zone.guest_vlans[1]}",
-            "public": {"cidr": zone.public.cidr, "gateway": zone.public.gateway, "vlan": zone.public.vlan}
-            if zone.public else None,
-            "super_cidr": zone.super_cidr,
-            "ospf_transit": zone.ospf.transit_cidr if zone.ospf else None,
-            "ospf": {"transit": zone.ospf.transit_cidr, "transit_vlan": zone.ospf.transit_vlan,
-                     "hello_interval_s": zone.ospf.hello_interval_s, "dead_interval_s": zone.ospf.dead_interval_s,
-                     "authentication": zone.ospf.auth_key is not None} if zone.ospf else None,
-            "dns_servers": list(zone.dns_servers),
-            "ntp_servers": list(zone.ntp_servers),
-            "vxlan": _vxlan_json(site, zone, alloc) if zone.vxlan else None,
-        }
-        if zone.public:
-            zones[zone.name]["public"]["routed"] = list(zone.public.routed)
-    acls = {name: [{"number": r.number, "action": r.action, "traffic": r.traffic, "protocol": r.protocol,
-                    "ports": list(r.ports) if r.ports else None, "icmp_type": r.icmp_type, "icmp_code": r.icmp_code,
-                    "cidrs": list(r.cidrs)} for r in acl.rules]
-            for name, acl in site.acls.items()}
-    return {"_generated": "by vpcgen; do not edit", "site": site.name, "zones": zones, "vpcs": vpcs, "acls": acls,
-            "ssh": {"port": site.ssh.port,
-                    "allowed_from": list(site.ssh.allowed_from) if site.ssh.allowed_from is not None else None}}
+    top = {"_generated": "by vpcgen; do not edit", "site": site.name,
+           "zones": {zone.name: _zone_json(site, alloc, zone) for zone in site.zones.values()},
+           "ssh": {"port": site.ssh.port,
+                   "allowed_from": list(site.ssh.allowed_from) if site.ssh.allowed_from is not None else None}}
+    sections = {"vpcs": (list(site.vpcs), lambda name: _vpc_json(site, alloc, site.vpcs[name], by_vpc.get(name, []))),
+                "acls": (list(site.acls), lambda name: _acl_json(site.acls[name]))}
+    return top, sections
+
+
+def _vpc_json(site: Site, alloc: Allocation, vpc: Vpc, rv: list[RouterView]) -> dict:
+    return {
+        "zone": vpc.zone,
+        "kind": "routed" if vpc.routed else "nat",
+        "cidr": alloc.vpc_cidrs.get(vpc.name),
+        "redundant": vpc.redundant,
+        "vrrp": {"vrid": alloc.vrids.get(vpc.name), "sync_vlan": alloc.sync_vlans.get(vpc.name),
+                 "advert_interval_ms": vpc.vrrp.advert_interval_ms, "preempt": vpc.vrrp.preempt}
+        if vpc.redundant else None,
+        "domain": vpc.domain,
+        "dns": serves_dns(vpc, site.zones[vpc.zone]),  # the routers answer DNS on every tier gateway
+        "tiers": {t.name: {"cidr": t.cidr, "gateway": t.gateway, "isolation": t.isolation, "vlan": t.vlan,
+                           "vni": t.vni, "group": t.group, "public": t.public, "acl": t.acl, "mtu": t.mtu,
+                           "dhcp": {"range": "-".join(t.dhcp.range) if t.dhcp.range else None,
+                                    "lease_s": t.dhcp.lease_s} if t.dhcp else None,
+                           "hosts": {h.name: {"address": h.address, "mac": h.mac}
+                                     for h in sorted(t.hosts, key=lambda h: h.name)}}
+                  for t in sorted(rv[0].tiers, key=lambda t: t.name)} if rv else {},
+        "public_ips": dict(sorted(rv[0].public_ips.items())) if rv else {},
+        "ospf_area": alloc.areas.get(vpc.name),
+        "private_gateways": {g.name: {"vlan": g.vlan, "address": g.address, "gateway": g.gateway,
+                                      "routes": list(g.routes), "acl": g.acl}
+                             for g in sorted(vpc.private_gateways, key=lambda g: g.name)},
+        "load_balancers": {lb.name: {"public_ip": lb.public_ip, "public_port": lb.public_port,
+                                     "private_port": lb.private_port, "protocol": lb.protocol,
+                                     "algorithm": lb.algorithm, "stickiness": lb.stickiness,
+                                     "health_check": {"interval_ms": lb.health_check.interval_ms,
+                                                      "rise": lb.health_check.rise, "fall": lb.health_check.fall,
+                                                      "http_path": lb.health_check.http_path},
+                                     "members": list(lb.members)}
+                           for lb in sorted(vpc.load_balancers, key=lambda lb: lb.name)},
+        "vpn_peers": {v.name: {"peer": v.peer, "peer_cidrs": list(v.peer_cidrs),
+                               "local_cidrs": list(v.local_cidrs) if v.local_cidrs else
+                               sorted(t.cidr for t in rv[0].tiers) if rv else [],
+                               "ike_version": v.ike_version, "ike_proposals": list(v.ike_proposals),
+                               "esp_proposals": list(v.esp_proposals), "ike_lifetime_s": v.ike_lifetime_s,
+                               "esp_lifetime_s": v.esp_lifetime_s, "dpd_delay_s": v.dpd_delay_s}
+                      for v in sorted(vpc.site_to_site, key=lambda v: v.name)},
+        "remote_access": {"pool": vpc.remote_access.pool, "users": sorted(u.name for u in vpc.remote_access.users)}
+        if vpc.remote_access else None,
+        "static_nat": {s.public_ip: s.private_ip for s in sorted(vpc.static_nat, key=lambda s: s.public_ip)},
+        "port_forwarding": [{"public_ip": p.public_ip, "protocol": p.protocol, "public_port": list(p.public_port),
+                             "private_ip": p.private_ip, "private_port": list(p.private_port)}
+                            for p in sorted(vpc.port_forwarding,
+                                            key=lambda p: (p.public_ip, p.protocol, p.public_port))],
+        "routers": {
+            v.name: {"mgmt": v.mgmt, "role": ("first" if v.index == 0 else "second") if v.redundant else "single",
+                     "priority": v.priority if v.redundant else None,
+                     "interfaces": {i.name: list(i.addresses) for i in v.interfaces}}
+            for v in rv},
+    }
+
+
+def _zone_json(site: Site, alloc: Allocation, zone) -> dict:
+    out = {
+        "guest_vlans": f"{zone.guest_vlans[0]}-{zone.guest_vlans[1]}",
+        "public": {"cidr": zone.public.cidr, "gateway": zone.public.gateway, "vlan": zone.public.vlan}
+        if zone.public else None,
+        "super_cidr": zone.super_cidr,
+        "ospf_transit": zone.ospf.transit_cidr if zone.ospf else None,
+        "ospf": {"transit": zone.ospf.transit_cidr, "transit_vlan": zone.ospf.transit_vlan,
+                 "hello_interval_s": zone.ospf.hello_interval_s, "dead_interval_s": zone.ospf.dead_interval_s,
+                 "authentication": zone.ospf.auth_key is not None} if zone.ospf else None,
+        "dns_servers": list(zone.dns_servers),
+        "ntp_servers": list(zone.ntp_servers),
+        "vxlan": _vxlan_json(site, zone, alloc) if zone.vxlan else None,
+    }
+    if zone.public:
+        out["public"]["routed"] = list(zone.public.routed)
+    return out
+
+
+def _acl_json(acl) -> list:
+    return [{"number": r.number, "action": r.action, "traffic": r.traffic, "protocol": r.protocol,
+             "ports": list(r.ports) if r.ports else None, "icmp_type": r.icmp_type, "icmp_code": r.icmp_code,
+             "cidrs": list(r.cidrs)} for r in acl.rules]
