@@ -554,7 +554,8 @@ class RouterDeploy:
         return f"the router's current release is {out.removeprefix('releases/') or 'none'}"
 
     def wait_vrrp(self, want: tuple[str, ...] = ("MASTER", "BACKUP")) -> None:
-        """A pair's router must be back in VRRP (MASTER or BACKUP) before its peer is touched."""
+        """A pair's router must be back in VRRP (MASTER or BACKUP, or the states ``want`` names)
+        before its peer is touched."""
         vrrp = self.t.settings.get("vrrp")
         if not vrrp:
             return
@@ -563,7 +564,7 @@ class RouterDeploy:
             if time.monotonic() > deadline:
                 raise RemoteError(f"VRRP state is {state or 'unknown'} {vrrp['wait_s']} s after the reload "
                                   f"(expected {' or '.join(want)})")
-            time.sleep(0.2 if want == ("MASTER",) else 0.5)
+            time.sleep(0.2)
 
     # --- commit-confirm: a timer on the router undoes a switch nobody confirmed ---
 

@@ -14,11 +14,10 @@ from ...tree import read_site_json
 from ..plan import ECHO_PORT, WHOAMI_PORT
 from .daytwo import deploy, status_is
 from .deploy import TCP_CONNECTS, _edit_vpc
-from .failover import TCP_STREAM
+from .failover import TCP_STREAM, until_stop
 
 # the failover round's established TCP connection, kept open until STOP exists
-TCP_UNTIL = TCP_STREAM.replace("import socket, time", "import os, socket, time").replace(
-    "end = time.monotonic() + 12\n    while time.monotonic() < end:", 'while not os.path.exists("STOP"):')
+TCP_UNTIL = until_stop(TCP_STREAM)
 
 
 def run(t) -> None:

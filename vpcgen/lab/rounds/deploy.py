@@ -17,7 +17,7 @@ from ...reach.model import Endpoint
 from ..plan import PROBE_TCP_PORT, Peer
 from .context import HTTP_GET
 from .daytwo import _widen_one_rule, deploy, status_is
-from .failover import UDP_STREAM
+from .failover import UDP_STREAM, until_stop
 
 # new TCP connections every 50 ms until STOP exists, each sending PAYLOAD and reading an answer;
 # prints the longest gap between answered connections in ms, the failed ones, and all
@@ -39,8 +39,7 @@ while not os.path.exists("STOP"):
 print(gap * 1000, bad, ok + bad)
 """
 # the failover round's UDP stream (every 10 ms, late answers counted), until STOP exists
-UDP_UNTIL = UDP_STREAM.replace("import socket, time", "import os, socket, time").replace(
-    "while time.monotonic() < end:", 'while not os.path.exists("STOP"):')
+UDP_UNTIL = until_stop(UDP_STREAM)
 
 
 def run(t) -> None:

@@ -167,3 +167,12 @@ try:
 except Exception as exc:
     print(f"BROKEN after {got}/{sent} answers: {type(exc).__name__}")
 """
+
+
+def until_stop(stream: str) -> str:
+    """One of the stream scripts above, run until the file STOP exists instead of for its own time."""
+    out = stream.replace("import socket, time", "import os, socket, time").replace(
+        "while time.monotonic() < end:", 'while not os.path.exists("STOP"):')
+    if "STOP" not in out:
+        raise ValueError("the stream script has no loop to stop: until_stop no longer fits it")
+    return out
