@@ -46,6 +46,31 @@ class Validated:
     site: Site
     alloc: Allocation
     warnings: list = field(default_factory=list)  # Diagnostics of severity "warning"
+    # the intent's own checks, still running in a child process (a large site's build goes on
+    # meanwhile): ``confirm`` waits for them before anything is written
+    pending: Callable[[], list] | None = field(default=None, repr=False)
+    abandon: Callable[[], None] | None = field(default=None, repr=False)
+
+    def confirm(self) -> None:
+        """Raises DiagnosticsError if the checks still running found a problem; their warnings join."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.warnings = _sorted_warnings(self.warnings + pending())
+
+    @contextmanager
+    def trusting(self):
+        """Work that takes the pending checks to find nothing: if it fails, what they found (if
+        anything) is the error to report, as if they had run first."""
+        try:
+            yield
+        except Exception:
+            self.confirm()
+            raise
+        except BaseException:
+            if self.pending is not None:
+                self.pending = None
+                self.abandon()
+            raise
 
 
 @dataclass
@@ -102,10 +127,13 @@ def _raise_if(problems: list[Diagnostic]) -> None:
 def validate_site(site_dir) -> Validated:
     """Every schema and semantic check, all problems at once (raises DiagnosticsError)."""
     with _no_cyclic_gc():
-        return _validate_site(site_dir)
+        v = _validate_site(site_dir)
+        v.confirm()
+        return v
 
 
 def _validate_site(site_dir) -> Validated:
+    """The checks, with those of the intent perhaps still running (``Validated.confirm``)."""
     files, problems = load_site(site_dir, check=validate_document)  # schemas checked as files are read
     problems += unknown_entries(site_dir)
     # every document that passes its schema goes on to the semantic checks, whatever the others do
@@ -114,19 +142,58 @@ def _validate_site(site_dir) -> Validated:
     problems += verify.check_files(files)
     checked = _passed(files, problems)
     site = build_intent(checked, _unchecked(problems))
-    problems += verify.check_intent(site)
-    warnings = verify.check_warnings(site)
-    # allocation and placement for the VPCs whose own file and zone file are free of errors
-    # (anything else would report consequences of those errors, not new ones)
+    lock = checked.lock.data if checked.lock else None
+    if problems or len(site.vpcs) < _FORK_VPCS:
+        found, warnings = _intent_checks(site)
+        return _placed(files, site, lock, problems + found, warnings)
+    # a large site free of problems so far: the intent's checks run in a child while this process
+    # allocates and lays out as if they found nothing. If they do find something, what follows
+    # them is done again the way it would have been, so the diagnostics are the same either way.
+    child = forked.start(functools.partial(_intent_checks, site))
+
+    def pending() -> list:
+        found, warnings = child.result()
+        if found:
+            _placed(files, site, lock, found, warnings)  # raises: there are problems
+        return warnings
+
+    try:
+        v = _placed(files, site, lock, [], [])
+    except DiagnosticsError:  # allocation or placement problems: reported with the intent's, in order
+        found, warnings = child.result()
+        return _placed(files, site, lock, found, warnings)
+    except Exception:  # what the intent's problems led to, if they found any
+        pending()
+        raise
+    except BaseException:
+        child.kill()
+        raise
+    v.pending, v.abandon = pending, child.kill
+    return v
+
+
+def _intent_checks(site: Site) -> tuple[list[Diagnostic], list[Diagnostic]]:
+    """The problems and warnings the intent alone shows."""
+    return verify.check_intent(site), verify.check_warnings(site)
+
+
+def _placed(files: SiteFiles, site: Site, lock, problems: list[Diagnostic], warnings: list[Diagnostic]) -> Validated:
+    """Allocation and placement for the VPCs whose own file and zone file are free of errors
+    (anything else would report consequences of those errors, not new ones); raises
+    DiagnosticsError with every problem."""
     part = _sound(site, problems)
-    alloc = allocate(part, checked.lock.data if checked.lock else None)
-    problems += alloc.diagnostics
+    alloc = allocate(part, lock)
+    problems = problems + alloc.diagnostics
     part = _sound(part, alloc.diagnostics)
     problems += verify.check_placement(part, alloc.tier_cidrs)
-    warnings += verify.check_placement_warnings(part, alloc.tier_cidrs)
+    warnings = warnings + verify.check_placement_warnings(part, alloc.tier_cidrs)
     if problems:
         raise DiagnosticsError(problems, warnings)
-    return Validated(files, site, alloc, sorted(set(warnings), key=lambda d: (d.location, d.code, d.message)))
+    return Validated(files, site, alloc, _sorted_warnings(warnings))
+
+
+def _sorted_warnings(warnings: list[Diagnostic]) -> list[Diagnostic]:
+    return sorted(set(warnings), key=lambda d: (d.location, d.code, d.message))
 
 
 def _passed(files: SiteFiles, problems: list[Diagnostic]) -> SiteFiles:
@@ -177,26 +244,29 @@ def build_site(site_dir, options: BuildOptions) -> BuildResult:
 def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     v = _validate_site(site_dir)
     site, alloc = v.site, v.alloc
-    secrets, missing = resolve(site, v.files.root, options.environ, options.placeholder_secrets)
+    lock_dump = None
+    try:
+        with v.trusting():
+            secrets, missing = resolve(site, v.files.root, options.environ, options.placeholder_secrets)
+            # the lock's text is written by another process while this one lays out the routers and site.json
+            lock_data = alloc.lock_data(site)
+            lock_dump = forked.start(lambda: dump_lock(lock_data)) if len(site.vpcs) >= _FORK_VPCS else None
+            views = router_views(site, alloc)
+            # a diff compares the documents; a build needs only the bytes, dumped a VPC or ACL at a
+            # time (the whole document weighs more than its 370 MB of JSON at 10,000 VPCs)
+            document = site_json(site, alloc, views) if options.redacted_view else None
+            site_bytes = dump_json(document) if document is not None else site_json_bytes(site, alloc, views)
+        v.confirm()
+    except BaseException:
+        if lock_dump:
+            lock_dump.kill()
+        raise
     if missing:
         raise DiagnosticsError(missing, v.warnings)
     # every located check has passed: positions, texts and raw values are no longer needed (the
     # intent holds what the build uses), and a large site's documents weigh as much as its intent
     for doc in v.files.documents() + ([v.files.lock] if v.files.lock else []):
         doc.node = doc.text = doc.data = None
-    # the lock's text is written by another process while this one lays out the routers and site.json
-    lock_data = alloc.lock_data(site)
-    lock_dump = forked.start(lambda: dump_lock(lock_data)) if len(site.vpcs) >= _FORK_VPCS else None
-    try:
-        views = router_views(site, alloc)
-        # a diff compares the documents; a build needs only the bytes, dumped a VPC or ACL at a
-        # time (the whole document weighs more than its 370 MB of JSON at 10,000 VPCs)
-        document = site_json(site, alloc, views) if options.redacted_view else None
-        site_bytes = dump_json(document) if document is not None else site_json_bytes(site, alloc, views)
-    except BaseException:
-        if lock_dump:
-            lock_dump.kill()
-        raise
     lock_text = lock_dump.result() if lock_dump else dump_lock(lock_data)
     old_lock = (v.files.root / LOCK_FILE).read_text(encoding="utf-8") if v.files.lock else None
     lock_changed = lock_text != old_lock

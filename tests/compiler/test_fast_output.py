@@ -189,9 +189,10 @@ def test_a_spare_others_may_write_is_not_recycled_and_modes_follow_the_umask(tmp
     promote_tree(iter(files), target)
     spare.chmod(0o777)  # anyone could have planted anything in it
     (spare / "r" / "planted").write_bytes(b"x\n")
-    marker = (spare / "r" / "etc" / "a").stat().st_ino
-    promote_tree(iter(files), target)
-    assert not any(p.stat().st_ino == marker for p in target.rglob("*") if p.is_file())
+    with open(spare / "r" / "etc" / "a", "rb") as held:  # held open: its inode number is not reused
+        marker = os.fstat(held.fileno()).st_ino
+        promote_tree(iter(files), target)
+        assert not any(p.stat().st_ino == marker for p in target.rglob("*") if p.is_file())
     old = os.umask(0o077)
     try:
         promote_tree(iter(files), target)  # recycled

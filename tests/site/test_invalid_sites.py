@@ -10,6 +10,8 @@ import pytest
 
 from conftest import run_cli
 
+from vpcgen import api, forked
+
 # the example's zone has VXLAN (multicast) and one routed block; a tier for the single-router blog VPC
 ZONE_VXLAN_BLOCK = 'vxlan:                           # tiers on VXLAN segments, as CloudStack\'s KVM hosts build them (multicast)\n  underlay: {cidr: 10.0.0.0/24, vlan: 90}\n  vnis: "5000-5999"\n'
 
@@ -237,6 +239,15 @@ def test_invalid_site(case, edits, example, tmp_path, monkeypatch, snapshot):
     assert tree_digest(out) == before, "a failed build must leave the earlier output untouched"
     assert (example / "allocations.lock.yaml").read_bytes() == lock_before
     assert stderr == snapshot
+    # a large site's build checks its intent in a child while it goes on as if nothing were found:
+    # forced on this small one, the same problems come out, and nothing is written either
+    monkeypatch.setattr(api, "_FORK_VPCS", 1)
+    monkeypatch.setattr(forked, "start", forked.Forked)
+    assert run_cli("build", "example", "--output", "out", *(["--strict"] if case in STRICT else [])) \
+        == (1, stdout, stderr)
+    assert tree_digest(out) == before
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
     if case in STRICT:  # warnings alone never fail a build
         code, stdout, warned = run_cli("build", "example", "--output", "elsewhere")
         assert code == 0 and warned == "".join(line + "\n" for line in lines), stdout + warned

@@ -13,10 +13,6 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
 from ..errors import Diagnostic
 from .intent import Site, Src
 from .loader import read_inside
@@ -35,6 +31,8 @@ def _placeholder_file(name: str) -> str:
 @functools.lru_cache(maxsize=32)
 def _certificate(value: str):
     """The parsed certificate, or None: charon must be able to load what the build accepts."""
+    from cryptography import x509  # imported when a site has certificates (50 ms of every start-up)
+    from cryptography.exceptions import UnsupportedAlgorithm
     try:
         return x509.load_pem_x509_certificate(value.encode("utf-8"))
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -43,6 +41,8 @@ def _certificate(value: str):
 
 @functools.lru_cache(maxsize=32)  # one key serves many VPCs: checking an RSA key takes ~0.1 s
 def _private_key(value: str):
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
     try:  # an encrypted key is refused too: charon would wait for a passphrase nobody types
         return serialization.load_pem_private_key(value.encode("utf-8"), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -50,6 +50,7 @@ def _private_key(value: str):
 
 
 def _public(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
