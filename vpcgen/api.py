@@ -132,7 +132,7 @@ def validate_site(site_dir) -> Validated:
         return v
 
 
-def _validate_site(site_dir) -> Validated:
+def _validate_site(site_dir, speculate: bool = True) -> Validated:
     """The checks, with those of the intent perhaps still running (``Validated.confirm``)."""
     files, problems = load_site(site_dir, check=validate_document)  # schemas checked as files are read
     problems += unknown_entries(site_dir)
@@ -143,18 +143,19 @@ def _validate_site(site_dir) -> Validated:
     checked = _passed(files, problems)
     site = build_intent(checked, _unchecked(problems))
     lock = checked.lock.data if checked.lock else None
-    if problems or len(site.vpcs) < _FORK_VPCS:
+    if problems or not speculate or len(site.vpcs) < _FORK_VPCS:
         found, warnings = _intent_checks(site)
         return _placed(files, site, lock, problems + found, warnings)
     # a large site free of problems so far: the intent's checks run in a child while this process
-    # allocates and lays out as if they found nothing. If they do find something, what follows
-    # them is done again the way it would have been, so the diagnostics are the same either way.
+    # allocates and lays out as if they found nothing. If they do find something, the checks are
+    # done again the plain way (the documents may be gone by then), so the diagnostics are the same.
     child = forked.start(functools.partial(_intent_checks, site))
 
     def pending() -> list:
         found, warnings = child.result()
         if found:
-            _placed(files, site, lock, found, warnings)  # raises: there are problems
+            _validate_site(site_dir, speculate=False)  # raises, unless the site changed meanwhile
+            raise DiagnosticsError(found, warnings)
         return warnings
 
     try:
@@ -248,6 +249,14 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     try:
         with v.trusting():
             secrets, missing = resolve(site, v.files.root, options.environ, options.placeholder_secrets)
+            if missing:
+                v.confirm()  # the intent's problems come first, as when they are checked before
+                raise DiagnosticsError(missing, v.warnings)
+            # every located check has passed or is still running (and would read the site again if it
+            # failed): positions, texts and raw values are no longer needed (the intent holds what the
+            # build uses), and a large site's documents weigh as much as its intent
+            for doc in v.files.documents() + ([v.files.lock] if v.files.lock else []):
+                doc.node = doc.text = doc.data = None
             # the lock's text is written by another process while this one lays out the routers and site.json
             lock_data = alloc.lock_data(site)
             lock_dump = forked.start(lambda: dump_lock(lock_data)) if len(site.vpcs) >= _FORK_VPCS else None
@@ -261,12 +270,6 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
         if lock_dump:
             lock_dump.kill()
         raise
-    if missing:
-        raise DiagnosticsError(missing, v.warnings)
-    # every located check has passed: positions, texts and raw values are no longer needed (the
-    # intent holds what the build uses), and a large site's documents weigh as much as its intent
-    for doc in v.files.documents() + ([v.files.lock] if v.files.lock else []):
-        doc.node = doc.text = doc.data = None
     lock_text = lock_dump.result() if lock_dump else dump_lock(lock_data)
     old_lock = (v.files.root / LOCK_FILE).read_text(encoding="utf-8") if v.files.lock else None
     lock_changed = lock_text != old_lock
