@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import fastjsonschema
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,9 +43,4 @@ def test_fast_gate_agrees_with_jsonschema(kind, pick, value, add_key):
     else:
         parent[target[-1]] = value
     fast, exact = _validators()[kind]
-    try:
-        fast(doc)
-        fast_ok = True
-    except fastjsonschema.JsonSchemaException:
-        fast_ok = False
-    assert fast_ok == exact.is_valid(doc), (kind, target, value)
+    assert fast.is_valid(doc) == exact.is_valid(doc), (kind, target, value)
