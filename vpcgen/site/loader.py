@@ -398,7 +398,11 @@ def read_inside(root: Path, path: Path, limit: int = MAX_FILE_BYTES, folder_insi
 
 def display_path(path: Path, root_arg: Path, root: Path) -> str:
     """The file as the user would open it: under the SITE_DIR they typed."""
-    return os.path.normpath(os.path.join(str(root_arg), os.path.relpath(path, root)))
+    text, top = str(path), str(root)
+    # a file found under the site folder: its path there, without relpath's work for each file
+    rel = text[len(top) + 1:] if text.startswith(top) and text[len(top):len(top) + 1] == os.sep \
+        else os.path.relpath(path, root)
+    return os.path.normpath(os.path.join(str(root_arg), rel))
 
 
 def _read(root: Path, root_arg: Path, path: Path, kind: str, inside: bool, check) -> tuple[Document | None, list[Diagnostic]]:
