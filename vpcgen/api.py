@@ -288,9 +288,12 @@ def _build_site(site_dir, options: BuildOptions) -> BuildResult:
     deployable = not options.placeholder_secrets
 
     def tree(part: int = 0, parts: int = 1):
-        """The whole tree, or the ``part``-th of ``parts`` slices of it (routers in order)."""
+        """The whole tree, or the ``part``-th of ``parts`` slices of it (routers in order). The files
+        before the routers are handed out once: site.json (370 MB at 10,000 VPCs) is let go as soon
+        as it is written, before the writer processes are forked (their memory counts it otherwise)."""
         if part == 0:
-            yield from head
+            while head:
+                yield head.pop(0)
         for view in forked.slices(views, parts)[part]:
             for path, entry in render.render_router(env, view, secrets, deployable, digest).items():
                 yield f"{view.name}/{path}", entry
@@ -334,8 +337,10 @@ def write_build(site_dir, result: BuildResult, options: BuildOptions) -> BuildRe
                 promote_tree(result._tree.items(), target)
             else:
                 parts = _writers(len(result.routers))
-                promote_tree(result.render(0, parts), target,
-                             [functools.partial(result.render, k, parts) for k in range(1, parts)])
+                files = result.render(0, parts)
+                first = [next(files)]  # site.json: written before the other writers are forked
+                promote_tree(files, target, [functools.partial(result.render, k, parts) for k in range(1, parts)],
+                             first=first)
     except BaseException:
         if lock is not None:
             lock.discard()

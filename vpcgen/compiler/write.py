@@ -289,8 +289,13 @@ def _keep_spare(tree: Path, spare: Path, keep: set[str], secrets: dict[str, byte
 
 
 def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[], Iterable]],
-                 reuse: bool) -> tuple[set, dict]:
-    """``files`` written here while each of ``elsewhere`` is produced and written by a forked process."""
+                 reuse: bool, first: list) -> tuple[set, dict]:
+    """``first`` written here, emptied as it goes (what it held is let go before any fork), then
+    ``files`` written here while each of ``elsewhere`` is produced and written by a forked process."""
+    def drained():
+        while first:
+            yield first.pop(0)
+
     def writer(produce: Callable[[], Iterable]) -> Callable[[], tuple[set, dict]]:
         def write() -> tuple[set, dict]:
             written, secrets = _write_all(root_fd, produce(), reuse)
@@ -299,7 +304,8 @@ def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[],
             return written, secrets
         return write
 
-    results = run_split([writer(lambda: files), *map(writer, elsewhere)])
+    results = [writer(drained)()] if first else []
+    results += run_split([writer(lambda: files), *map(writer, elsewhere)])
     written, secrets = results[0]
     for more_written, more_secrets in results[1:]:
         twice = written & more_written - {""}
@@ -311,7 +317,8 @@ def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[],
 
 
 def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path,
-                 elsewhere: Sequence[Callable[[], Iterable[tuple[str, tuple[bytes, int]]]]] = ()) -> None:
+                 elsewhere: Sequence[Callable[[], Iterable[tuple[str, tuple[bytes, int]]]]] = (),
+                 first: list | None = None) -> None:
     """Write ``files`` (relative path, (bytes, mode)), consumed one at a time, into a staging folder,
     then swap it into place: an exception while they are produced or written leaves ``target`` as
     it was. Each of ``elsewhere`` produces more files of the tree (disjoint folders) and is consumed
@@ -325,7 +332,7 @@ def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path,
             reuse = _take_spare(spare, staging)
             root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:
-                written, secrets = _write_parts(root_fd, files, elsewhere, reuse)
+                written, secrets = _write_parts(root_fd, files, elsewhere, reuse, first or [])
                 if reuse:  # the top level: each writer swept the folders it wrote
                     _sweep(root_fd, written, None, descend=False)
             finally:
