@@ -22,9 +22,12 @@ def processes(work: int, per_process: int) -> int:
     return max(1, min(cores(), 4, work // per_process))
 
 
-def slices(items: list, count: int) -> list[list]:
-    """``items`` cut into ``count`` contiguous slices of near-equal length, in order."""
-    return [items[k * len(items) // count:(k + 1) * len(items) // count] for k in range(count)]
+def slices(items: list, count: int, first: float = 1.0) -> list[list]:
+    """``items`` cut into ``count`` contiguous slices, in order: of near-equal length, the first one
+    ``first`` times as long as each of the others (the forking process has work of its own after)."""
+    total = first + count - 1
+    ends = [0] + [round(len(items) * (first + k) / total) for k in range(count)]
+    return [items[ends[k]:ends[k + 1]] for k in range(count)]
 
 
 class Forked:

@@ -2,6 +2,7 @@
 accepts a file, its values are exactly, type for type, what the positioned one gives without a
 problem; otherwise the positioned one decides (and reports). Scalars are YAML 1.1 either way."""
 
+import orjson
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -106,3 +107,16 @@ def test_a_late_diagnostic_finds_its_position():
     loc = doc.loc(("rules", 0, "action"))
     assert (loc.line, loc.column) == (3, 26)
     assert (doc.loc(("rules", 0, "action"), key=True).column) == 18
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_a_reading_child_checks_and_sends_the_same_values(text):
+    """A reading child keeps yaml-rs's values (to check them) and their JSON (to send on): the
+    values the reading process rebuilds from that JSON are, type for type, the ones it reads itself."""
+    kept, found = parse_document(text.encode(), "f.yaml", "acl")
+    sent, found_sent = parse_document(text.encode(), "f.yaml", "acl", kept=False)
+    assert [str(d) for d in found_sent] == [str(d) for d in found]
+    assert _typed(sent.data) == _typed(kept.data)
+    if sent.json is not None:
+        assert kept.json is None and _typed(orjson.loads(sent.json)) == _typed(kept.data)
