@@ -1,6 +1,6 @@
 """The ACL work of a generated site as aerleon policies, for a side-by-side comparison.
 
-    python3 bench/aerleon_policies.py SITE_DIR OUT_DIR
+    .venv/bin/python bench/aerleon_policies.py SITE_DIR OUT_DIR
     aclgen --base_directory OUT_DIR/policies --definitions_directory OUT_DIR/def --output_directory OUT_DIR/acls
 
 Every acls/<acl>.yaml of the site becomes one aerleon policy with one iptables filter, one term per

@@ -1,7 +1,7 @@
 """Build time, libyaml load time and peak memory of `vpcgen build` on synthetic sites (run on
 demand, not in CI), side by side in one run.
 
-    python3 bench/build_bench.py --vpcs 1000 2000 10000 [--runs 3] [--aerleon PATH/TO/aclgen]
+    .venv/bin/python bench/build_bench.py --vpcs 1000 2000 10000 [--runs 3] [--aerleon PATH/TO/aclgen]
 
 For each size: the site (bench/generate.py's shape: redundant NAT VPCs x 4 tiers x 30-rule ACLs),
 then, alternating, --runs builds, --runs loads of the same files by PyYAML's CSafeLoader (libyaml)

@@ -1,6 +1,6 @@
 """Wall time of `vpcgen deploy` to many routers (run on demand, not in CI).
 
-    python3 bench/deploy_bench.py --routers 50 --parallel 1 10
+    .venv/bin/python bench/deploy_bench.py --routers 50 --parallel 1 10
 
 Real sshd instances (Debian's /usr/sbin/sshd, 16 loopback addresses each, one per router) share
 one port and host key; every router is a folder under a temporary deploy root. The site is the deploy-test fixture's shape: redundant

@@ -1,6 +1,6 @@
 """Time of `vpcgen diff` beyond its two builds, for a one-rule change on a large synthetic site.
 
-    python3 bench/diff_bench.py [--vpcs 1000] [--tiers 4] [--rules 30] [--runs 1] [--against REV]
+    .venv/bin/python bench/diff_bench.py [--vpcs 1000] [--tiers 4] [--rules 30] [--runs 1] [--against REV]
 
 The site (bench/generate.py) is committed to a temporary git repository; one ACL rule of one tier
 is changed in the working tree. Reported: the time of each of the diff's two builds, the whole

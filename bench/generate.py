@@ -1,6 +1,6 @@
 """Generate a synthetic site: N redundant VPCs x T tiers, one R-rule ACL list per tier.
 
-    python3 bench/generate.py OUT_DIR --vpcs 1000 --tiers 4 --rules 30 [--no-services]
+    .venv/bin/python bench/generate.py OUT_DIR --vpcs 1000 --tiers 4 --rules 30 [--no-services]
 
 With services (the default) every fifth VPC is routed (OSPF) and the NAT VPCs carry a mix of
 load balancers (1 in 4), site-to-site plus remote-access VPNs (1 in 4) and private gateways

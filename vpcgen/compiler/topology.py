@@ -284,7 +284,7 @@ def site_json(site: Site, alloc: Allocation, views: list[RouterView]) -> dict:
     return {**top, **{key: {name: value(name) for name in names} for key, (names, value) in sections.items()}}
 
 
-def site_json_bytes(site: Site, alloc: Allocation, views: list[RouterView]) -> bytes:
+def site_json_bytes(site: Site, alloc: Allocation, views: list[RouterView]) -> bytearray:
     """``dump_json(site_json(...))``, without ever holding the whole document: its VPCs and ACLs
     (most of a large site: 1.2 million rules at 10,000 VPCs) are dumped one at a time."""
     top, sections = _site_parts(site, alloc, views)
