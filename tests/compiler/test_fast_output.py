@@ -201,3 +201,35 @@ def test_a_spare_others_may_write_is_not_recycled_and_modes_follow_the_umask(tmp
         os.umask(old)
     assert _tree_of(target) == _tree_of(tmp_path / "fresh")
     assert oct((target / "r").stat().st_mode & 0o777) == oct((tmp_path / "fresh" / "r").stat().st_mode & 0o777)
+
+
+def test_compiled_templates_are_kept_and_a_broken_or_unwritable_cache_only_means_compiling(tmp_path):
+    """The rendering environment keeps compiled templates beside vpcgen's bytecode: the next process
+    loads them instead of compiling; a cache cut short, foreign or impossible to write is no error."""
+    import jinja2
+    from vpcgen.compiler.render import _CompiledTemplates
+
+    compiled = []
+
+    class Counting(jinja2.Environment):
+        def compile(self, *args, **kwargs):
+            compiled.append(args[1] if len(args) > 1 else kwargs.get("name"))
+            return super().compile(*args, **kwargs)
+
+    def rendered(folder):
+        env = Counting(loader=jinja2.DictLoader({"t": "{{ x }}-{% for i in y %}{{ i }}{% endfor %}"}),
+                       bytecode_cache=_CompiledTemplates(folder))
+        return env.get_template("t").render(x=1, y=[2, 3])
+
+    folder = tmp_path / "cache"
+    assert rendered(folder) == "1-23" and len(compiled) == 1
+    kept = list(folder.iterdir())
+    assert len(kept) == 1 and kept[0].stat().st_size > 0
+    assert rendered(folder) == "1-23" and len(compiled) == 1  # loaded, not compiled
+    kept[0].write_bytes(kept[0].read_bytes()[:30])  # cut short
+    assert rendered(folder) == "1-23" and len(compiled) == 2
+    kept[0].write_bytes(b"not a cache at all")
+    assert rendered(folder) == "1-23" and len(compiled) == 3
+    (tmp_path / "file").write_bytes(b"")
+    assert rendered(tmp_path / "file" / "cache") == "1-23" and len(compiled) == 4  # cannot be written
+    assert rendered(tmp_path / "file" / "cache") == "1-23" and len(compiled) == 5

@@ -6,10 +6,14 @@ text out; every decision (order, addresses, names) is made in the feature module
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import jinja2
+import jinja2.bccache
 
 from .. import tree
 from . import dns, firewall, ha, lb, ospf, vpn
@@ -192,9 +196,42 @@ def router_paths(view: RouterView) -> dict[str, str]:
     }
 
 
+class _CompiledTemplates(jinja2.BytecodeCache):
+    """Compiled templates kept beside vpcgen's own bytecode (its ``__pycache__``), as Python keeps a
+    module's: every build would compile them again (0.1 s). Jinja checks each against its template's
+    source and the Python version; one that cannot be read or written is compiled, never an error."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, bucket: jinja2.bccache.Bucket) -> Path:
+        return self.folder / f"jinja2-{bucket.key}.cache"
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            with open(self._path(bucket), "rb") as cached:
+                bucket.load_bytecode(cached)
+        except Exception:  # noqa: BLE001 - missing, unreadable, cut short: compiled from the source
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            self.folder.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".jinja2-", dir=self.folder)
+        except OSError:  # a read-only installation: compiled again next time
+            return
+        try:
+            with os.fdopen(fd, "wb") as out:
+                bucket.write_bytecode(out)
+            os.replace(tmp, self._path(bucket))  # whole or not at all, whoever reads it meanwhile
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("vpcgen.compiler", "templates"),
+        bytecode_cache=_CompiledTemplates(Path(__file__).parent / "__pycache__"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
