@@ -1,5 +1,5 @@
 """`python -m vpcgen`: the same command line as `vpcgen`."""
 
-from .cli import app
+from .cli import run
 
-app(prog_name="vpcgen")
+run()

@@ -177,3 +177,21 @@ def test_same_output_across_hash_seeds(tmp_path):
                         for p in sorted(out.rglob("*")) if p.is_file())
         digests.add(blob + (site / "allocations.lock.yaml").read_bytes())
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("entry", [["-m", "vpcgen"], ["-m", "vpcgen.cli"]])
+def test_the_vpcgen_process_ends_at_once_after_a_build_with_everything_flushed(entry, tmp_path):
+    """After a build, the process ends without tearing the interpreter down: its output must be
+    whole and flushed, its exit code the command's, and a failed build still says why and exits 1."""
+    site = copy_site(EXAMPLE, tmp_path / "site")
+    run = [sys.executable, *entry, "build", str(site), "--output", str(tmp_path / "out"), "--placeholder-secrets"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"built {tmp_path / 'out' / 'example'} (") and done.stdout.endswith(
+        "note: placeholder secrets: this tree is not deployable\n")
+    assert (tmp_path / "out" / "example" / "site.json").stat().st_size > 0
+    (site / "site.yaml").write_text((site / "site.yaml").read_text() + "bogus: 1\n")
+    failed = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and "bogus" in failed.stderr and failed.stderr.endswith("1 error\n"), failed.stderr
+    usage = subprocess.run([sys.executable, *entry, "build", "--no-such-option"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "No such option" in usage.stderr
