@@ -120,3 +120,19 @@ def test_a_reading_child_checks_and_sends_the_same_values(text):
     assert _typed(sent.data) == _typed(kept.data)
     if sent.json is not None:
         assert kept.json is None and _typed(orjson.loads(sent.json)) == _typed(kept.data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from(" [,{:\n+-0_a1.\t\r#'\"~x9"), max_size=40))
+def test_the_ascii_number_scan_finds_what_the_pattern_finds(text):
+    from vpcgen.site.loader import _NUMBER_HINT, _NUMBER_MARKS
+    assert (b"\x01\x02" in text.encode("ascii").translate(_NUMBER_MARKS)) == bool(_NUMBER_HINT.search(text))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6), max_size=4))
+def test_the_ascii_json_scan_finds_what_the_pattern_finds(words):
+    from vpcgen.site.loader import _JSON_UNSAFE
+    encoded = orjson.dumps(words)
+    if encoded.isascii():
+        assert (b"\\" in encoded or b"\x7f" in encoded) == bool(_JSON_UNSAFE.search(encoded))

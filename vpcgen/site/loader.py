@@ -260,6 +260,9 @@ _NOT_FAST_TEXT = ("&", "*", "!", "\t", "\r", "\n%", "\n---", "\n...")
 _NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _PRINTABLE_ASCII = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x7F)])
 _NUMBER_HINT = re.compile(r"[ \[,{:\n+-][0_]")  # a cheap scan first: rarely any match
+# the same scan for printable ASCII text, at C speed: the characters before and after marked with two
+# bytes such a text never holds, then one substring search
+_NUMBER_MARKS = bytes.maketrans(b" [,{:\n+-0_", b"\x01" * 8 + b"\x02" * 2)
 _NUMBER_FORM = re.compile(r"(?:[:\[,{?\n]|- ) *[-+]?(?:0\w|_)")
 # where the JSON shows a null: yaml-rs reads .inf, .nan and 1e400 as floats that JSON writes as null
 _INFINITE = re.compile(r"\d[eE]|\.(?:inf|Inf|INF|nan|NaN|NAN)")
@@ -302,17 +305,21 @@ def _fast_read(decoded: str) -> tuple[object, bytes] | None:
     another type) from the structure (no fraction, no nesting deeper than ``_FAST_DEPTH``)."""
     if decoded[:1] in ("", "%", "-", "+", "0", "_") or any(t in decoded for t in _NOT_FAST_TEXT):
         return None
-    if not (decoded.isascii() and not decoded.encode("ascii").translate(None, _PRINTABLE_ASCII)) and \
+    text = decoded.encode("ascii") if decoded.isascii() else None
+    if not (text is not None and not text.translate(None, _PRINTABLE_ASCII)) and \
             _NOT_PRINTABLE.search(decoded):  # the translation: most sites are plain ASCII, 6x faster
         return None
-    if _NUMBER_HINT.search(decoded) and _NUMBER_FORM.search(decoded):
+    hint = b"\x01\x02" in text.translate(_NUMBER_MARKS) if text is not None else _NUMBER_HINT.search(decoded)
+    if hint and _NUMBER_FORM.search(decoded):
         return None
     try:
         data = yaml_rs.loads(decoded, parse_datetime=False)
         encoded = orjson.dumps(data)
     except Exception:  # a duplicate key, a syntax error, a limit: the positioned reader reports it
         return None
-    if type(data) not in (dict, list) or _JSON_UNSAFE.search(encoded):
+    # JSON of ASCII (values from escapes may not be) can hold only the first two of _JSON_UNSAFE
+    unsafe = (b"\\" in encoded or b"\x7f" in encoded) if encoded.isascii() else _JSON_UNSAFE.search(encoded)
+    if type(data) not in (dict, list) or unsafe:
         return None
     parts = encoded.split(b'"')
     strings = b"\n".join(set(parts[1::2]))  # keys and words repeat: each distinct text once
