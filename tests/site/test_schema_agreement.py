@@ -44,3 +44,15 @@ def test_fast_gate_agrees_with_jsonschema(kind, pick, value, add_key):
         parent[target[-1]] = value
     fast, exact = _validators()[kind]
     assert fast.is_valid(doc) == exact.is_valid(doc), (kind, target, value)
+
+
+def test_where_the_validators_disagree_the_document_is_refused_and_located():
+    """Python's `$` matches before a final newline, so jsonschema lets a name "web\\n" through; the
+    fast gate (jsonschema-rs) does not, and the document is refused, never passed."""
+    from vpcgen.site.loader import Document
+    from vpcgen.site.schema import validate_document
+    doc = Document(kind="acl", file="acls/x.yaml", data={"name": "web\n", "rules": []},
+                   text='name: "web\\n"\nrules: []\n')
+    found = [str(d) for d in validate_document(doc)]
+    assert found == ['acls/x.yaml:1:7: error: name: "web\\n" does not match '
+                     '"^([a-z]|[a-z][a-z0-9-]{0,30}[a-z0-9])$" [schema-rejected]'], found

@@ -102,10 +102,10 @@ def validate_document(doc: Document) -> list[Diagnostic]:
         fast = None
     found = [_diagnostic(doc, error) for error in _exact(doc.kind).iter_errors(doc.data)]
     if not found and fast is not None:  # the two validators disagree: the document is still refused, never passed
-        rejected = next(iter(fast.iter_errors(doc.data)))
-        path = tuple(rejected.instance_path)
-        shown = "value not shown" if _secret_field(doc.kind, path) or _holds_secret(doc.kind, path) \
-            else rejected.message
+        rejected = next(iter(fast.iter_errors(doc.data)), None)
+        path = tuple(rejected.instance_path) if rejected is not None else ()
+        shown = "value not shown" if rejected is None or _secret_field(doc.kind, path) or \
+            _holds_secret(doc.kind, path) else rejected.message
         found = [Diagnostic(doc.loc(path), f"{_describe(path)}: {shown}", "schema-rejected")]
     return found
 
