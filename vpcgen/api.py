@@ -48,14 +48,14 @@ class Validated:
     warnings: list = field(default_factory=list)  # Diagnostics of severity "warning"
     # the intent's own checks, still running in a child process (a large site's build goes on
     # meanwhile): ``confirm`` waits for them before anything is written
-    pending: Callable[[], list] | None = field(default=None, repr=False)
-    abandon: Callable[[], None] | None = field(default=None, repr=False)
+    checks: forked.Forked | None = field(default=None, repr=False)
+    site_dir: object = field(default=None, repr=False)
 
     def confirm(self) -> None:
         """Raises DiagnosticsError if the checks still running found a problem; their warnings join."""
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            self.warnings = _sorted_warnings(self.warnings + pending())
+        if self.checks is not None:
+            checks, self.checks = self.checks, None
+            self.warnings = _sorted_warnings(self.warnings + _joined(checks, self.site_dir))
 
     @contextmanager
     def trusting(self):
@@ -67,9 +67,9 @@ class Validated:
             self.confirm()
             raise
         except BaseException:
-            if self.pending is not None:
-                self.pending = None
-                self.abandon()
+            if self.checks is not None:
+                checks, self.checks = self.checks, None
+                checks.kill()
             raise
 
 
@@ -150,27 +150,29 @@ def _validate_site(site_dir, speculate: bool = True) -> Validated:
     # allocates and lays out as if they found nothing. If they do find something, the checks are
     # done again the plain way (the documents may be gone by then), so the diagnostics are the same.
     child = forked.start(functools.partial(_intent_checks, site))
-
-    def pending() -> list:
-        found, warnings = child.result()
-        if found:
-            _validate_site(site_dir, speculate=False)  # raises, unless the site changed meanwhile
-            raise DiagnosticsError(found, warnings)
-        return warnings
-
     try:
         v = _placed(files, site, lock, [], [])
     except DiagnosticsError:  # allocation or placement problems: reported with the intent's, in order
         found, warnings = child.result()
         return _placed(files, site, lock, found, warnings)
     except Exception:  # what the intent's problems led to, if they found any
-        pending()
+        _joined(child, site_dir)
         raise
     except BaseException:
         child.kill()
         raise
-    v.pending, v.abandon = pending, child.kill
+    v.checks, v.site_dir = child, site_dir
     return v
+
+
+def _joined(child, site_dir) -> list[Diagnostic]:
+    """The warnings of the intent's checks run in ``child``. Problems they found are reported as a
+    plain run reports them: the site is checked again that way (its documents may be gone by now)."""
+    found, warnings = child.result()
+    if found:
+        _validate_site(site_dir, speculate=False)  # raises, unless the site changed meanwhile
+        raise DiagnosticsError(found, warnings)
+    return warnings
 
 
 def _intent_checks(site: Site) -> tuple[list[Diagnostic], list[Diagnostic]]:

@@ -286,17 +286,10 @@ _DEPTH_STEP = tuple(1 if c in b"[{" else -1 for c in range(256))
 _FAST_DEPTH = MAX_DEPTH - 2  # deeper documents take the positioned reader, which draws the line
 
 
-def _fast(decoded: str):
-    """The document as yaml-rs reads it, or ``None`` where the positioned reader must decide; read
-    back from its JSON, which shares the text of repeated keys (yaml-rs gives each its own copy: a
-    site's documents take 40% less memory so)."""
-    read = _fast_read(decoded)
-    return None if read is None else orjson.loads(read[1])
-
-
 def _fast_read(decoded: str) -> tuple[object, bytes] | None:
     """The document as yaml-rs reads it and orjson's JSON of it, or ``None`` where the positioned
-    reader must decide.
+    reader must decide (read back from that JSON, the values share the text of repeated keys, which
+    yaml-rs gives each its own copy of: a site's documents take 40% less memory so).
 
     The value tree is checked as orjson's compact JSON of it, at C speed: orjson refuses a key
     that is not a string (`80:` is "80" in the positioned reader) and a number beyond 64 bits;
