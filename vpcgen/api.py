@@ -22,8 +22,8 @@ from .compiler.allocate import Allocation, allocate, dump_lock, lock_changes
 from .errors import Diagnostic, DiagnosticsError
 from .site.intent import Site, build_intent
 from .site.entries import unknown_entries
-from .site.loader import KIND_DIRS, LOCK_FILE, SiteFiles, load_site
-from .site.schema import validate_document
+from .site.loader import KIND_DIRS, LOCK_FILE, Loading, SiteFiles
+from .site.schema import start_reading
 from .site.secrets import REDACTED, resolve
 from .tree import KNOWN_HOSTS, SECRET_SUMS, dump_json
 from .compiler.topology import router_views, site_json, site_json_bytes
@@ -132,9 +132,10 @@ def validate_site(site_dir) -> Validated:
         return v
 
 
-def _validate_site(site_dir, speculate: bool = True) -> Validated:
-    """The checks, with those of the intent perhaps still running (``Validated.confirm``)."""
-    files, problems = load_site(site_dir, check=validate_document)  # schemas checked as files are read
+def _validate_site(site_dir, speculate: bool = True, loading: Loading | None = None) -> Validated:
+    """The checks, with those of the intent perhaps still running (``Validated.confirm``); the site
+    read by ``loading`` if it was begun (``start_reading``)."""
+    files, problems = (loading or start_reading(site_dir)).finish()
     problems += unknown_entries(site_dir)
     # every document that passes its schema goes on to the semantic checks, whatever the others do
     for doc in files.documents() + ([files.lock] if files.lock else []):
@@ -239,13 +240,13 @@ def _sound(site: Site, problems: list[Diagnostic]) -> Site:
                                and site.zones[v.zone].src.file not in bad})
 
 
-def build_site(site_dir, options: BuildOptions) -> BuildResult:
+def build_site(site_dir, options: BuildOptions, loading: Loading | None = None) -> BuildResult:
     with _no_cyclic_gc():
-        return _build_site(site_dir, options)
+        return _build_site(site_dir, options, loading)
 
 
-def _build_site(site_dir, options: BuildOptions) -> BuildResult:
-    v = _validate_site(site_dir)
+def _build_site(site_dir, options: BuildOptions, loading: Loading | None) -> BuildResult:
+    v = _validate_site(site_dir, loading=loading)
     site, alloc = v.site, v.alloc
     lock_dump = None
     try:

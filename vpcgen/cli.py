@@ -144,11 +144,14 @@ def build(
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP + " Nothing is written then."),
 ) -> None:
     """Validate, allocate and render one configuration tree per router."""
-    from .api import BuildOptions, build_site, write_build
+    from .site.schema import start_reading
 
     def body():
-        options = BuildOptions(output=output, locked=locked, placeholder_secrets=placeholder_secrets)
-        built = build_site(site_dir, options)
+        # a large site's files are read by other processes while this one imports the rest of the build
+        with start_reading(site_dir) as loading:
+            from .api import BuildOptions, build_site, write_build
+            options = BuildOptions(output=output, locked=locked, placeholder_secrets=placeholder_secrets)
+            built = build_site(site_dir, options, loading)
         _warnings(built.warnings, strict)
         result = write_build(site_dir, built, options)
         names = ", ".join(result.routers[:8]) + (", ..." if len(result.routers) > 8 else "")

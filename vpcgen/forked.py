@@ -4,6 +4,7 @@ parent's memory copy-on-write, so it needs nothing sent to it; what it returns c
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -22,11 +23,9 @@ def processes(work: int, per_process: int) -> int:
     return max(1, min(cores(), 4, work // per_process))
 
 
-def slices(items: list, count: int, first: float = 1.0) -> list[list]:
-    """``items`` cut into ``count`` contiguous slices, in order: of near-equal length, the first one
-    ``first`` times as long as each of the others (the forking process has work of its own after)."""
-    total = first + count - 1
-    ends = [0] + [round(len(items) * (first + k) / total) for k in range(count)]
+def slices(items: list, count: int) -> list[list]:
+    """``items`` cut into ``count`` contiguous slices of near-equal length, in order."""
+    ends = [round(len(items) * k / count) for k in range(count + 1)]
     return [items[ends[k]:ends[k + 1]] for k in range(count)]
 
 
@@ -129,3 +128,72 @@ def run_split(fns: list[Callable[[], object]]) -> list:
     if failure is not None:
         raise failure
     return results
+
+
+# chunk numbers wait in a pipe as 4 bytes each, all written before anyone reads: within its capacity
+MAX_CHUNKS = 4096
+
+
+class Shared:
+    """Work in ``count`` numbered chunks, each done once by whichever process is free: ``helpers``
+    forked children start taking chunks at once; ``finish()`` has this process take those left
+    (work of its own done meanwhile, the children took more), then gives every chunk's result in
+    order. ``do(k, here)`` does chunk ``k``, ``here`` telling this process from a child; what a child
+    did comes back through ``received``. The numbers are read from a pipe filled before the fork:
+    on Linux a read of 4 bytes takes 4 whole bytes under the pipe's lock, and a read of an empty
+    pipe without writers gives nothing."""
+
+    def __init__(self, count: int, helpers: int, do: Callable[[int, bool], object],
+                 received: Callable[[object], object] = lambda result: result):
+        if count > MAX_CHUNKS:
+            raise ValueError(f"{count} chunks: at most {MAX_CHUNKS}")
+        self._count, self._do, self._received = count, do, received
+        self._children: list = []
+        self._queue, write_end = os.pipe()
+        try:
+            numbers = memoryview(b"".join(k.to_bytes(4, "little") for k in range(count)))
+            while numbers:
+                numbers = numbers[os.write(write_end, numbers):]
+        finally:
+            os.close(write_end)  # before the fork: no writer left, an empty pipe reads as its end
+        try:
+            for _ in range(helpers):
+                self._children.append(start(functools.partial(self._take, False)))
+        except BaseException:
+            self.cancel()
+            raise
+
+    def _take(self, here: bool) -> dict:
+        done = {}
+        while number := os.read(self._queue, 4):
+            k = int.from_bytes(number, "little")
+            done[k] = self._do(k, here)
+        return done
+
+    def finish(self) -> list:
+        try:
+            done = self._take(True)
+        except BaseException:
+            self.cancel()
+            raise
+        os.close(self._queue)
+        self._queue = None
+        children, self._children = self._children, []
+        failure = None
+        for child in children:
+            try:
+                done.update((k, self._received(result)) for k, result in child.result().items())
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return [done[k] for k in range(self._count)]
+
+    def cancel(self) -> None:
+        """Stop the children (nothing they do is wanted any more); nothing once ``finish`` ran."""
+        children, self._children = self._children, []
+        for child in children:
+            child.kill()
+        if self._queue is not None:
+            os.close(self._queue)
+            self._queue = None

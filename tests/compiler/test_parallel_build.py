@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from vpcgen.api import BuildOptions
 from vpcgen.compiler.write import promote_tree
 from vpcgen.errors import DiagnosticsError
 from vpcgen.site import loader
+from vpcgen.site.schema import validate_document
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 from generate import generate  # noqa: E402
@@ -124,3 +126,60 @@ def test_a_writer_process_that_fails_or_dies_fails_the_promote_and_keeps_the_tre
     assert _tree_of(target) == before
     promote_tree(_files(b"new", 3, "a"), target, [lambda: _files(b"new", 3, "b")])
     assert {data for data, _ in (v for v in _tree_of(target).values() if v != "dir")} == {b"new"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_shared_chunks_are_each_done_once_in_order_and_the_children_work_while_this_process_does_not():
+    shared = forked.Shared(300, 2, lambda k, here: (k, here, os.getpid()), received=lambda done: (*done, "received"))
+    time.sleep(1.5)  # this process busy elsewhere (importing the build): the children take every chunk meanwhile
+    results = shared.finish()
+    assert [k for k, *_ in results] == list(range(300))
+    assert all(not here and last == "received" for _, here, _, last in results)
+    workers = {pid for _, _, pid, _ in results}
+    assert os.getpid() not in workers and 1 <= len(workers) <= 2
+    assert not any(_alive(pid) for pid in workers)  # reaped
+
+
+def test_shared_without_children_or_with_a_failing_one():
+    assert forked.Shared(5, 0, lambda k, here: (k, here)).finish() == [(k, True) for k in range(5)]
+
+    def fails_elsewhere(k, here):
+        if not here:
+            raise ValueError(f"chunk {k} failed in a child")
+        time.sleep(0.01)
+        return k
+
+    with pytest.raises(ValueError, match="failed in a child"):
+        forked.Shared(50, 1, fails_elsewhere).finish()
+    with pytest.raises(ValueError, match="at most"):
+        forked.Shared(forked.MAX_CHUNKS + 1, 1, lambda k, here: k)
+
+
+def test_a_cancelled_share_stops_its_children():
+    shared = forked.Shared(20, 2, lambda k, here: time.sleep(5))
+    pids = [child.pid for child in shared._children]
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    shared.cancel()
+    assert not any(_alive(pid) for pid in pids)
+    shared.cancel()  # twice: nothing more
+
+
+def test_a_site_read_ahead_is_the_site_read_at_once(site, monkeypatch):
+    """The build command starts reading the site before importing the rest of the build: what it
+    gets is what load_site gives, whichever process read which file."""
+    _processes(monkeypatch, readers=True, writers=1)
+    with loader.start_load(site, check=validate_document) as loading:
+        time.sleep(0.5)
+        ahead = loading.finish()
+    _processes(monkeypatch, readers=False, writers=1)
+    at_once = loader.load_site(site, check=validate_document)
+    assert ahead[1] == at_once[1] == []
+    assert [(d.file, d.data, d.checked) for d in ahead[0].documents()] == \
+        [(d.file, d.data, d.checked) for d in at_once[0].documents()]

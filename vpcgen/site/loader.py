@@ -16,7 +16,6 @@ a fraction is refused, and so is a date.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import re
@@ -29,7 +28,7 @@ import orjson
 import yaml
 
 from ..errors import Diagnostic, DiagnosticsError, Location
-from ..forked import processes, run_split, slices
+from ..forked import MAX_CHUNKS, Shared, processes
 
 try:  # libyaml is an order of magnitude faster; fall back only where it is missing
     _Loader = yaml.CSafeLoader
@@ -440,16 +439,24 @@ def _read(root: Path, root_arg: Path, path: Path, kind: str, inside: bool, check
 # Files each reading process needs before another one pays: a fork and sending the parsed documents
 # back cost about as much as parsing a few dozen files.
 _PARALLEL_FILES = 256
-# the reading process's slice against each child's: it also rebuilds their documents from JSON, and
-# they send the JSON they made anyway (0.8-0.9 measured best at 1,000 VPCs on two cores)
-_OWN_SHARE = 0.85
+# files handed out at a time to whichever reading process is free: small enough that none waits
+# long for the others at the end, large enough that taking one costs nothing
+_CHUNK_FILES = 16
 
 
-def _read_all(root: Path, root_arg: Path, jobs: list[tuple[Path, str, bool]], check) -> list:
-    """Every job read, in order: in slices by forked processes, one per core (up to 4), when the
-    site is large. A child sends its documents back as orjson's JSON of their values and their text
-    (four times faster to send and rebuild than pickled values), never their node trees: a later
-    diagnostic composes the text again."""
+def _read_all(root: Path, root_arg: Path, jobs: list[tuple[Path, str, bool]], check) -> Shared:
+    """Every job read, in chunks taken by whichever process is free: this one and, when the site is
+    large, forked children (one per further core, up to 4 in all), which start at once. A child
+    sends its documents back as orjson's JSON of their values and their text (four times faster to
+    send and rebuild than pickled values), never their node trees: a later diagnostic composes the
+    text again. ``finish()`` of what this returns gives the results, in order, in chunks."""
+    size = max(_CHUNK_FILES, -(-len(jobs) // MAX_CHUNKS))
+    chunks = [jobs[k:k + size] for k in range(0, len(jobs), size)]
+
+    def read_chunk(k: int, here: bool) -> list:
+        results = [_read(root, root_arg, path, kind, inside, check, here) for path, kind, inside in chunks[k]]
+        return results if here else sent(results)
+
     def sent(results: list) -> list:
         out = []
         for doc, found in results:
@@ -473,20 +480,20 @@ def _read_all(root: Path, root_arg: Path, jobs: list[tuple[Path, str, bool]], ch
             out.append((fields, found))
         return out
 
-    def read_slice(part: list, here: bool):
-        results = [_read(root, root_arg, path, kind, inside, check, here) for path, kind, inside in part]
-        return results if here else sent(results)
-
-    # this process also rebuilds what the others send: its own slice is shorter
-    parts = run_split([functools.partial(read_slice, part, k == 0) for k, part in
-                       enumerate(slices(jobs, processes(len(jobs), _PARALLEL_FILES), _OWN_SHARE))])
-    return parts[0] + [result for part in parts[1:] for result in received(part)]
+    return Shared(len(chunks), processes(len(jobs), _PARALLEL_FILES) - 1, read_chunk, received)
 
 
 def load_site(site_dir: str | os.PathLike, check=None) -> tuple[SiteFiles, list[Diagnostic]]:
     """Discover and parse every file of a site, in sorted order; files that fail are left out.
     ``check(doc)`` runs on every document that parsed, in the process that parsed it: its problems
     are the document's ``checked``."""
+    return start_load(site_dir, check).finish()
+
+
+def start_load(site_dir: str | os.PathLike, check=None) -> Loading:
+    """``load_site`` begun: the site's files listed and, on a large site, being read by forked
+    processes from now on, while this one does something else (imports the rest of a build);
+    ``finish()`` (or leaving its ``with`` block, which stops the readers) must follow."""
     root_arg = Path(site_dir)
     root = root_arg.resolve()
     if not root.is_dir():
@@ -526,29 +533,46 @@ def load_site(site_dir: str | os.PathLike, check=None) -> tuple[SiteFiles, list[
     lock_path = root / LOCK_FILE
     if lock_path.is_file():
         entries.append((lock_path, "lock", True))
+    return Loading(root, root_arg, entries, _read_all(root, root_arg, [e for e in entries if isinstance(e, tuple)], check))
 
-    results = iter(_read_all(root, root_arg, [e for e in entries if isinstance(e, tuple)], check))
-    problems: list[Diagnostic] = []
-    docs: dict[str, list[Document]] = {kind: [] for kind in (*KIND_DIRS.values(), "site", "lock")}
-    for entry in entries:
-        if isinstance(entry, Diagnostic):
-            problems.append(entry)
-            continue
-        doc, found = next(results)
-        problems.extend(found)
-        if doc is not None:
-            docs[entry[1]].append(doc)
 
-    known_hosts = None
-    if (root / "known_hosts").is_file() or (root / "known_hosts").is_symlink():
-        shown = display_path(root / "known_hosts", root_arg, root)
-        try:
-            known_hosts = read_inside(root, root / "known_hosts").decode("utf-8")
-        except OSError as exc:
-            problems.append(Diagnostic(Location(shown), f"cannot read: {exc.strerror or exc}", "unreadable"))
-        except UnicodeDecodeError:
-            problems.append(Diagnostic(Location(shown), "file is not valid UTF-8", "not-utf8"))
+class Loading:
+    """A site whose files are being read (``start_load``)."""
 
-    files = SiteFiles(root=root, site=next(iter(docs["site"]), None), zones=docs["zone"], vpcs=docs["vpc"],
-                      acls=docs["acl"], lock=next(iter(docs["lock"]), None), known_hosts=known_hosts)
-    return files, problems
+    def __init__(self, root: Path, root_arg: Path, entries: list, reading: Shared):
+        self._root, self._root_arg, self._entries, self._reading = root, root_arg, entries, reading
+
+    def __enter__(self) -> Loading:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._reading.cancel()  # nothing once finished
+
+    def finish(self) -> tuple[SiteFiles, list[Diagnostic]]:
+        """What ``load_site`` gives: this process reads the files still left, then gathers all."""
+        root, root_arg = self._root, self._root_arg
+        results = (result for chunk in self._reading.finish() for result in chunk)
+        problems: list[Diagnostic] = []
+        docs: dict[str, list[Document]] = {kind: [] for kind in (*KIND_DIRS.values(), "site", "lock")}
+        for entry in self._entries:
+            if isinstance(entry, Diagnostic):
+                problems.append(entry)
+                continue
+            doc, found = next(results)
+            problems.extend(found)
+            if doc is not None:
+                docs[entry[1]].append(doc)
+
+        known_hosts = None
+        if (root / "known_hosts").is_file() or (root / "known_hosts").is_symlink():
+            shown = display_path(root / "known_hosts", root_arg, root)
+            try:
+                known_hosts = read_inside(root, root / "known_hosts").decode("utf-8")
+            except OSError as exc:
+                problems.append(Diagnostic(Location(shown), f"cannot read: {exc.strerror or exc}", "unreadable"))
+            except UnicodeDecodeError:
+                problems.append(Diagnostic(Location(shown), "file is not valid UTF-8", "not-utf8"))
+
+        files = SiteFiles(root=root, site=next(iter(docs["site"]), None), zones=docs["zone"], vpcs=docs["vpc"],
+                          acls=docs["acl"], lock=next(iter(docs["lock"]), None), known_hosts=known_hosts)
+        return files, problems

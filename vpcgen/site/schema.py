@@ -14,7 +14,7 @@ from importlib import resources
 import jsonschema_rs
 
 from ..errors import Diagnostic
-from .loader import Document
+from .loader import Document, Loading, start_load
 
 KINDS = ("site", "zone", "vpc", "acl", "lock")  # lock: allocations.lock.yaml, untrusted like the rest
 SECRET_DEF = "secret"  # defs.schema.json's secret reference: every field that takes a secret uses it
@@ -108,6 +108,12 @@ def validate_document(doc: Document) -> list[Diagnostic]:
             _holds_secret(doc.kind, path) else rejected.message
         found = [Diagnostic(doc.loc(path), f"{_describe(path)}: {shown}", "schema-rejected")]
     return found
+
+
+def start_reading(site_dir) -> Loading:
+    """The site's files being read (``loader.start_load``), each document checked against its
+    schema by the process that reads it."""
+    return start_load(site_dir, check=validate_document)
 
 
 def secret_paths(kind: str) -> list[tuple]:
