@@ -143,6 +143,46 @@ def test_a_recycled_spare_gives_exactly_the_files_of_a_fresh_build(tmp_path):
     assert outside.read_bytes() == b"keep me\n" and not (tmp_path / "d").exists()
 
 
+def test_a_folder_of_the_spare_still_marked_is_not_listed_again_and_any_change_is_found(tmp_path, monkeypatch):
+    """The sweep that keeps a tree marks each folder with the entries it kept; a build writing
+    exactly those entries again lists none of them, and one that drops or swaps entries (as many
+    as before) or finds a folder changed lists the folders concerned, and ends with exactly its files."""
+    from vpcgen.compiler import write
+    target, spare = tmp_path / "out" / "site", tmp_path / "out" / ".site.spare"
+    tree = [("site.json", (b"{}\n", 0o644)), ("r1/etc/a", (b"a\n", 0o644)), ("r1/etc/b", (b"b\n", 0o600)),
+            ("r1/etc/sub/c", (b"c\n", 0o644)), ("r2/etc/d", (b"d\n", 0o644))]
+    promote_tree(iter(tree), target)
+    promote_tree(iter(tree), target)  # the first tree, swept and marked, is now the spare
+    assert [os.stat(spare / p).st_mtime_ns for p in ("r1", "r1/etc", "r1/etc/sub", "r2/etc")] == [1, 3, 1, 1]
+    assert os.stat(spare).st_mtime_ns > 10**9  # the tree's own folder is always listed: never marked
+    assert _writer_prefixes(write, monkeypatch, target, tree) == []
+    assert _writer_prefixes(write, monkeypatch, target, tree) == []  # the other tree, marked in turn
+    swapped = [t for t in tree if t[0] != "r1/etc/a"] + [("r1/etc/e", (b"e\n", 0o644))]
+    assert _writer_prefixes(write, monkeypatch, target, swapped) == ["r1/etc/"]
+    assert sorted(p.name for p in (target / "r1/etc").iterdir()) == ["b", "e", "sub"]
+    dropped = [t for t in swapped if t[0] != "r1/etc/sub/c"]
+    assert _writer_prefixes(write, monkeypatch, target, dropped) == ["r1/etc/"]
+    assert _writer_prefixes(write, monkeypatch, target, dropped) == []  # the other tree was swept when kept
+    (spare / "r2/etc/planted").write_bytes(b"x\n")  # the folder's mark is gone with it
+    assert _writer_prefixes(write, monkeypatch, target, dropped) == ["r2/etc/"]
+    assert not (target / "r2/etc/planted").exists()
+
+
+def _writer_prefixes(write, monkeypatch, target, files) -> list:
+    """The folders the writers listed while ``files`` were promoted into ``target`` (not those of
+    the kept tree's sweep, which lists the replaced tree after the exchange)."""
+    listed = []
+    sweep, keep = write._sweep, write._keep_spare
+    monkeypatch.setattr(write, "_sweep", lambda fd, k, secrets, prefix="", descend=True:
+                        listed.append(prefix) or sweep(fd, k, secrets, prefix, descend))
+    monkeypatch.setattr(write, "_keep_spare", lambda *args: (monkeypatch.setattr(write, "_sweep", sweep), keep(*args)))
+    promote_tree(iter(files), target)
+    fresh = target.parent.parent / "fresh" / target.name
+    promote_tree(iter(files), fresh)
+    assert _tree_of(target) == _tree_of(fresh)
+    return [prefix for prefix in listed if prefix]
+
+
 def test_the_spare_keeps_no_secret_the_new_tree_does_not_hold(tmp_path):
     """Files only their owner may read (secrets) are emptied in the kept tree unless the new tree
     holds the same bytes; the next build still writes them right."""

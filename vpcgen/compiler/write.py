@@ -4,7 +4,8 @@ leaves a half-written output, nor a moment without one.
 
 The tree a build replaces is kept beside the target (``.<name>.spare``) and becomes the next build's
 staging folder: its folders are kept, its files rewritten in place (or left alone when their bytes
-and mode are already right) and whatever the new tree lacks is removed. On a filesystem without a
+and mode are already right) and whatever the new tree lacks is removed (a folder is listed for
+that only if its mark shows it may hold something else: see ``_MARKS_BELOW``). On a filesystem without a
 journal (the benchmark machine's), ext4 makes every new inode skip the inodes deleted in the last
 minutes, one buffer lookup each: creating a tree right after deleting one took 20 s of kernel time
 for 38,000 files, rewriting them in place takes a fraction of a second."""
@@ -37,10 +38,20 @@ _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 _WORKERS = 8
 
 
-def _mkdir(root_fd: int, name: str, reuse: bool, folder_mode: int) -> None:
+# The sweep that keeps a tree for the next build marks each folder it swept: its modification time
+# becomes the number of entries it kept, in nanoseconds (a time no clock gives: the first second
+# of 1970). Any entry added to or removed from a folder since sets that time to the present, so a
+# folder still marked holds exactly that many entries, all kept ones.
+_MARKS_BELOW = 10**9
+_UNMARKED = -1
+
+
+def _mkdir(root_fd: int, name: str, reuse: bool, folder_mode: int) -> int | None:
+    """None for a folder made now; for a folder of the recycled tree, the number of entries its
+    mark says it holds (``_UNMARKED`` if it has none)."""
     try:
         os.mkdir(name, 0o755, dir_fd=root_fd)
-        return
+        return None
     except FileExistsError:
         if not reuse:
             raise
@@ -50,8 +61,10 @@ def _mkdir(root_fd: int, name: str, reuse: bool, folder_mode: int) -> None:
     if not stat.S_ISDIR(info.st_mode):
         os.unlink(name, dir_fd=root_fd)
         os.mkdir(name, 0o755, dir_fd=root_fd)
-    elif stat.S_IMODE(info.st_mode) != folder_mode:
-        os.chmod(name, folder_mode, dir_fd=root_fd, follow_symlinks=False)
+        return None
+    if stat.S_IMODE(info.st_mode) != folder_mode:
+        os.chmod(name, folder_mode, dir_fd=root_fd, follow_symlinks=False)  # its times stay
+    return info.st_mtime_ns if info.st_mtime_ns < _MARKS_BELOW else _UNMARKED
 
 
 def _rewrite(root_fd: int, rel: str, data: bytes, mode: int) -> bool:
@@ -91,11 +104,12 @@ def _holds(fd: int, data: bytes) -> bool:
     return True
 
 
-def _write(root_fd: int, rel: str, data: bytes, mode: int, reuse: bool) -> None:
-    """One file of the staging folder, opened relative to it (its folder exists)."""
+def _write(root_fd: int, rel: str, data: bytes, mode: int, reuse: bool) -> bool:
+    """One file of the staging folder, opened relative to it (its folder exists). True when it was
+    created (rather than rewritten in place)."""
     if reuse:
         if _rewrite(root_fd, rel, data, mode):
-            return
+            return False
         _remove_entry(root_fd, rel)
     fd = os.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=root_fd)
     try:
@@ -105,6 +119,7 @@ def _write(root_fd: int, rel: str, data: bytes, mode: int, reuse: bool) -> None:
         os.fchmod(fd, mode)  # the umask must not loosen or tighten what the manifest says
     finally:
         os.close(fd)
+    return True
 
 
 def _remove_entry(dir_fd: int, rel: str) -> None:
@@ -125,19 +140,24 @@ def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes] | None, prefix
     folders, ``prefix`` being this folder's); never through a symlink. Listing a folder gives each
     entry's type: one open and one listing per folder, no call per file. With ``secrets`` (path ->
     sha256 of the new tree's files only their owner may read), every file only its owner may read
-    is emptied unless it holds those very bytes. Without ``descend``, the kept subfolders are
-    returned instead of swept."""
+    is emptied unless it holds those very bytes, and the folder is marked for the next build (see
+    ``_MARKS_BELOW``). Without ``descend``, the kept subfolders are returned instead of swept."""
     with os.scandir(dir_fd) as listing:
         entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
     folders = []
+    kept = 0
     for name, is_dir in entries:
         rel = prefix + name
         if rel not in keep:
             _remove_entry(dir_fd, name)
-        elif is_dir:
+            continue
+        kept += 1
+        if is_dir:
             folders.append(name)
-        elif secrets is not None:
-            _empty_secret(dir_fd, name, secrets.get(rel))
+        elif secrets is not None and _empty_secret(dir_fd, name, secrets.get(rel)):
+            kept -= 1  # unlinked
+    if secrets is not None and prefix:  # not the tree's own folder, whose entries are always listed
+        os.utime(dir_fd, ns=(kept, kept))
     if not descend:
         return folders
     _sweep_folders(dir_fd, folders, keep, secrets, prefix)
@@ -154,18 +174,18 @@ def _sweep_folders(dir_fd: int, names: list[str], keep: set[str], secrets: dict[
             os.close(fd)
 
 
-def _empty_secret(dir_fd: int, name: str, digest: bytes | None) -> None:
+def _empty_secret(dir_fd: int, name: str, digest: bytes | None) -> bool:
     """A file only its owner may read is emptied unless its sha256 is ``digest``; one with another
-    link is unlinked, never written through. Files others may read, and anything that is not a
-    plain file, are left alone."""
+    link is unlinked, never written through (True then). Files others may read, and anything that
+    is not a plain file, are left alone."""
     info = os.lstat(name, dir_fd=dir_fd)
     if not stat.S_ISREG(info.st_mode):
-        return
+        return False
     if info.st_mode & 0o077:
-        return
+        return False
     if info.st_nlink != 1:
         os.unlink(name, dir_fd=dir_fd)
-        return
+        return True
     fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
         size = os.fstat(fd).st_size
@@ -173,6 +193,7 @@ def _empty_secret(dir_fd: int, name: str, digest: bytes | None) -> None:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+    return False
 
 
 _MAX_COMPARED = 16 * 1024 * 1024  # a bigger secret is never one of ours: emptied unread
@@ -185,24 +206,38 @@ def _sweep_split(root_fd: int, keep: set[str], secrets: dict[str, bytes], proces
                for k in range(processes)])
 
 
-def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reuse: bool) -> tuple[set, dict]:
+def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reuse: bool) -> tuple[set, dict, list]:
     """Every file into the staging folder, in this thread; each folder is made once, before anything
-    inside it. Returns the paths written (folders included) and the sha256 of each file only its
-    owner may read. (A pool of writer threads is slower here: every call would wait for the GIL,
-    up to the 5 ms switch interval, while rendering holds it; processes share the work instead.)"""
+    inside it. Returns the paths written (folders included), the sha256 of each file only its
+    owner may read, and the folders of a recycled tree that may still hold entries the new tree
+    lacks (all but those whose mark shows they held exactly the entries written into them). (A
+    pool of writer threads is slower here: every call would wait for the GIL, up to the 5 ms switch
+    interval, while rendering holds it; processes share the work instead.)"""
     made: set[str] = {""}
     written: set[str] = set()
     secrets: dict[str, bytes] = {}
+    marks: dict[str, int] = {}  # a recycled folder -> the entries its mark says it holds
+    entries: dict[str, int] = {}  # a folder -> the entries written into it
+    created: set[str] = set()  # the folders where an entry was created, not found
     umask = os.umask(0o022)
     os.umask(umask)
     folder_mode = 0o755 & ~umask  # what os.mkdir gives a fresh folder
+
+    def entry(rel: str, new: bool) -> None:
+        parent = os.path.dirname(rel)
+        entries[parent] = entries.get(parent, 0) + 1
+        if new:
+            created.add(parent)
 
     def folder(name: str) -> None:
         if name not in made:
             if name in written:
                 raise ValueError(f"{name}: both a file and a folder of the tree")
             folder(os.path.dirname(name))
-            _mkdir(root_fd, name, reuse, folder_mode)
+            mark = _mkdir(root_fd, name, reuse, folder_mode)
+            if mark is not None:
+                marks[name] = mark
+            entry(name, mark is None)
             made.add(name)
 
     for rel, (data, mode) in files:
@@ -212,8 +247,12 @@ def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reu
         if not mode & 0o077:
             secrets[rel] = hashlib.sha256(data).digest()
         folder(os.path.dirname(rel))
-        _write(root_fd, rel, data, mode, reuse)
-    return written | made, secrets
+        entry(rel, _write(root_fd, rel, data, mode, reuse))
+    # a folder marked with n entries, into which n entries were written, every one found there
+    # (none created): those n are all it holds
+    unswept = sorted(name for name, mark in marks.items()
+                     if mark != entries.get(name, 0) or name in created or mark == _UNMARKED)
+    return written | made, secrets, unswept
 
 
 def _remove_tree(path: Path) -> None:
@@ -312,9 +351,13 @@ def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[],
 
     def writer(produce: Callable[[], Iterable]) -> Callable[[], tuple[set, dict]]:
         def write() -> tuple[set, dict]:
-            written, secrets = _write_all(root_fd, produce(), reuse)
-            if reuse:  # a recycled tree: in the folders written here, what the new tree lacks goes
-                _sweep_folders(root_fd, sorted({rel.split("/", 1)[0] for rel in written if "/" in rel}), written, None)
+            written, secrets, unswept = _write_all(root_fd, produce(), reuse)
+            for name in unswept:  # a recycled tree: what the new tree lacks goes (the top level: below)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
+                try:
+                    _sweep(fd, written, None, name + "/", descend=False)
+                finally:
+                    os.close(fd)
             return written, secrets
         return write
 
