@@ -168,6 +168,43 @@ def test_a_folder_of_the_spare_still_marked_is_not_listed_again_and_any_change_i
     assert not (target / "r2/etc/planted").exists()
 
 
+def test_the_replaced_tree_is_kept_without_listing_the_folders_both_trees_hold_alike(tmp_path, monkeypatch):
+    """A folder of the replaced tree still marked, whose twin in the new tree the writers found
+    holding exactly what they wrote, holds exactly those entries: it is not listed, and its
+    secrets are still emptied when the new tree changes them. A folder changed in the output since
+    (its mark gone) is listed; one whose mark was forged back over a changed entry drops the spare."""
+    from vpcgen.compiler import write
+    target, spare = tmp_path / "out" / "site", tmp_path / "out" / ".site.spare"
+    tree = [("site.json", (b"{}\n", 0o644)), ("r1/etc/a", (b"a\n", 0o644)), ("r1/etc/psk", (b"old\n", 0o600)),
+            ("r1/etc/sub/c", (b"c\n", 0o644)), ("r2/etc/d", (b"d\n", 0o644))]
+    for _ in range(3):  # both trees swept and marked once, and found clean once
+        promote_tree(iter(tree), target)
+    listed = []
+    scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".": (isinstance(path, int) and listed.append(path)) or scandir(path))
+    rotated = [t if t[0] != "r1/etc/psk" else ("r1/etc/psk", (b"new\n", 0o600)) for t in tree]
+    promote_tree(iter(rotated), target)
+    assert len(listed) == 2  # the top level of each tree, nothing else
+    assert (spare / "r1/etc/psk").read_bytes() == b"" and (target / "r1/etc/psk").read_bytes() == b"new\n"
+    (target / "r1/etc/planted").write_bytes(b"x\n")  # the folder's mark is gone with it
+    listed.clear()
+    promote_tree(iter(rotated), target)
+    assert len(listed) == 3 and not (spare / "r1/etc/planted").exists()
+    promote_tree(iter(rotated), target)
+    monkeypatch.setattr(os, "scandir", scandir)
+    mark = os.stat(target / "r2/etc").st_mtime_ns
+    (target / "r2/etc/d").unlink()
+    (target / "r2/etc/d").mkdir()
+    (target / "r2/etc/d/old").write_bytes(b"a folder where the new tree has a file\n")
+    os.utime(target / "r2/etc", ns=(mark, mark))  # as if nothing had changed there
+    promote_tree(iter(rotated), target)
+    assert not spare.exists()  # nothing kept that its mark does not vouch for
+    promote_tree(iter(rotated), target)
+    fresh = tmp_path / "fresh" / "site"
+    promote_tree(iter(rotated), fresh)
+    assert _tree_of(target) == _tree_of(fresh)
+
+
 def _writer_prefixes(write, monkeypatch, target, files) -> list:
     """The folders the writers listed while ``files`` were promoted into ``target`` (not those of
     the kept tree's sweep, which lists the replaced tree after the exchange)."""

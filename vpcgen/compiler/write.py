@@ -135,15 +135,23 @@ def _remove_entry(dir_fd: int, rel: str) -> None:
 
 
 def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes] | None, prefix: str = "",
-           descend: bool = True) -> list:
+           descend: bool = True, known: dict[str, list[str]] | None = None) -> list:
     """Remove from a folder of a tree everything that is not in ``keep`` (paths of files and
     folders, ``prefix`` being this folder's); never through a symlink. Listing a folder gives each
     entry's type: one open and one listing per folder, no call per file. With ``secrets`` (path ->
     sha256 of the new tree's files only their owner may read), every file only its owner may read
     is emptied unless it holds those very bytes, and the folder is marked for the next build (see
-    ``_MARKS_BELOW``). Without ``descend``, the kept subfolders are returned instead of swept."""
-    with os.scandir(dir_fd) as listing:
-        entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
+    ``_MARKS_BELOW``). Without ``descend``, the kept subfolders are returned instead of swept.
+    ``known`` (folder -> its entries in ``keep``) names the folders the writers found holding
+    exactly the entries written into them: one of those still marked with as many entries holds
+    exactly these (see ``_known_entries``) and is not listed."""
+    names = known.get(prefix[:-1]) if known is not None and prefix else None
+    if names is not None and os.fstat(dir_fd).st_mtime_ns == len(names):
+        entries = sorted((name, prefix + name in known) for name in names)
+    else:
+        names = None
+        with os.scandir(dir_fd) as listing:
+            entries = sorted((entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing)
     folders = []
     kept = 0
     for name, is_dir in entries:
@@ -154,31 +162,36 @@ def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes] | None, prefix
         kept += 1
         if is_dir:
             folders.append(name)
-        elif secrets is not None and _empty_secret(dir_fd, name, secrets.get(rel)):
-            kept -= 1  # unlinked
+        elif secrets is not None:
+            emptied = _empty_secret(dir_fd, name, secrets.get(rel))
+            if emptied is None and names is not None:  # a folder where the new tree has a file: list it
+                raise NotADirectoryError(f"{rel}: unexpectedly a folder")
+            kept -= emptied is True  # unlinked
     if secrets is not None and prefix:  # not the tree's own folder, whose entries are always listed
         os.utime(dir_fd, ns=(kept, kept))
     if not descend:
         return folders
-    _sweep_folders(dir_fd, folders, keep, secrets, prefix)
+    _sweep_folders(dir_fd, folders, keep, secrets, prefix, known)
     return []
 
 
 def _sweep_folders(dir_fd: int, names: list[str], keep: set[str], secrets: dict[str, bytes] | None,
-                   prefix: str = "") -> None:
+                   prefix: str = "", known: dict[str, list[str]] | None = None) -> None:
     for name in names:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
         try:
-            _sweep(fd, keep, secrets, prefix + name + "/")
+            _sweep(fd, keep, secrets, prefix + name + "/", known=known)
         finally:
             os.close(fd)
 
 
-def _empty_secret(dir_fd: int, name: str, digest: bytes | None) -> bool:
+def _empty_secret(dir_fd: int, name: str, digest: bytes | None) -> bool | None:
     """A file only its owner may read is emptied unless its sha256 is ``digest``; one with another
     link is unlinked, never written through (True then). Files others may read, and anything that
-    is not a plain file, are left alone."""
+    is not a plain file, are left alone (None for a folder)."""
     info = os.lstat(name, dir_fd=dir_fd)
+    if stat.S_ISDIR(info.st_mode):
+        return None
     if not stat.S_ISREG(info.st_mode):
         return False
     if info.st_mode & 0o077:
@@ -199,18 +212,41 @@ def _empty_secret(dir_fd: int, name: str, digest: bytes | None) -> bool:
 _MAX_COMPARED = 16 * 1024 * 1024  # a bigger secret is never one of ours: emptied unread
 
 
-def _sweep_split(root_fd: int, keep: set[str], secrets: dict[str, bytes], processes: int) -> None:
+def _sweep_split(root_fd: int, keep: set[str], secrets: dict[str, bytes], clean: set[str], processes: int) -> None:
     """``_sweep`` of a whole tree, its top-level folders (routers) shared out among processes."""
     folders = _sweep(root_fd, keep, secrets, descend=False)
-    run_split([functools.partial(_sweep_folders, root_fd, folders[k::processes], keep, secrets)
-               for k in range(processes)])
+
+    def share(mine: list[str]) -> None:
+        _sweep_folders(root_fd, mine, keep, secrets, known=_known_entries(keep, clean, mine))
+
+    run_split([functools.partial(share, folders[k::processes]) for k in range(processes)])
 
 
-def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reuse: bool) -> tuple[set, dict, list]:
+def _known_entries(keep: set[str], clean: set[str], tops: list[str]) -> dict[str, list[str]]:
+    """The entries in ``keep`` of each folder under ``tops`` that the writers found clean (for the
+    others, only that they are folders: a folder of ``keep`` has entries).
+
+    Why such a folder of the replaced tree, still marked with as many entries as the new tree has
+    there, holds exactly those: its mark was set before the previous build wrote into it, and that
+    build found it clean (else the entries it removed or created would have cleared the mark), so
+    it holds what that build wrote there (nothing has changed it since: that would have cleared
+    the mark too). The writers of this build found the other tree's folder clean: it held only
+    what they wrote, and had been swept to what the previous build wrote. So what this build
+    wrote there is part of what the previous one did, as many entries: the same ones."""
+    wanted = set(tops)
+    known: dict[str, list[str]] = {}
+    for rel in keep:
+        parent, _, name = rel.rpartition("/")
+        if parent and rel.partition("/")[0] in wanted:
+            known.setdefault(parent, []).append(name)
+    return {folder: names if folder in clean else None for folder, names in known.items()}
+
+
+def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reuse: bool) -> tuple[set, dict, list, set]:
     """Every file into the staging folder, in this thread; each folder is made once, before anything
     inside it. Returns the paths written (folders included), the sha256 of each file only its
-    owner may read, and the folders of a recycled tree that may still hold entries the new tree
-    lacks (all but those whose mark shows they held exactly the entries written into them). (A
+    owner may read, the folders of a recycled tree that may still hold entries the new tree lacks,
+    and the others (clean: their mark shows they held exactly the entries written into them). (A
     pool of writer threads is slower here: every call would wait for the GIL, up to the 5 ms switch
     interval, while rendering holds it; processes share the work instead.)"""
     made: set[str] = {""}
@@ -252,7 +288,7 @@ def _write_all(root_fd: int, files: Iterable[tuple[str, tuple[bytes, int]]], reu
     # (none created): those n are all it holds
     unswept = sorted(name for name, mark in marks.items()
                      if mark != entries.get(name, 0) or name in created or mark == _UNMARKED)
-    return written | made, secrets, unswept
+    return written | made, secrets, unswept, set(marks).difference(unswept)
 
 
 def _remove_tree(path: Path) -> None:
@@ -326,14 +362,16 @@ def _take_spare(spare: Path, staging: Path) -> bool:
     return True
 
 
-def _keep_spare(tree: Path, spare: Path, keep: set[str], secrets: dict[str, bytes], processes: int) -> None:
+def _keep_spare(tree: Path, spare: Path, keep: set[str], secrets: dict[str, bytes], clean: set[str],
+                processes: int) -> None:
     """Keep a replaced tree for the next build to recycle: only the paths the new tree has, its files
     that only their owner may read emptied unless the new tree holds the same bytes (a rotated
-    secret must not outlive the tree that carried it)."""
+    secret must not outlive the tree that carried it). ``clean``: the folders of the other tree
+    the writers found holding exactly what they wrote there."""
     try:
         fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            _sweep_split(fd, keep, secrets, processes)
+            _sweep_split(fd, keep, secrets, clean, processes)
         finally:
             os.close(fd)
         os.rename(tree, spare)
@@ -342,7 +380,7 @@ def _keep_spare(tree: Path, spare: Path, keep: set[str], secrets: dict[str, byte
 
 
 def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[], Iterable]],
-                 reuse: bool, first: list) -> tuple[set, dict]:
+                 reuse: bool, first: list) -> tuple[set, dict, set]:
     """``first`` written here, emptied as it goes (what it held is let go before any fork), then
     ``files`` written here while each of ``elsewhere`` is produced and written by a forked process."""
     def drained():
@@ -350,27 +388,28 @@ def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[],
             yield first.pop(0)
 
     def writer(produce: Callable[[], Iterable]) -> Callable[[], tuple[set, dict]]:
-        def write() -> tuple[set, dict]:
-            written, secrets, unswept = _write_all(root_fd, produce(), reuse)
+        def write() -> tuple[set, dict, set]:
+            written, secrets, unswept, clean = _write_all(root_fd, produce(), reuse)
             for name in unswept:  # a recycled tree: what the new tree lacks goes (the top level: below)
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
                 try:
                     _sweep(fd, written, None, name + "/", descend=False)
                 finally:
                     os.close(fd)
-            return written, secrets
+            return written, secrets, clean
         return write
 
     results = [writer(drained)()] if first else []
     results += run_split([writer(lambda: files), *map(writer, elsewhere)])
-    written, secrets = results[0]
-    for more_written, more_secrets in results[1:]:
+    written, secrets, clean = results[0]
+    for more_written, more_secrets, more_clean in results[1:]:
         twice = written & more_written - {""}
         if twice:
             raise ValueError(f"{min(twice)}: written twice")
         written |= more_written
         secrets |= more_secrets
-    return written, secrets
+        clean |= more_clean
+    return written, secrets, clean
 
 
 def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path,
@@ -389,7 +428,7 @@ def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path,
             reuse = _take_spare(spare, staging)
             root_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:
-                written, secrets = _write_parts(root_fd, files, elsewhere, reuse, first or [])
+                written, secrets, clean = _write_parts(root_fd, files, elsewhere, reuse, first or [])
                 if reuse:  # the top level: each writer swept the folders it wrote
                     _sweep(root_fd, written, None, descend=False)
             finally:
@@ -407,7 +446,7 @@ def promote_tree(files: Iterable[tuple[str, tuple[bytes, int]]], target: Path,
                 _remove_tree(staging)  # a partial tree: not worth keeping
             raise
         if staging is not None:
-            _keep_spare(staging, spare, written, secrets, 1 + len(elsewhere))
+            _keep_spare(staging, spare, written, secrets, clean, 1 + len(elsewhere))
 
 
 def check_output_target(target: Path, site_root: Path) -> None:
