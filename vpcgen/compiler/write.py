@@ -146,7 +146,8 @@ def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes] | None, prefix
     exactly the entries written into them: one of those still marked with as many entries holds
     exactly these (see ``_known_entries``) and is not listed."""
     names = known.get(prefix[:-1]) if known is not None and prefix else None
-    if names is not None and os.fstat(dir_fd).st_mtime_ns == len(names):
+    mark = os.fstat(dir_fd).st_mtime_ns if secrets is not None and prefix else None
+    if names is not None and mark == len(names):
         entries = sorted((name, prefix + name in known) for name in names)
     else:
         names = None
@@ -164,10 +165,12 @@ def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes] | None, prefix
             folders.append(name)
         elif secrets is not None:
             emptied = _empty_secret(dir_fd, name, secrets.get(rel))
-            if emptied is None and names is not None:  # a folder where the new tree has a file: list it
-                raise NotADirectoryError(f"{rel}: unexpectedly a folder")
+            if emptied is None and names is not None:  # its mark vouched for other entries than these
+                raise NotADirectoryError(f"{rel}: a folder where the new tree has a file")
             kept -= emptied is True  # unlinked
-    if secrets is not None and prefix:  # not the tree's own folder, whose entries are always listed
+    # the tree's own folder is always listed: never marked. A folder already marked right is left
+    # as it is (setting its times again would give the next flush its inode to write)
+    if mark is not None and mark != kept:
         os.utime(dir_fd, ns=(kept, kept))
     if not descend:
         return folders
