@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,15 @@ FIXTURE_SITES = ROOT / "tests" / "fixtures" / "sites"
 def copy_site(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def process_exists(pid: int) -> bool:
+    """A process with that pid exists: running, or ended and not reaped yet (a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def run_cli(*args: str):

@@ -210,8 +210,8 @@ def _writer_prefixes(write, monkeypatch, target, files) -> list:
     the kept tree's sweep, which lists the replaced tree after the exchange)."""
     listed = []
     sweep, keep = write._sweep, write._keep_spare
-    monkeypatch.setattr(write, "_sweep", lambda fd, k, secrets, prefix="", descend=True:
-                        listed.append(prefix) or sweep(fd, k, secrets, prefix, descend))
+    monkeypatch.setattr(write, "_sweep", lambda fd, k, secrets, prefix="", *rest, **more:
+                        listed.append(prefix) or sweep(fd, k, secrets, prefix, *rest, **more))
     monkeypatch.setattr(write, "_keep_spare", lambda *args: (monkeypatch.setattr(write, "_sweep", sweep), keep(*args)))
     promote_tree(iter(files), target)
     fresh = target.parent.parent / "fresh" / target.name

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import process_exists
 from vpcgen import api, forked
 from vpcgen.api import BuildOptions
 from vpcgen.compiler.write import promote_tree
@@ -128,14 +129,6 @@ def test_a_writer_process_that_fails_or_dies_fails_the_promote_and_keeps_the_tre
     assert {data for data, _ in (v for v in _tree_of(target).values() if v != "dir")} == {b"new"}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_shared_chunks_are_each_done_once_in_order_and_the_children_work_while_this_process_does_not():
     shared = forked.Shared(300, 2, lambda k, here: (k, here, os.getpid()), received=lambda done: (*done, "received"))
     time.sleep(1.5)  # this process busy elsewhere (importing the build): the children take every chunk meanwhile
@@ -144,7 +137,7 @@ def test_shared_chunks_are_each_done_once_in_order_and_the_children_work_while_t
     assert all(not here and last == "received" for _, here, _, last in results)
     workers = {pid for _, _, pid, _ in results}
     assert os.getpid() not in workers and 1 <= len(workers) <= 2
-    assert not any(_alive(pid) for pid in workers)  # reaped
+    assert not any(process_exists(pid) for pid in workers)  # reaped
 
 
 def test_shared_without_children_or_with_a_failing_one():
@@ -165,9 +158,9 @@ def test_shared_without_children_or_with_a_failing_one():
 def test_a_cancelled_share_stops_its_children():
     shared = forked.Shared(20, 2, lambda k, here: time.sleep(5))
     pids = [child.pid for child in shared._children]
-    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    assert len(pids) == 2 and all(process_exists(pid) for pid in pids)
     shared.cancel()
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(process_exists(pid) for pid in pids)
     shared.cancel()  # twice: nothing more
 
 

@@ -13,21 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, copy_site, run_cli
+from conftest import EXAMPLE, copy_site, process_exists, run_cli
 from vpcgen.lab import run as lab
 
 
 def namespaces(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix + "-")]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +125,7 @@ def test_lab_up_runs_the_example_and_down_leaves_nothing(tree):
         code, out, err = run_cli("lab", "down", tree)
     assert code == 0, out + err
     assert namespaces(name) == []
-    assert not any(alive(p) for p in recorded)
+    assert not any(process_exists(p) for p in recorded)
     assert not (lab.RUN_ROOT / name).exists()
 
 

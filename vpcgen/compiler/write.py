@@ -135,14 +135,14 @@ def _remove_entry(dir_fd: int, rel: str) -> None:
 
 
 def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes] | None, prefix: str = "",
-           descend: bool = True, known: dict[str, list[str]] | None = None) -> list:
+           descend: bool = True, known: dict[str, list[str] | None] | None = None) -> list:
     """Remove from a folder of a tree everything that is not in ``keep`` (paths of files and
     folders, ``prefix`` being this folder's); never through a symlink. Listing a folder gives each
     entry's type: one open and one listing per folder, no call per file. With ``secrets`` (path ->
     sha256 of the new tree's files only their owner may read), every file only its owner may read
     is emptied unless it holds those very bytes, and the folder is marked for the next build (see
     ``_MARKS_BELOW``). Without ``descend``, the kept subfolders are returned instead of swept.
-    ``known`` (folder -> its entries in ``keep``) names the folders the writers found holding
+    ``known`` (folder -> its entries in ``keep``, or None) names the folders the writers found holding
     exactly the entries written into them: one of those still marked with as many entries holds
     exactly these (see ``_known_entries``) and is not listed."""
     names = known.get(prefix[:-1]) if known is not None and prefix else None
@@ -174,16 +174,17 @@ def _sweep(dir_fd: int, keep: set[str], secrets: dict[str, bytes] | None, prefix
         os.utime(dir_fd, ns=(kept, kept))
     if not descend:
         return folders
-    _sweep_folders(dir_fd, folders, keep, secrets, prefix, known)
+    _sweep_folders(dir_fd, folders, keep, secrets, prefix, known=known)
     return []
 
 
 def _sweep_folders(dir_fd: int, names: list[str], keep: set[str], secrets: dict[str, bytes] | None,
-                   prefix: str = "", known: dict[str, list[str]] | None = None) -> None:
+                   prefix: str = "", descend: bool = True, known: dict[str, list[str] | None] | None = None) -> None:
+    """``_sweep`` of each of the folders ``names`` (paths below ``dir_fd``'s folder ``prefix``)."""
     for name in names:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
         try:
-            _sweep(fd, keep, secrets, prefix + name + "/", known=known)
+            _sweep(fd, keep, secrets, prefix + name + "/", descend, known)
         finally:
             os.close(fd)
 
@@ -225,7 +226,7 @@ def _sweep_split(root_fd: int, keep: set[str], secrets: dict[str, bytes], clean:
     run_split([functools.partial(share, folders[k::processes]) for k in range(processes)])
 
 
-def _known_entries(keep: set[str], clean: set[str], tops: list[str]) -> dict[str, list[str]]:
+def _known_entries(keep: set[str], clean: set[str], tops: list[str]) -> dict[str, list[str] | None]:
     """The entries in ``keep`` of each folder under ``tops`` that the writers found clean (for the
     others, only that they are folders: a folder of ``keep`` has entries).
 
@@ -393,12 +394,8 @@ def _write_parts(root_fd: int, files: Iterable, elsewhere: Sequence[Callable[[],
     def writer(produce: Callable[[], Iterable]) -> Callable[[], tuple[set, dict]]:
         def write() -> tuple[set, dict, set]:
             written, secrets, unswept, clean = _write_all(root_fd, produce(), reuse)
-            for name in unswept:  # a recycled tree: what the new tree lacks goes (the top level: below)
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
-                try:
-                    _sweep(fd, written, None, name + "/", descend=False)
-                finally:
-                    os.close(fd)
+            # a recycled tree: what the new tree lacks goes (the top level: below)
+            _sweep_folders(root_fd, unswept, written, None, descend=False)
             return written, secrets, clean
         return write
 
